@@ -1,0 +1,30 @@
+// All operator schemas of the zoo_kernels namespace, in one place.
+// Backends register implementations in csrc/cpu and csrc/cuda.
+#include <torch/library.h>
+
+#ifdef WITH_CUDA
+#include <cuda.h>
+#endif
+
+namespace zoo_kernels {
+
+// CUDA driver-API version the extension was compiled against, or -1 without CUDA.
+int64_t cuda_version() {
+#ifdef WITH_CUDA
+  return CUDA_VERSION;
+#else
+  return -1;
+#endif
+}
+
+}  // namespace zoo_kernels
+
+TORCH_LIBRARY(zoo_kernels, m) {
+  // out[i, j] = R(seed)[row0 + i, col0 + j], unscaled (+-1 or N(0, 1)).
+  m.def("fill_random(Tensor(a!) out, int row0, int col0, int seed, str dist) -> ()");
+  // acts (N, [T,] n), grads (N, [C,] [T,] o) -> (N, [C,] k)
+  m.def("project_dense(Tensor acts, Tensor grads, int k, int seed, str dist=\"rademacher\", int row_offset=0) -> Tensor");
+  // acts (N, [T,] n), grads (N, [C,] [T,] o) -> (N, [C,] k_out * k_in)
+  m.def("project_kron(Tensor acts, Tensor grads, int k_in, int k_out, int seed, str dist=\"rademacher\") -> Tensor");
+  m.def("cuda_version() -> int", &zoo_kernels::cuda_version);
+}

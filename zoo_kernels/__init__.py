@@ -1,0 +1,7 @@
+"""zoo_kernels: which model of a zoo to fine-tune, and how long fine-tuning takes, from the linearized (NTK) view."""
+from . import ops
+from ._build import build_info
+from .sketch import sketch_jacobian  # noqa: E402
+
+__version__ = build_info()["version"]
+__all__ = ["ops", "build_info", "sketch_jacobian", "__version__"]

@@ -1,0 +1,121 @@
+"""Python entry points of the compiled ops, with their fake (meta) implementations for torch.compile.
+
+The random matrix R(seed) is a pure function of (seed, row, column): the same on CPU and CUDA, for any
+tiling, thread count or batch chunking. Rademacher entries are bit-exact across devices; Gaussian
+entries agree to rounding of the host/device math library.
+"""
+import math
+
+import torch
+
+from . import _build  # noqa: F401  (loads the extension and registers torch.ops.zoo_kernels)
+
+_ops = torch.ops.zoo_kernels
+DISTS = ("rademacher", "gaussian")
+_MASK64 = (1 << 64) - 1
+
+
+def _check_dist(dist):
+    if dist not in DISTS:
+        raise ValueError(f"`dist` must be one of {DISTS}, got {dist!r}")
+
+
+def _check_seed(seed):
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise TypeError(f"`seed` must be an int, got {type(seed).__name__}")
+    if not -(1 << 63) <= seed < (1 << 64):
+        raise ValueError(f"`seed` must fit in 64 bits, got {seed}")
+    return seed - (1 << 64) if seed >= (1 << 63) else seed
+
+
+def derive_seed(seed, stream):
+    """Seed of an independent stream (splitmix64 of seed and stream), as the kernels derive it."""
+    z = (_check_seed(seed) + 0x9E3779B97F4A7C15 * (stream + 1)) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    z ^= z >> 31
+    return z - (1 << 64) if z >= (1 << 63) else z
+
+
+def random_matrix(rows, cols, seed, dist="rademacher", *, dtype=torch.float32, device="cpu", row0=0, col0=0):
+    """The (rows, cols) block at (row0, col0) of the unscaled random matrix R(seed): entries +-1 or N(0, 1)."""
+    _check_dist(dist)
+    for name, v in (("rows", rows), ("cols", cols)):
+        if not isinstance(v, int) or v < 0:
+            raise ValueError(f"`{name}` must be a non-negative int, got {v!r}")
+    if dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"`dtype` must be torch.float32 or torch.float64, got {dtype}")
+    out = torch.empty(rows, cols, dtype=dtype, device=device)
+    _ops.fill_random(out, row0, col0, _check_seed(seed), dist)
+    return out
+
+
+def project_dense(acts, grads, k, seed, dist="rademacher", row_offset=0):
+    """Dense JL projection of per-sample gradients G_i = sum_t grads[i,t] (x) acts[i,t].
+
+    acts: (N, n) or (N, T, n); grads: (N, o) or (N, T, o), optionally with an output dimension C after N.
+    Returns S = vec(G_i) @ R[row_offset:row_offset + o*n] / sqrt(k) of shape (N, [C,] k), with
+    R = random_matrix(row_offset + o*n, k, seed, dist) and vec row-major. R and the G_i are never formed
+    whole. float64 inputs give float64; float32, float16 and bfloat16 give float32 (fp32 accumulation).
+    """
+    _check_dist(dist)
+    return _ops.project_dense(acts, grads, k, _check_seed(seed), dist, row_offset)
+
+
+def project_kron(acts, grads, k_in, k_out, seed, dist="rademacher"):
+    """Kronecker-factored projection sum_t (R_out^T grads_t)(R_in^T acts_t)^T / sqrt(k_in k_out).
+
+    R_in = random_matrix(n, k_in, derive_seed(seed, 0)), R_out = random_matrix(o, k_out, derive_seed(seed, 1)).
+    Returns (N, [C,] k_out * k_in), row-major in (k_out, k_in). Unbiased: E<S_i, S_j> = <G_i, G_j>.
+    """
+    _check_dist(dist)
+    return _ops.project_kron(acts, grads, k_in, k_out, _check_seed(seed), dist)
+
+
+def _out_shape(acts, grads, k):
+    has_c = grads.dim() - (acts.dim() - 2) == 3
+    return (acts.shape[0], grads.shape[1], k) if has_c else (acts.shape[0], k)
+
+
+def _out_dtype(acts):
+    return torch.float64 if acts.dtype == torch.float64 else torch.float32
+
+
+@torch.library.register_fake("zoo_kernels::fill_random")
+def _fill_random_fake(out, row0, col0, seed, dist):
+    return None
+
+
+@torch.library.register_fake("zoo_kernels::project_dense")
+def _project_dense_fake(acts, grads, k, seed, dist="rademacher", row_offset=0):
+    torch._check(k > 0, lambda: f"project_dense: `k` must be positive, got {k}")
+    return acts.new_empty(_out_shape(acts, grads, k), dtype=_out_dtype(acts))
+
+
+@torch.library.register_fake("zoo_kernels::project_kron")
+def _project_kron_fake(acts, grads, k_in, k_out, seed, dist="rademacher"):
+    torch._check(k_in > 0 and k_out > 0, lambda: "project_kron: `k_in` and `k_out` must be positive")
+    return acts.new_empty(_out_shape(acts, grads, k_out * k_in), dtype=_out_dtype(acts))
+
+
+def reference_project_dense(acts, grads, k, seed, dist="rademacher", row_offset=0):
+    """Pure-torch reference of project_dense (materializes R and the G_i); for tests."""
+    a = acts if acts.dim() == 3 else acts.unsqueeze(1)
+    g = grads if grads.dim() == a.dim() + 1 else grads.unsqueeze(1)  # (N, C, [T,] o)
+    g = g if g.dim() == 4 else g.unsqueeze(2)
+    G = torch.einsum("nctp,ntq->ncpq", g.double(), a.double()).flatten(2)
+    R = random_matrix(row_offset + G.shape[-1], k, seed, dist, dtype=torch.float64, device=acts.device)[row_offset:]
+    S = G @ R / math.sqrt(k)
+    return S if grads.dim() == acts.dim() + 1 else S[:, 0]
+
+
+def reference_project_kron(acts, grads, k_in, k_out, seed, dist="rademacher"):
+    """Pure-torch reference of project_kron; for tests."""
+    a = acts if acts.dim() == 3 else acts.unsqueeze(1)
+    g = grads if grads.dim() == a.dim() + 1 else grads.unsqueeze(1)
+    g = g if g.dim() == 4 else g.unsqueeze(2)
+    dev = acts.device
+    R_in = random_matrix(a.shape[-1], k_in, derive_seed(seed, 0), dist, dtype=torch.float64, device=dev)
+    R_out = random_matrix(g.shape[-1], k_out, derive_seed(seed, 1), dist, dtype=torch.float64, device=dev)
+    S = torch.einsum("nctp,pa,ntq,qb->ncab", g.double(), R_out, a.double(), R_in).flatten(2) / math.sqrt(k_in * k_out)
+    return S if grads.dim() == acts.dim() + 1 else S[:, 0]

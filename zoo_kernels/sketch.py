@@ -1,0 +1,2 @@
+def sketch_jacobian(*a, **k):
+    raise NotImplementedError
