@@ -30,11 +30,11 @@ class Block:
     output: Optional[int] = None  # the one output these grads belong to, when C = 1 stands for output `output`
 
 
-def trainable_layout(model):
+def trainable_layout(model, exclude=()):
     """{id(param): (index, offset)} over model.parameters() with requires_grad, and the total size P."""
     layout, offset = {}, 0
     for p in model.parameters():
-        if p.requires_grad and id(p) not in layout:
+        if p.requires_grad and id(p) not in layout and id(p) not in exclude:
             layout[id(p)] = (len(layout), offset)
             offset += p.numel()
     return layout, offset
@@ -54,7 +54,7 @@ def check_modules(model, layout, skip_unsupported):
                     f"supported; supported modules: {', '.join(t.__name__ for t in SUPPORTED)}. Freeze its "
                     "parameters or pass skip_unsupported=True to leave them out."
                 )
-            skipped.append(name)
+            skipped.append((name or type(m).__name__, own))
             continue
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and (m.training or m.running_mean is None):
             raise ValueError(

@@ -90,9 +90,13 @@ def sketch_jacobian(model, inputs, k, method="kronecker", seed=0, batch_size=64,
     if total == 0:
         raise ValueError("`model` has no trainable parameters (all have requires_grad=False)")
     modules, skipped = check_modules(model, layout, skip_unsupported)
-    if skipped:
-        warnings.warn(f"sketch_jacobian: leaving out the parameters of unsupported modules {skipped}", stacklevel=2)
-    if model.training:
+    if skipped:  # left out as if frozen
+        warnings.warn(f"sketch_jacobian: leaving out the parameters of unsupported modules {[n for n, _ in skipped]}",
+                      stacklevel=2)
+        layout, total = trainable_layout(model, exclude={id(p) for _, own in skipped for p in own})
+        if total == 0:
+            raise ValueError("`model` has no trainable parameters in supported modules")
+    if model.training and any(isinstance(m, torch.nn.modules.dropout._DropoutNd) for m in model.modules()):
         warnings.warn("sketch_jacobian: the model is in training mode; call model.eval() for a deterministic "
                       "Jacobian (dropout)", stacklevel=2)
     kron = kron_factors(k) if method == "kronecker" else None

@@ -1,0 +1,44 @@
+# Two commands from a fresh machine:  make test   |   make demo
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU build of torch where no GPU is present, the CUDA 13.0 build where one is.
+HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1 || echo 0)
+TORCH_SPEC ?= $(if $(filter 1,$(HAS_GPU)),torch==2.14.1,torch==2.13.0)
+SOURCES := $(shell find csrc -type f) setup.py pyproject.toml
+export MAX_JOBS ?= 2
+
+.PHONY: test demo build bench cuda-check cmake-check clean
+
+$(BIN)/.deps: requirements-dev.txt Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -r requirements-dev.txt
+	touch $@
+
+$(BIN)/.built: $(BIN)/.deps $(SOURCES)
+	$(BIN)/pip install -q --no-build-isolation --no-deps -e .
+	touch $@
+
+build: $(BIN)/.built
+
+test: build
+	$(BIN)/python -m pytest -q tests
+
+demo: build
+	$(BIN)/python -m zoo_kernels.demo
+
+bench: build
+	$(BIN)/python -m pytest benchmarks -q --benchmark-columns=mean,stddev,rounds --benchmark-json=.benchmarks/last.json
+
+# Compiles (does not run) the CUDA sources with nvcc against torch 2.14.1 + CUDA 13.0.
+cuda-check:
+	tools/check_cuda_build.sh
+
+# Builds the C++ library with CMake (find_package(Torch)) and loads it.
+cmake-check: build
+	tools/check_cmake_build.sh
+
+clean:
+	rm -rf build build-cmake zoo_kernels/_C*.so *.egg-info
