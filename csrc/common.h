@@ -133,9 +133,17 @@ inline at::Tensor project_kron_impl(const at::Tensor& acts, const at::Tensor& gr
   fill(R_in, 0, 0, derive_seed(static_cast<uint64_t>(seed), 0), d);
   fill(R_out, 0, 0, derive_seed(static_cast<uint64_t>(seed), 1), d);
   const at::Tensor Ap = at::matmul(acts.to(opts.dtype()).reshape({s.N, s.T, s.n}), R_in);          // (N, T, k_in)
-  const at::Tensor Bp = at::matmul(grads.to(opts.dtype()).reshape({s.N, s.C, s.T, s.o}), R_out);  // (N, C, T, k_out)
-  const at::Tensor Bt = Bp.permute({0, 1, 3, 2}).reshape({s.N, s.C * k_out, s.T});
-  at::Tensor out = at::bmm(Bt, Ap).view({s.N * s.C, k_out * k_in});
+  const at::Tensor B = grads.to(opts.dtype()).reshape({s.N, s.C, s.T, s.o});
+  at::Tensor out;
+  if (s.T * k_out * (s.o + k_in) <= s.o * k_in * (s.T + k_out)) {
+    // (R_out^T B^T) A': project the gradients first.
+    const at::Tensor Bt = at::matmul(B, R_out).permute({0, 1, 3, 2}).reshape({s.N, s.C * k_out, s.T});
+    out = at::bmm(Bt, Ap).view({s.N * s.C, k_out * k_in});
+  } else {
+    // R_out^T (B^T A'): contract over T first, cheaper when T is large.
+    const at::Tensor BtA = at::bmm(B.permute({0, 1, 3, 2}).reshape({s.N, s.C * s.o, s.T}), Ap);  // (N, C*o, k_in)
+    out = at::matmul(R_out.t(), BtA.view({s.N * s.C, s.o, k_in})).view({s.N * s.C, k_out * k_in});
+  }
   out.mul_(1.0 / std::sqrt(static_cast<double>(k_in) * static_cast<double>(k_out)));
   return finish(op, out, s, k_out * k_in);
 }

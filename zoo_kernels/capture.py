@@ -122,7 +122,11 @@ def _conv_acts(m, x):
     mode = "constant" if m.padding_mode == "zeros" else m.padding_mode
     if any(pad):
         x = F.pad(x, pad, mode=mode)
-    return F.unfold(x, kernel, dilation=dilation, stride=stride).transpose(1, 2)
+    # Strided windows, then one copy to (N, L, C_in*kh*kw): much faster than F.unfold (im2col) on CPU.
+    for dim, (kern, s, d) in enumerate(zip(kernel, stride, dilation)):  # -> (N, C, Ho, Wo, kh, kw)
+        x = x.unfold(2 + dim, (kern - 1) * d + 1, s)[..., ::d] if d > 1 else x.unfold(2 + dim, kern, s)
+    N, Cin, Ho, Wo, kh, kw = x.shape
+    return x.permute(0, 2, 3, 1, 4, 5).reshape(N, Ho * Wo, Cin * kh * kw)
 
 
 def _normalized(m, x):
