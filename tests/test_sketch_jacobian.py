@@ -229,10 +229,67 @@ def test_unsupported_module_is_named_or_skipped():
     assert torch.allclose(skipped, zk.sketch_jacobian(model, x, 8, method="dense"))
 
 
-def test_multihead_attention_is_rejected_clearly():
-    model = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True).eval()
-    with pytest.raises(ValueError, match="MultiheadAttention"):
-        zk.sketch_jacobian(nn.Sequential(model, nn.Flatten()), torch.randn(2, 3, 8), 8)
+class Encoder(nn.Module):
+    """nn.TransformerEncoderLayer (with nn.MultiheadAttention, key padding mask), then a causal
+    cross-attention (batch_first or not, optional kdim/vdim) and a head."""
+
+    def __init__(self, batch_first, kdim=None):
+        super().__init__()
+        self.batch_first = batch_first
+        self.layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.1, batch_first=True)
+        self.cross = nn.MultiheadAttention(8, 2, kdim=kdim, vdim=kdim, batch_first=batch_first)
+        self.kv = nn.Linear(8, kdim or 8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        mask = torch.zeros(x.shape[0], x.shape[1], dtype=torch.bool)
+        mask[:, -1] = True
+        h = self.layer(x, src_key_padding_mask=mask)
+        kv = self.kv(x)
+        causal = torch.ones(x.shape[1], x.shape[1], dtype=torch.bool).triu(1)
+        if self.batch_first:
+            c, _ = self.cross(h, kv, kv, attn_mask=causal)
+        else:
+            c, _ = self.cross(h.transpose(0, 1), kv.transpose(0, 1), kv.transpose(0, 1), attn_mask=causal)
+            c = c.transpose(0, 1)
+        return self.head(c.mean(1))
+
+
+def test_sequence_first_submodules_are_rejected():
+    model = nn.Sequential(nn.TransformerEncoderLayer(8, 2, 16, batch_first=False), nn.Flatten(0, -1)).eval()
+    with pytest.raises(ValueError, match="batch_first"):
+        zk.sketch_jacobian(model, torch.randn(3, 4, 8), 8)
+
+
+@pytest.mark.parametrize("batch_first, kdim", [(True, None), (False, 6)])
+def test_multihead_attention_blocks(batch_first, kdim):
+    torch.manual_seed(0)
+    model = Encoder(batch_first, kdim).double().eval()
+    x = torch.randn(4, 5, 8, dtype=torch.float64)
+    J = torch_func_jacobian(model, x)
+    R = ops.random_matrix(J.shape[-1], 24, 9, dtype=torch.float64)
+    out = zk.sketch_jacobian(model, x, 24, method="dense", seed=9, batch_size=3)
+    assert rel_err(out, J @ R / math.sqrt(24)) < 1e-10
+    assert not any("forward" in vars(m) for m in model.modules())  # the decomposed forward is removed
+    # Kronecker: q, k, v parts of in_proj_weight get independent factors, so the Gram stays unbiased.
+    K = J.flatten(0, 1) @ J.flatten(0, 1).T
+    mean = sum((lambda S: S @ S.T)(zk.sketch_jacobian(model, x, 64, seed=s).flatten(0, 1)) for s in range(100)) / 100
+    assert rel_err(mean, K) < 0.1
+
+
+def test_multihead_attention_with_bias_kv_is_rejected():
+    model = nn.MultiheadAttention(8, 2, add_bias_kv=True, batch_first=True)
+    with pytest.raises(ValueError, match="add_bias_kv"):
+        zk.sketch_jacobian(_SelfAttn(model), torch.randn(2, 3, 8), 8)
+
+
+class _SelfAttn(nn.Module):
+    def __init__(self, mha):
+        super().__init__()
+        self.mha = mha
+
+    def forward(self, x):
+        return self.mha(x, x, x)[0].sum(1)
 
 
 def test_batchnorm_in_training_mode_is_rejected():

@@ -14,7 +14,20 @@ import torch.nn.functional as F
 from torch import nn
 
 _NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
-SUPPORTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding) + _NORMS
+SUPPORTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding, nn.MultiheadAttention) + _NORMS
+
+
+@dataclass
+class LinearSlice:
+    """Rows of a weight (and its bias) applied as a linear map outside an nn.Linear forward,
+    e.g. the q, k and v parts of MultiheadAttention.in_proj_weight. `group` separates the seeds of
+    the parts of one parameter in the Kronecker sketch."""
+
+    weight: torch.Tensor
+    w_row0: int
+    bias: Optional[torch.Tensor]
+    b_row0: int
+    group: int
 
 
 @dataclass
@@ -44,6 +57,9 @@ def check_modules(model, layout, skip_unsupported):
     """The modules to hook. Unsupported modules with trainable parameters are an error unless skipped."""
     hooked, skipped = [], []
     for name, m in model.named_modules():
+        if isinstance(m, (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)) and not m.self_attn.batch_first:
+            raise ValueError(f"module '{name}' ({type(m).__name__}) runs its layers sequence-first; build it with "
+                             "batch_first=True so that dimension 0 is the sample everywhere")
         own = [p for p in m.parameters(recurse=False) if id(p) in layout]
         if not own:
             continue
@@ -63,30 +79,50 @@ def check_modules(model, layout, skip_unsupported):
             )
         if isinstance(m, nn.Embedding) and m.scale_grad_by_freq:
             raise ValueError(f"module '{name}' (Embedding) has scale_grad_by_freq=True, which couples the samples")
+        if isinstance(m, nn.MultiheadAttention) and m.bias_k is not None:
+            raise ValueError(f"module '{name}' (MultiheadAttention) with add_bias_kv=True is not supported")
         hooked.append((name, m))
-    return hooked, skipped
+    # MultiheadAttention applies out_proj's parameters itself: its handler captures them.
+    inner = {id(m.out_proj) for _, m in hooked if isinstance(m, nn.MultiheadAttention)}
+    return [(n, m) for n, m in hooked if id(m) not in inner], skipped
 
 
 class Recorder:
-    """Records, for each call of each hooked module, its input and the output gradients of C backward passes."""
+    """Records, for each call of each hooked module, its input and the output gradients of C backward passes.
+    MultiheadAttention gets a decomposed forward for the duration, which records its four projections."""
 
-    def __init__(self, modules):
-        self.modules = modules
-        self.calls = []  # (module name, module, input, {c: grad})
-        self.handles = [m.register_forward_hook(self._forward_hook(name)) for name, m in modules]
+    def __init__(self, modules, batch):
+        from .attention import decomposed_mha_forward
+
+        self.modules, self.batch = modules, batch
+        self.calls = []  # (module name, module or LinearSlice, input, {pass: grad})
         self.pass_index = 0
+        self.handles, self.patched = [], []
+        for name, m in modules:
+            if isinstance(m, nn.MultiheadAttention):
+                m.forward = decomposed_mha_forward(m, name, self.track)
+                self.patched.append(m)
+            else:
+                self.handles.append(m.register_forward_hook(self._forward_hook(name)))
+
+    def track(self, name, module, x, output):
+        """Keeps x and puts a hook on output that stores its gradient in each backward pass."""
+        if not torch.is_tensor(output) or not output.requires_grad:
+            return
+        if x.shape[0] != self.batch:
+            raise ValueError(f"module '{name}' gets an input of shape {tuple(x.shape)} whose dimension 0 is not the "
+                             f"batch of {self.batch} samples; sub-modules must take the sample dimension first")
+        grads = {}
+        self.calls.append((name, module, x.detach(), grads))
+
+        def grad_hook(g):
+            grads[self.pass_index] = g.detach()
+
+        output.register_hook(grad_hook)
 
     def _forward_hook(self, name):
         def hook(module, inputs, output):
-            if not torch.is_tensor(output) or not output.requires_grad:
-                return
-            grads = {}
-            self.calls.append((name, module, inputs[0].detach(), grads))
-
-            def grad_hook(g):
-                grads[self.pass_index] = g.detach()
-
-            output.register_hook(grad_hook)
+            self.track(name, module, inputs[0], output)
 
         return hook
 
@@ -103,6 +139,8 @@ class Recorder:
     def remove(self):
         for h in self.handles:
             h.remove()
+        for m in self.patched:
+            del m.forward
 
 
 def _stack_grads(grads, num_passes, like):
@@ -154,10 +192,10 @@ def blocks_of_call(m, x, grads_by_pass, num_passes, layout):
     b_on = isinstance(b, torch.Tensor) and id(b) in layout
     out = []
 
-    if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+    if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, LinearSlice)):
         g = _stack_grads(grads_by_pass, num_passes, next(iter(grads_by_pass.values())))  # (N, C, o, ...) or (N, C, ..., o)
         N, C = g.shape[:2]
-        if isinstance(m, nn.Linear):
+        if isinstance(m, (nn.Linear, LinearSlice)):
             acts = x.reshape(N, -1, x.shape[-1])
             gr = g.reshape(N, C, acts.shape[1], g.shape[-1])
             groups = 1
@@ -165,15 +203,17 @@ def blocks_of_call(m, x, grads_by_pass, num_passes, layout):
             acts = _conv_acts(m, x)
             gr = g.flatten(3).transpose(2, 3)  # (N, C, L, C_out)
             groups = m.groups
+        part = m if isinstance(m, LinearSlice) else LinearSlice(w, 0, b, 0, 0)
         if w_on:
             idx, off = layout[id(w)]
+            off += part.w_row0 * acts.shape[-1]
             n_g, o_g = acts.shape[-1] // groups, gr.shape[-1] // groups
             for j in range(groups):
-                out.append(Block(idx, off + j * o_g * n_g, j, "outer",
+                out.append(Block(idx, off + j * o_g * n_g, part.group + j, "outer",
                                  acts[..., j * n_g:(j + 1) * n_g], gr[..., j * o_g:(j + 1) * o_g]))
         if b_on:
             idx, off = layout[id(b)]
-            out.append(Block(idx, off, 0, "vector", None, gr.sum(2)))
+            out.append(Block(idx, off + part.b_row0, part.group, "vector", None, gr.sum(2)))
         return out
 
     if isinstance(m, nn.Embedding):

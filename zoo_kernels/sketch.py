@@ -39,13 +39,9 @@ def _check_args(model, inputs, k, method, batch_size, output, dist):
 
 def _project(block, k, seed, method, dist, kron):
     """(N, C, k) projection of one Block."""
-    if block.kind == "vector":
-        ones = block.grads.new_ones(block.grads.shape[0], 1)
-        if method == "dense":
-            return ops.project_dense(ones, block.grads, k, seed, dist, block.row_offset)
-        return ops.project_dense(ones, block.grads, k, ops.derive_seed(seed, block.param_index), dist)
-    if method == "dense":
-        return ops.project_dense(block.acts, block.grads, k, seed, dist, block.row_offset)
+    if method == "dense" or block.kind == "vector":  # vectors: their rows of R(seed), in both methods
+        acts = block.grads.new_ones(block.grads.shape[0], 1) if block.kind == "vector" else block.acts
+        return ops.project_dense(acts, block.grads, k, seed, dist, block.row_offset)
     block_seed = ops.derive_seed(ops.derive_seed(seed, block.param_index), block.group)
     return ops.project_kron(block.acts, block.grads, kron[1], kron[0], block_seed, dist)
 
@@ -75,12 +71,14 @@ def sketch_jacobian(model, inputs, k, method="kronecker", seed=0, batch_size=64,
 
     method="dense":  S[i, c] = J_c(x_i) @ R / sqrt(k), with R = ops.random_matrix(P, k, seed, dist) over the
                      trainable parameters flattened in model.parameters() order; exact JL projection.
-    method="kronecker": each weight matrix is projected with its own Kronecker factors R_out (x) R_in
-                     (k = k_out * k_in, see kron_factors) and each bias / norm parameter densely; the
-                     parameter blocks' sketches are summed. Unbiased: E[S_i . S_j] = J_i . J_j.
+    method="kronecker": each weight matrix (each group of a grouped conv, each of q, k, v of an attention
+                     in-projection) is projected with its own Kronecker factors R_out (x) R_in (k = k_out * k_in,
+                     see kron_factors); biases and norm parameters take their rows of R as in "dense"; the
+                     blocks' sketches are summed. Unbiased: E[S_i . S_j] = J_i . J_j.
     output="sum" gives the Jacobian of the sum of the outputs, (N, 1, k), in one backward pass.
 
-    Supported: Linear, Conv1d/Conv2d (any stride, padding, dilation, groups), Embedding, and the affine
+    Supported: Linear, Conv1d/Conv2d (any stride, padding, dilation, groups), Embedding, MultiheadAttention
+    (without add_bias_kv), and the affine
     parameters of LayerNorm, GroupNorm and BatchNorm (eval mode). Frozen parameters are left out.
     Memory is O(batch_size * activations + N * C * k). The model should be in eval mode (dropout off).
     """
@@ -109,7 +107,7 @@ def sketch_jacobian(model, inputs, k, method="kronecker", seed=0, batch_size=64,
     bar = tqdm(total=inputs.shape[0], desc="sketch_jacobian", unit="sample", disable=not progress)
     for start in range(0, inputs.shape[0], batch_size):
         x = inputs[start:start + batch_size].to(device)
-        recorder = Recorder(modules)
+        recorder = Recorder(modules, x.shape[0])
         try:
             num_outputs = _backward_passes(model, x, recorder, output, params)
         finally:
