@@ -49,8 +49,8 @@ def _t1_form(acts, grads):
     return (acts.unsqueeze(1), grads.unsqueeze(-2)) if acts.dim() == 2 else (acts, grads)
 
 
-# The references of zoo_kernels.ops are called with 2-D acts rewritten in their T = 1 3-D form: with 2-D acts
-# and grads (N, C, o) they mistake C for T (see test_reference_2d_acts_with_output_dim, xfail).
+# The references are called with 2-D acts rewritten in their T = 1 3-D form; test_reference_2d_acts_with_output_dim
+# checks that both forms agree (a regression test of a fixed layout bug in the references).
 def ref_dense(acts, grads, k, seed, dist="rademacher", row_offset=0):
     return ops.reference_project_dense(*_t1_form(acts, grads), k, seed, dist, row_offset)
 
@@ -146,8 +146,6 @@ def test_references_agree_with_definitions(gen):
     torch.testing.assert_close(ops.reference_project_kron(acts, grads, 4, 3, 9, "gaussian"), K)
 
 
-@pytest.mark.xfail(strict=True, reason="bug in zoo_kernels.ops.reference_project_*: with 2-D acts, grads "
-                   "(N, C, o) is read as (N, T=C, o) and the result is (N, 1, k), the sum over the C outputs")
 @pytest.mark.parametrize("which", ["dense", "kron"])
 def test_reference_2d_acts_with_output_dim(which, gen):
     acts, grads = make_inputs(gen, 2, None, 4, 3, 5)  # acts (2, 3), grads (2, C=4, 5)

@@ -98,11 +98,17 @@ def _project_kron_fake(acts, grads, k_in, k_out, seed, dist="rademacher"):
     return acts.new_empty(_out_shape(acts, grads, k_out * k_in), dtype=_out_dtype(acts))
 
 
+def _reference_layout(acts, grads):
+    """acts as (N, T, n) and grads as (N, C, T, o)."""
+    has_c = grads.dim() == acts.dim() + 1
+    a = acts if acts.dim() == 3 else acts.unsqueeze(1)
+    g = grads if has_c else grads.unsqueeze(1)
+    return a, (g if g.dim() == 4 else g.unsqueeze(2))
+
+
 def reference_project_dense(acts, grads, k, seed, dist="rademacher", row_offset=0):
     """Pure-torch reference of project_dense (materializes R and the G_i); for tests."""
-    a = acts if acts.dim() == 3 else acts.unsqueeze(1)
-    g = grads if grads.dim() == a.dim() + 1 else grads.unsqueeze(1)  # (N, C, [T,] o)
-    g = g if g.dim() == 4 else g.unsqueeze(2)
+    a, g = _reference_layout(acts, grads)
     G = torch.einsum("nctp,ntq->ncpq", g.double(), a.double()).flatten(2)
     R = random_matrix(row_offset + G.shape[-1], k, seed, dist, dtype=torch.float64, device=acts.device)[row_offset:]
     S = G @ R / math.sqrt(k)
@@ -111,9 +117,7 @@ def reference_project_dense(acts, grads, k, seed, dist="rademacher", row_offset=
 
 def reference_project_kron(acts, grads, k_in, k_out, seed, dist="rademacher"):
     """Pure-torch reference of project_kron; for tests."""
-    a = acts if acts.dim() == 3 else acts.unsqueeze(1)
-    g = grads if grads.dim() == a.dim() + 1 else grads.unsqueeze(1)
-    g = g if g.dim() == 4 else g.unsqueeze(2)
+    a, g = _reference_layout(acts, grads)
     dev = acts.device
     R_in = random_matrix(a.shape[-1], k_in, derive_seed(seed, 0), dist, dtype=torch.float64, device=dev)
     R_out = random_matrix(g.shape[-1], k_out, derive_seed(seed, 1), dist, dtype=torch.float64, device=dev)
