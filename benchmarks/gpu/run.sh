@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# One-shot run on a GPU machine (its own CUDA torch and nvcc, no internet): builds the extension in place
+# with the CUDA kernels, runs the tests (CUDA ones included, slow ones not), runs the benchmarks, and
+# prints a table of the benchmark means last.
+#
+#   bash benchmarks/gpu/run.sh            logs and bench.json in ${OUT:-/tmp/zk-gpu}
+#
+# Environment: PYTHON (default: python, else python3), CUDA_HOME (default: the root of the nvcc on PATH),
+# TORCH_CUDA_ARCH_LIST (default: the compute capability nvidia-smi reports), MAX_JOBS (default: nproc),
+# ZK_WHEELHOUSE (see below), ZK_GPU_RUN_NO_GPU_OK=1 (go on without a visible GPU: to test this script).
+# Exit status: non-zero if the build fails or if the tests or benchmarks fail (the later steps still run).
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$PWD
+OUT=${OUT:-/tmp/zk-gpu}
+mkdir -p "$OUT"
+PY=${PYTHON:-$(command -v python || command -v python3)}
+status=0
+t0=$SECONDS
+
+log() { echo "[gpu-run $((SECONDS - t0))s] $*"; }
+die() { echo "[gpu-run] ERROR: $*" >&2; exit 1; }
+
+# ---- environment ---------------------------------------------------------------------------------------
+[[ -n $PY ]] || die "no python found (set PYTHON)"
+command -v nvidia-smi >/dev/null || die "nvidia-smi not found: not a GPU machine?"
+if [[ -z ${CUDA_HOME:-} ]]; then
+  NVCC=$(command -v nvcc) || die "nvcc not on PATH and CUDA_HOME not set"
+  NVCC=$(readlink -f "$NVCC")
+  CUDA_HOME=$(dirname "$(dirname "$NVCC")")
+fi
+export CUDA_HOME
+export PATH=$CUDA_HOME/bin:$PATH
+if [[ -z ${TORCH_CUDA_ARCH_LIST:-} ]]; then
+  TORCH_CUDA_ARCH_LIST=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | sort -u | paste -sd';' | tr -d ' ')
+  [[ -n $TORCH_CUDA_ARCH_LIST ]] ||
+    TORCH_CUDA_ARCH_LIST=$("$PY" -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())') ||
+    die "could not determine the compute capability (set TORCH_CUDA_ARCH_LIST)"
+fi
+export TORCH_CUDA_ARCH_LIST
+export MAX_JOBS=${MAX_JOBS:-$(nproc)}
+
+{
+  nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv,noheader
+  "$CUDA_HOME/bin/nvcc" --version | tail -n 2
+  "$PY" -c 'import sys, torch; print("python", sys.version.split()[0], "| torch", torch.__version__, "| cuda", torch.version.cuda, "| gpu available", torch.cuda.is_available())'
+  echo "CUDA_HOME=$CUDA_HOME TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST MAX_JOBS=$MAX_JOBS"
+} 2>&1 | tee "$OUT/env.txt"
+
+# ---- Python packages: the machine has no internet, so only a local wheelhouse can fill gaps -------------
+# Needed: tqdm (zoo_kernels), pytest; wanted: pytest-benchmark (benchmarks), ninja (parallel build),
+# numpy and scipy (a few tests).
+# Missing ones are installed from ZK_WHEELHOUSE (default benchmarks/gpu/wheels) when that folder exists,
+# e.g. one filled elsewhere with `pip download -d benchmarks/gpu/wheels tqdm pytest pytest-benchmark`.
+missing() {
+  "$PY" - "$@" <<'PY'
+import importlib.util, sys
+print(" ".join(p for m, p in (a.split("=") for a in sys.argv[1:]) if importlib.util.find_spec(m) is None))
+PY
+}
+PKGS=(tqdm=tqdm pytest=pytest pytest_benchmark=pytest-benchmark ninja=ninja numpy=numpy scipy=scipy)
+WHEELS=${ZK_WHEELHOUSE:-$ROOT/benchmarks/gpu/wheels}
+todo=$(missing "${PKGS[@]}")
+if [[ -n $todo && -d $WHEELS ]]; then
+  log "installing from $WHEELS: $todo"
+  # shellcheck disable=SC2086
+  "$PY" -m pip install -q --no-index --find-links "$WHEELS" $todo >"$OUT/pip.log" 2>&1 ||
+    { tail -n 20 "$OUT/pip.log" >&2; log "pip install from the wheelhouse failed (log: $OUT/pip.log)"; }
+  todo=$(missing "${PKGS[@]}")
+fi
+[[ -z $todo ]] || log "missing Python packages: $todo"
+for req in tqdm pytest; do
+  [[ " $todo " != *" $req "* ]] || die "$req is required and not installed for $PY (no internet: put wheels in $WHEELS)"
+done
+
+# ---- build (in place; --no-deps semantics: nothing is downloaded) -------------------------------------
+log "building zoo_kernels with CUDA (log: $OUT/build.log)"
+if ! ZOO_KERNELS_FORCE_CUDA=1 "$PY" setup.py build_ext --inplace >"$OUT/build.log" 2>&1; then
+  tail -n 80 "$OUT/build.log" >&2
+  die "build failed (full log: $OUT/build.log)"
+fi
+export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}
+"$PY" -c '
+import torch, zoo_kernels._build as b
+info = b.build_info()
+print("built:", info)
+assert info["with_cuda"], "the extension was built without CUDA"
+import os
+assert torch.cuda.is_available() or os.environ.get("ZK_GPU_RUN_NO_GPU_OK") == "1", "torch sees no GPU"
+' 2>&1 | tee -a "$OUT/build.log" || die "the built extension does not have working CUDA support"
+
+# ---- tests ---------------------------------------------------------------------------------------------
+log "tests (log: $OUT/tests.log)"
+"$PY" -m pytest -q tests -m "cuda or not slow" -p no:cacheprovider 2>&1 | tee "$OUT/tests.log"
+rc=${PIPESTATUS[0]}
+if [[ $rc != 0 ]]; then log "tests FAILED (exit $rc)"; status=1; fi
+
+# ---- benchmarks ----------------------------------------------------------------------------------------
+rm -f "$OUT/bench.json"
+if [[ -z $(find benchmarks -name 'test_*.py' -o -name '*_test.py' 2>/dev/null | head -n1) ]]; then
+  log "no benchmark tests under benchmarks/: skipped"
+elif ! "$PY" -c 'import pytest_benchmark' 2>/dev/null; then
+  log "pytest-benchmark is not installed for $PY: benchmarks skipped"
+  status=1
+else
+  log "benchmarks (log: $OUT/bench.log)"
+  "$PY" -m pytest benchmarks -q -p no:cacheprovider --benchmark-json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log"
+  rc=${PIPESTATUS[0]}
+  if [[ $rc != 0 ]]; then log "benchmarks FAILED (exit $rc)"; status=1; fi
+fi
+
+# ---- summary table (last) ------------------------------------------------------------------------------
+if [[ -s $OUT/bench.json ]]; then
+  "$PY" - "$OUT/bench.json" <<'PY'
+import json, sys
+data = json.load(open(sys.argv[1]))
+rows = [(b.get("fullname") or b["name"], b["stats"]["mean"] * 1e3, b["stats"].get("stddev", 0.0) * 1e3,
+         b["stats"].get("rounds", 0)) for b in data.get("benchmarks", [])]
+if not rows:
+    print("bench.json has no benchmarks")
+    sys.exit(0)
+rows.sort()
+w = min(100, max(len(r[0]) for r in rows))
+print()
+print(f"{'benchmark':<{w}}  {'mean ms':>12}  {'stddev ms':>10}  {'rounds':>6}")
+for name, mean, sd, rounds in rows:
+    name = name if len(name) <= w else "..." + name[-(w - 3):]
+    print(f"{name:<{w}}  {mean:12.3f}  {sd:10.3f}  {rounds:6d}")
+PY
+fi
+log "done (status $status); logs in $OUT"
+exit $status
