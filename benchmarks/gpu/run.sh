@@ -63,9 +63,11 @@ WHEELS=${ZK_WHEELHOUSE:-$ROOT/benchmarks/gpu/wheels}
 todo=$(missing "${PKGS[@]}")
 if [[ -n $todo && -d $WHEELS ]]; then
   log "installing from $WHEELS: $todo"
-  # shellcheck disable=SC2086
-  "$PY" -m pip install -q --no-index --find-links "$WHEELS" $todo >"$OUT/pip.log" 2>&1 ||
-    { tail -n 20 "$OUT/pip.log" >&2; log "pip install from the wheelhouse failed (log: $OUT/pip.log)"; }
+  : >"$OUT/pip.log"
+  for pkg in $todo; do  # one by one: a wheel missing from the folder must not block the others
+    "$PY" -m pip install -q --no-index --find-links "$WHEELS" "$pkg" >>"$OUT/pip.log" 2>&1 ||
+      log "could not install $pkg from $WHEELS (log: $OUT/pip.log)"
+  done
   todo=$(missing "${PKGS[@]}")
 fi
 [[ -z $todo ]] || log "missing Python packages: $todo"
