@@ -26,5 +26,7 @@ TORCH_LIBRARY(zoo_kernels, m) {
   m.def("project_dense(Tensor acts, Tensor grads, int k, int seed, str dist=\"rademacher\", int row_offset=0) -> Tensor");
   // acts (N, [T,] n), grads (N, [C,] [T,] o) -> (N, [C,] k_out * k_in)
   m.def("project_kron(Tensor acts, Tensor grads, int k_in, int k_out, int seed, str dist=\"rademacher\") -> Tensor");
+  // Exact per-layer NTK <G_ic, G_jd> from two sides' captures -> (N1, C1, N2, C2), or (N1, N2) with trace.
+  m.def("ntk_block(Tensor acts1, Tensor grads1, Tensor acts2, Tensor grads2, bool trace=False) -> Tensor");
   m.def("cuda_version() -> int", &zoo_kernels::cuda_version);
 }

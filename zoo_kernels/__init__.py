@@ -1,7 +1,8 @@
 """zoo_kernels: which model of a zoo to fine-tune, and how long fine-tuning takes, from the linearized (NTK) view."""
 from . import ops
 from ._build import build_info
-from .sketch import sketch_jacobian  # noqa: E402
+from .ntk import ntk
+from .sketch import sketch_jacobian
 
 __version__ = build_info()["version"]
-__all__ = ["ops", "build_info", "sketch_jacobian", "__version__"]
+__all__ = ["ops", "build_info", "ntk", "sketch_jacobian", "__version__"]

@@ -72,6 +72,22 @@ def project_kron(acts, grads, k_in, k_out, seed, dist="rademacher"):
     return _ops.project_kron(acts, grads, k_in, k_out, _check_seed(seed), dist)
 
 
+def ntk_block(acts1, grads1, acts2, grads2, trace=False):
+    """Exact NTK block <G_ic, G_jd> of one layer from two sides' captures (acts (N, [T,] n), grads (N, [C,] [T,] o)).
+
+    Returns (N1, C1, N2, C2), or (N1, N2) = sum_c <G_ic, G_jc> with trace=True (grads without an output
+    dimension count as C = 1). No per-sample gradient is formed unless that is cheaper (T^2 > o*n).
+    """
+    return _ops.ntk_block(acts1, grads1, acts2, grads2, trace)
+
+
+def reference_ntk_block(acts1, grads1, acts2, grads2, trace=False):
+    """Pure-torch reference of ntk_block through explicit per-sample gradients; for tests."""
+    G = [torch.einsum("nctp,ntq->ncpq", g.double(), a.double()).flatten(2)
+         for a, g in (_reference_layout(acts1, grads1), _reference_layout(acts2, grads2))]
+    return torch.einsum("ick,jck->ij", *G) if trace else torch.einsum("ick,jdk->icjd", *G)
+
+
 def _out_shape(acts, grads, k):
     has_c = grads.dim() - (acts.dim() - 2) == 3
     return (acts.shape[0], grads.shape[1], k) if has_c else (acts.shape[0], k)
@@ -104,6 +120,16 @@ def _reference_layout(acts, grads):
     a = acts if acts.dim() == 3 else acts.unsqueeze(1)
     g = grads if has_c else grads.unsqueeze(1)
     return a, (g if g.dim() == 4 else g.unsqueeze(2))
+
+
+@torch.library.register_fake("zoo_kernels::ntk_block")
+def _ntk_block_fake(acts1, grads1, acts2, grads2, trace=False):
+    def outputs(acts, grads):
+        return grads.shape[1] if grads.dim() - (acts.dim() - 2) == 3 else 1
+
+    N1, N2 = acts1.shape[0], acts2.shape[0]
+    shape = (N1, N2) if trace else (N1, outputs(acts1, grads1), N2, outputs(acts2, grads2))
+    return acts1.new_empty(shape, dtype=_out_dtype(acts1))
 
 
 def reference_project_dense(acts, grads, k, seed, dist="rademacher", row_offset=0):

@@ -1,0 +1,78 @@
+"""H-score (Bao et al., ICIP 2019, "An Information-Theoretic Approach to Transferability in Task Transfer
+Learning") and its shrinkage (regularized) variant (Ibrahim et al., "Newer is not always better: Rethinking
+transferability metrics, their peculiarities, stability and performance", ECML-PKDD 2022 / arXiv 2021).
+"""
+import torch
+
+from ._common import check_features, check_labels, class_stats
+
+__all__ = ["hscore", "hscore_shrinkage", "ledoit_wolf"]
+
+
+def _pinv_trace(cov, between, rcond):
+    """tr(pinv(cov) @ between) for symmetric PSD cov, with eigenvalues <= rcond * max eigenvalue dropped."""
+    evals, evecs = torch.linalg.eigh(cov)
+    cutoff = rcond * evals.max().clamp_min(0)
+    keep = evals > cutoff
+    if not keep.any():
+        return 0.0
+    v = evecs[:, keep]
+    return float(((v.T @ between @ v).diagonal() / evals[keep]).sum())
+
+
+def _between(f, y, c):
+    """sum_c n_c (mu_c - mu)(mu_c - mu)^T / (N - 1) = cov(E[f | y]) (np.cov convention), f centered."""
+    counts, sums = class_stats(f, y, c)
+    m = sums / counts.sqrt()[:, None]              # rows sqrt(n_c) * mu_c (mu = 0 after centering)
+    return m.T @ m / (f.shape[0] - 1)
+
+
+def _default_rcond(d):
+    return d * torch.finfo(torch.float64).eps
+
+
+def hscore(features, labels, *, rcond=None):
+    """H-score = tr(cov(f)^+ cov(E[f | y])): the class-conditional feature variance that a linear
+    classifier can use, relative to the total feature covariance. Higher is better; invariant to invertible
+    linear maps of the features (in particular to scaling). O(N D^2 + D^3).
+
+    rcond: relative eigenvalue cutoff of the pseudo-inverse (default D * machine epsilon; the TLlib
+    implementation uses 1e-15, which lets round-off eigenvalues of a rank-deficient covariance, N <= D,
+    dominate). Unstable for N < D or nearly collinear features: use hscore_shrinkage there.
+    """
+    f = check_features(features)
+    y, c = check_labels(labels, f.shape[0], device=f.device)
+    n, d = f.shape
+    f = f - f.mean(0, keepdim=True)
+    cov = f.T @ f / (n - 1)
+    return _pinv_trace(cov, _between(f, y, c), _default_rcond(d) if rcond is None else rcond)
+
+
+def ledoit_wolf(features):
+    """(covariance, shrinkage): the Ledoit-Wolf (2004) shrunk covariance (1 - a) S + a mu I of the centered
+    features, S = X^T X / N, mu = tr(S) / D, a = min(b2, d2) / d2 with d2 = ||S - mu I||_F^2 / D and
+    b2 = (sum_i ||x_i||^4 - N ||S||_F^2) / (N^2 D) (the same estimator as scikit-learn's LedoitWolf)."""
+    x = check_features(features)
+    x = x - x.mean(0, keepdim=True)
+    n, d = x.shape
+    s = x.T @ x / n
+    mu = s.diagonal().sum() / d
+    s_fro2 = (s * s).sum()
+    d2 = (s_fro2 - 2 * mu * s.diagonal().sum() + d * mu * mu) / d
+    b2 = (((x * x).sum(1) ** 2).sum() - n * s_fro2) / (n * n * d)
+    b2 = torch.minimum(b2.clamp_min(0), d2)
+    a = 0.0 if float(d2) <= 0 else float(b2 / d2)
+    shrunk = (1 - a) * s
+    shrunk.diagonal().add_(a * mu)
+    return shrunk, a
+
+
+def hscore_shrinkage(features, labels, *, rcond=1e-15):
+    """Shrinkage (regularized) H-score = tr(Sigma_a^-1 (1 - a) cov(E[f | y])), with Sigma_a the Ledoit-Wolf
+    shrunk feature covariance and a its shrinkage (Ibrahim et al.). Stable for N < D. Higher is better.
+    O(N D^2 + D^3)."""
+    f = check_features(features)
+    y, c = check_labels(labels, f.shape[0], device=f.device)
+    f = f - f.mean(0, keepdim=True)
+    cov, a = ledoit_wolf(f)
+    return _pinv_trace(cov, (1 - a) * _between(f, y, c), rcond)

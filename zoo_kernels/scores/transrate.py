@@ -1,0 +1,29 @@
+"""TransRate (Huang et al., ICML 2022, "Frustratingly Easy Transferability Estimation")."""
+import torch
+
+from ._common import check_features, check_labels
+
+__all__ = ["transrate", "coding_rate"]
+
+
+def coding_rate(z, eps=1e-4):
+    """R(Z, eps) = 1/2 logdet(I_D + Z^T Z / (N eps)) for Z (N, D), from the eigenvalues of the smaller Gram."""
+    n, d = z.shape
+    g = z.T @ z if d <= n else z @ z.T
+    evals = torch.linalg.eigvalsh(g).clamp_min(0)
+    return 0.5 * torch.log1p(evals / (n * eps)).sum()
+
+
+def transrate(features, labels, *, eps=1e-4):
+    """TransRate = R(Z, eps) - (1/C) sum_c R(Z_c, eps): the coding rate of the (globally centered) features minus
+    the mean coding rate of each class's features (the rate-distortion estimate of the mutual information
+    between features and labels). R uses the 1/(N eps) scaling and the 1/C class weights of the public
+    implementations (TLlib). Not scale invariant (eps is absolute). Higher is better. O(N D min(N, D))."""
+    if not eps > 0:
+        raise ValueError(f"`eps` must be > 0, got {eps!r}")
+    f = check_features(features)
+    y, c = check_labels(labels, f.shape[0], device=f.device)
+    f = f - f.mean(0, keepdim=True)
+    total = coding_rate(f, eps)
+    per_class = sum(coding_rate(f[y == k], eps) for k in range(c))
+    return float(total - per_class / c)
