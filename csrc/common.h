@@ -104,8 +104,10 @@ inline at::Tensor project_dense_impl(const at::Tensor& acts, const at::Tensor& g
   for (int64_t p0 = 0; p0 < s.o; p0 += ob) {
     const int64_t b = std::min(ob, s.o - p0);
     // Per-sample gradient rows p0..p0+b of every (sample, output): (N*C, b*n).
-    const at::Tensor g = B.narrow(3, p0, b).permute({0, 1, 3, 2}).reshape({s.N, s.C * b, s.T});
-    const at::Tensor G = at::bmm(g, A).view({rows, b * s.n});
+    const at::Tensor G =
+        s.T == 1  // outer products: elementwise
+            ? (B.narrow(3, p0, b).view({s.N, s.C, b, 1}) * A.view({s.N, 1, 1, s.n})).view({rows, b * s.n})
+            : at::bmm(B.narrow(3, p0, b).permute({0, 1, 3, 2}).reshape({s.N, s.C * b, s.T}), A).view({rows, b * s.n});
     for (int64_t c0 = 0; c0 < k; c0 += kb) {
       const int64_t w = std::min(kb, k - c0);
       at::Tensor R = R_buf.narrow(0, 0, b * s.n * w).view({b * s.n, w});

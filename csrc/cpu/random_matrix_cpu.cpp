@@ -4,11 +4,30 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <cstring>
+
 namespace zoo_kernels {
 namespace {
 
+// Signs of the 8 bits of every byte: a full 128-column block is 16 copies of 8 entries.
+template <typename T>
+struct SignTable {
+  T v[256][8];
+  SignTable() {
+    for (int byte = 0; byte < 256; ++byte)
+      for (int b = 0; b < 8; ++b) v[byte][b] = ((byte >> b) & 1) ? T(-1) : T(1);
+  }
+};
+
+template <typename T>
+const SignTable<T>& sign_table() {
+  static const SignTable<T> table;
+  return table;
+}
+
 template <typename T>
 void fill_row_rademacher(T* o, int64_t cols, uint64_t row, uint64_t col0, uint64_t seed) {
+  const SignTable<T>& table = sign_table<T>();
   int64_t j = 0;
   while (j < cols) {
     const uint64_t col = col0 + j;
@@ -16,11 +35,9 @@ void fill_row_rademacher(T* o, int64_t cols, uint64_t row, uint64_t col0, uint64
     const int64_t len = std::min<int64_t>(kRademacherBlock - off, cols - j);
     const U32x4 bits = philox4x32_10(row, col / kRademacherBlock, seed);
     if (off == 0 && len == kRademacherBlock) {
-      for (int w = 0; w < 4; ++w) {  // full block: branch-free, vectorizable
-        const uint32_t word = bits.v[w];
-        T* dst = o + j + 32 * w;
-        for (int b = 0; b < 32; ++b) dst[b] = T(1) - T(2) * static_cast<T>((word >> b) & 1u);
-      }
+      for (int w = 0; w < 4; ++w)  // full block: bit b of word w is column 32 w + b
+        for (int byte = 0; byte < 4; ++byte)
+          std::memcpy(o + j + 32 * w + 8 * byte, table.v[(bits.v[w] >> (8 * byte)) & 0xFFu], 8 * sizeof(T));
     } else {
       for (int64_t q = 0; q < len; ++q) o[j + q] = static_cast<T>(rademacher_sign(bits, off + static_cast<int>(q)));
     }
