@@ -23,6 +23,7 @@ Cost O(N D min(N, D) + N D C); memory O(D^2) (or O(b N) row blocks when D > N).
 """
 import contextlib
 import copy
+import importlib
 
 import torch
 
@@ -188,19 +189,21 @@ def _func_trace_ntk(model, inputs, output, batch_size, max_elements):
     jac_fn = vmap(jacrev(f), in_dims=(None, 0))
     rows = []
     for start in range(0, n, batch_size):
-        jac = jac_fn(params, inputs[start:start + batch_size])
-        rows.append(torch.cat([j.reshape(j.shape[0], c, -1) for j in jac.values()], dim=2)
-                    .to(torch.float64).reshape(j.shape[0], -1))
+        xb = inputs[start:start + batch_size]
+        jac = jac_fn(params, xb)
+        rows.append(torch.cat([j.reshape(xb.shape[0], c, -1) for j in jac.values()], dim=2)
+                    .to(torch.float64).reshape(xb.shape[0], -1))
     g = torch.cat(rows)
     return g @ g.T
 
 
 LGC_METHODS = ("sketch", "exact")
+EXACT_BACKENDS = ("auto", "ghost", "func")
 
 
 def lgc(model, inputs, labels, *, method="sketch", k=1024, sketch="kronecker", seed=0, batch_size=64,
         output="all", layers=None, kernel=None, centering="global", regression=False, progress=False,
-        dist="rademacher", max_elements=50_000_000):
+        dist="rademacher", exact_backend="auto", max_elements=50_000_000):
     """Label-Gradient Correlation: corr(Theta, S) with Theta the trace NTK of `model` on `inputs`.
 
     model: an nn.Module mapping inputs to C outputs (N, C); the gradients are taken w.r.t. its trainable
@@ -212,15 +215,18 @@ def lgc(model, inputs, labels, *, method="sketch", k=1024, sketch="kronecker", s
     method="sketch": S = zoo_kernels.sketch_jacobian(model, inputs, k, method=sketch) (N, C, k); since
         Theta_ij ~= sum_c <S_ic, S_jc> = <Phi_i, Phi_j> with Phi_i = S[i].flatten(), LGC = LFC(Phi), computed
         without N x N (O(N Ck min(N, Ck))). Unbiased kernel, error ~ 1/sqrt(k).
-    method="exact": the exact N x N kernel: `kernel(model, inputs)` if a callable is given, else
-        zoo_kernels.ntk(model, inputs, mode="trace") where that exists (the ghost NTK), else per-sample
-        Jacobians with torch.func (small models: N*C*P <= max_elements).
+    method="exact": the exact N x N kernel: `kernel(model, inputs)` if a callable is given, else by
+        exact_backend: "ghost" = zoo_kernels.ntk(model, inputs, mode="trace") (the extension's ghost NTK, no
+        per-sample gradients formed; output="all" only), "func" = per-sample Jacobians with torch.func (small
+        models: N*C*P <= max_elements), "auto" = ghost where available and output="all", else func.
 
     With only a linear head f(x) = W phi(x) + b trainable, Theta = C (Phi Phi^T + 1 1^T), so LGC = LFC(phi)
     exactly (the constant and the factor C cancel in the correlation).
     """
     if method not in LGC_METHODS:
         raise ValueError(f"`method` must be one of {LGC_METHODS}, got {method!r}")
+    if exact_backend not in EXACT_BACKENDS:
+        raise ValueError(f"`exact_backend` must be one of {EXACT_BACKENDS}, got {exact_backend!r}")
     _check_centering(centering)
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
@@ -241,9 +247,16 @@ def lgc(model, inputs, labels, *, method="sketch", k=1024, sketch="kronecker", s
         if kernel is not None:
             theta = kernel(model, x)
         else:
-            ghost = getattr(__import__("zoo_kernels"), "ntk", None)
-            if ghost is not None and output == "all":
-                theta = ghost(model, x, mode="trace")
+            ghost = getattr(importlib.import_module("zoo_kernels"), "ntk", None)
+            backend = exact_backend
+            if backend == "auto":
+                backend = "ghost" if ghost is not None and output == "all" else "func"
+            if backend == "ghost":
+                if ghost is None:
+                    raise ValueError("exact_backend='ghost' needs zoo_kernels.ntk, which this build lacks")
+                if output != "all":
+                    raise ValueError("exact_backend='ghost' computes the trace NTK (output='all') only")
+                theta = ghost(model, x, mode="trace", batch_size=batch_size, progress=progress)
             else:
                 theta = _func_trace_ntk(model, x, output, batch_size, max_elements)
     theta = as_tensor(theta, "kernel")
@@ -290,6 +303,8 @@ def with_target_head(model, num_classes, *, init="random", std=None, seed=0):
             s = (1.0 / old.in_features ** 0.5) if std is None else float(std)
             head.weight.copy_(torch.randn(head.weight.shape, generator=g, dtype=torch.float64) * s)
         head.bias.zero_()
+    if name == "":  # the model is the Linear layer itself
+        return head
     parent = new
     *path, leaf = name.split(".")
     for p in path:

@@ -20,11 +20,11 @@ def _pinv_trace(cov, between, rcond):
     return float(((v.T @ between @ v).diagonal() / evals[keep]).sum())
 
 
-def _between(f, y, c):
-    """sum_c n_c (mu_c - mu)(mu_c - mu)^T / (N - 1) = cov(E[f | y]) (np.cov convention), f centered."""
+def _between(f, y, c, ddof):
+    """cov(E[f | y]) = sum_c n_c (mu_c - mu)(mu_c - mu)^T / (N - ddof), f centered (mu = 0)."""
     counts, sums = class_stats(f, y, c)
-    m = sums / counts.sqrt()[:, None]              # rows sqrt(n_c) * mu_c (mu = 0 after centering)
-    return m.T @ m / (f.shape[0] - 1)
+    m = sums / counts.sqrt()[:, None]              # rows sqrt(n_c) * mu_c
+    return m.T @ m / (f.shape[0] - ddof)
 
 
 def _default_rcond(d):
@@ -45,7 +45,7 @@ def hscore(features, labels, *, rcond=None):
     n, d = f.shape
     f = f - f.mean(0, keepdim=True)
     cov = f.T @ f / (n - 1)
-    return _pinv_trace(cov, _between(f, y, c), _default_rcond(d) if rcond is None else rcond)
+    return _pinv_trace(cov, _between(f, y, c, 1), _default_rcond(d) if rcond is None else rcond)
 
 
 def ledoit_wolf(features):
@@ -70,9 +70,11 @@ def ledoit_wolf(features):
 def hscore_shrinkage(features, labels, *, rcond=1e-15):
     """Shrinkage (regularized) H-score = tr(Sigma_a^-1 (1 - a) cov(E[f | y])), with Sigma_a the Ledoit-Wolf
     shrunk feature covariance and a its shrinkage (Ibrahim et al.). Stable for N < D. Higher is better.
-    O(N D^2 + D^3)."""
+    Both covariances are normalized by N (so the score equals hscore when a = 0); TLlib's
+    regularized_h_score normalizes the class-mean covariance by N - 1, a constant factor N / (N - 1) that
+    does not change rankings at a fixed N. O(N D^2 + D^3)."""
     f = check_features(features)
     y, c = check_labels(labels, f.shape[0], device=f.device)
     f = f - f.mean(0, keepdim=True)
     cov, a = ledoit_wolf(f)
-    return _pinv_trace(cov, (1 - a) * _between(f, y, c), rcond)
+    return _pinv_trace(cov, (1 - a) * _between(f, y, c, 0), rcond)

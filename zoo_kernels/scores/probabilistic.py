@@ -203,6 +203,7 @@ def nleep(features, labels, *, variance=0.8, max_dim=None, components_per_class=
 
 LOGME_MAX_ITER = 11   # as the reference fixed-point solver
 LOGME_TOL = 1e-3      # relative change of alpha / beta
+GUARD = 1e-5          # added to the denominators of the updates, as the reference solver
 
 
 def _spectrum(f):
@@ -230,21 +231,11 @@ def _logme_evidence(s, z2, y2, n, d, max_iter, tol):
     t_count = z2.shape[1]
     alpha = torch.ones(t_count, dtype=s.dtype, device=s.device)
     beta = torch.ones_like(alpha)
-    out2 = (y2 - z2.sum(0)).clamp_min(0)           # the part of y outside the span of F
     active = torch.ones(t_count, dtype=torch.bool, device=s.device)
-    s_ = s[:, None]
-
-    def stats(alpha, beta):
-        den = alpha[None] + beta[None] * s_
-        gamma = (beta[None] * s_ / den).sum(0)
-        m2 = (beta[None] ** 2 * s_ * z2 / den ** 2).sum(0)
-        res2 = (alpha[None] ** 2 * z2 / den ** 2).sum(0) + out2
-        return den, gamma, m2, res2
-
     for _ in range(max_iter):
-        _, gamma, m2, res2 = stats(alpha, beta)
-        new_alpha = gamma / (m2 + 1e-5)
-        new_beta = (n - gamma) / (res2 + 1e-5)
+        _, gamma, m2, res2 = _evidence_terms(s, z2, y2, alpha, beta)
+        new_alpha = gamma / (m2 + GUARD)
+        new_beta = (n - gamma) / (res2 + GUARD)
         t_old = alpha / beta
         t_new = new_alpha / new_beta
         alpha = torch.where(active, new_alpha, alpha)
@@ -252,9 +243,25 @@ def _logme_evidence(s, z2, y2, n, d, max_iter, tol):
         active = active & ((t_new - t_old).abs() / t_old > tol)
         if not active.any():
             break
-    den, _, m2, res2 = stats(alpha, beta)
-    r = s.shape[0]
-    logdet = torch.log(den).sum(0) + (d - r) * torch.log(alpha)
+    return _log_evidence(s, z2, y2, n, d, alpha, beta)
+
+
+def _evidence_terms(s, z2, y2, alpha, beta):
+    """(alpha + beta s, gamma, ||m||^2, ||F m - y||^2) per target, m the posterior mean weights."""
+    s_ = s[:, None]
+    den = alpha[None] + beta[None] * s_
+    gamma = (beta[None] * s_ / den).sum(0)
+    m2 = (beta[None] ** 2 * s_ * z2 / den ** 2).sum(0)
+    out2 = (y2 - z2.sum(0)).clamp_min(0)           # the part of y outside the span of F
+    res2 = (alpha[None] ** 2 * z2 / den ** 2).sum(0) + out2
+    return den, gamma, m2, res2
+
+
+def _log_evidence(s, z2, y2, n, d, alpha, beta):
+    """log p(y | F, alpha, beta) / N = log N(y; 0, I / beta + F F^T / alpha) / N, per target:
+    D/2 log a + N/2 log b - a/2 ||m||^2 - b/2 ||Fm - y||^2 - 1/2 log det(a I + b F^T F) - N/2 log 2 pi."""
+    den, _, m2, res2 = _evidence_terms(s, z2, y2, alpha, beta)
+    logdet = torch.log(den).sum(0) + (d - s.shape[0]) * torch.log(alpha)
     ev = (d / 2 * torch.log(alpha) + n / 2 * torch.log(beta) - alpha / 2 * m2 - beta / 2 * res2
           - logdet / 2 - n / 2 * math.log(2 * math.pi))
     return ev / n

@@ -18,7 +18,9 @@ def transrate(features, labels, *, eps=1e-4):
     """TransRate = R(Z, eps) - (1/C) sum_c R(Z_c, eps): the coding rate of the (globally centered) features minus
     the mean coding rate of each class's features (the rate-distortion estimate of the mutual information
     between features and labels). R uses the 1/(N eps) scaling and the 1/C class weights of the public
-    implementations (TLlib). Not scale invariant (eps is absolute). Higher is better. O(N D min(N, D))."""
+    implementations (TLlib). eps is absolute: nearly scale invariant when eps is far below the feature
+    variances (the log-determinants' scale terms then cancel), not for small features. Higher is better.
+    O(N D min(N, D))."""
     if not eps > 0:
         raise ValueError(f"`eps` must be > 0, got {eps!r}")
     f = check_features(features)

@@ -1,0 +1,22 @@
+"""Transferability scores: which model of a zoo to fine-tune on a target task, without fine-tuning.
+
+Every score takes features / probabilities / labels as torch tensors or numpy arrays and returns a Python
+float (higher = better model for the target). See docs/SCORES.md for the formulas, costs and caveats.
+"""
+from .correlation import lfc, lgc, lgc_from_kernel, label_matrix, with_target_head
+from .gbc import gbc
+from .hscore import hscore, hscore_shrinkage, ledoit_wolf
+from .knn import knn_accuracy
+from .linear_probe import linear_probe_accuracy
+from .prior import model_size, source_accuracy
+from .probabilistic import gmm_posteriors, leep, logme, nce, nleep, pca
+from .transrate import transrate
+from .zoo import combine, energy_score, etran, lda_score, minmax
+
+__all__ = [
+    "lfc", "lgc", "lgc_from_kernel", "label_matrix", "with_target_head",
+    "leep", "nce", "nleep", "logme", "hscore", "hscore_shrinkage", "transrate", "gbc", "knn_accuracy",
+    "linear_probe_accuracy", "model_size", "source_accuracy",
+    "etran", "lda_score", "energy_score", "minmax", "combine",
+    "ledoit_wolf", "pca", "gmm_posteriors",
+]

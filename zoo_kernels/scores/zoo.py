@@ -1,0 +1,91 @@
+"""Whole-zoo scores: scores that are rescaled across the set of candidate models before being combined.
+
+ETran (Gholami et al., ICCV 2023, "ETran: Energy-Based Transferability Estimation") combines, per target,
+a label-free energy score and an LDA classification score after min-max normalizing each across the zoo:
+    ETran(m) = 0.85 * minmax(LDA)(m) + 0.15 * minmax(energy)(m).
+Such a score of one model depends on the other models, hence the whole-zoo calls here: they take a dict
+{model name: features} (or {model name: {score name: value}}) and return {model name: value}.
+"""
+import math
+
+import torch
+
+from ._common import check_features, check_labels, class_stats
+from .hscore import ledoit_wolf
+
+__all__ = ["minmax", "combine", "energy_score", "lda_score", "etran"]
+
+
+def minmax(values):
+    """{name: (v - min) / (max - min)}; all 0.5 when the values are equal. Non-finite values raise."""
+    vals = {k: float(v) for k, v in values.items()}
+    if not vals:
+        raise ValueError("`values` is empty")
+    bad = [k for k, v in vals.items() if not math.isfinite(v)]
+    if bad:
+        raise ValueError(f"non-finite scores for {bad}")
+    lo, hi = min(vals.values()), max(vals.values())
+    if hi == lo:
+        return {k: 0.5 for k in vals}
+    return {k: (v - lo) / (hi - lo) for k, v in vals.items()}
+
+
+def combine(scores, weights):
+    """Weighted sum of min-max normalized scores across the zoo.
+
+    scores: {score name: {model name: value}}; weights: {score name: weight}. Returns {model name: value}.
+    Every score must cover the same models. A documented, zoo-relative combination of single scores.
+    """
+    if not weights:
+        raise ValueError("`weights` is empty")
+    missing = [s for s in weights if s not in scores]
+    if missing:
+        raise ValueError(f"`scores` has no entry for {missing}")
+    models = set(scores[next(iter(weights))])
+    for s in weights:
+        if set(scores[s]) != models:
+            raise ValueError(f"score {s!r} covers models {sorted(scores[s])}, expected {sorted(models)}")
+    normed = {s: minmax(scores[s]) for s in weights}
+    return {m: sum(w * normed[s][m] for s, w in weights.items()) for m in sorted(models)}
+
+
+def energy_score(features, *, tail=0.5):
+    """Label-free energy score: per sample E(x) = logsumexp_d f_d(x) over the feature vector; the mean of the
+    lowest `tail` fraction of the samples' E (ETran's energy term). Higher is better."""
+    f = check_features(features)
+    if not 0 < tail <= 1:
+        raise ValueError(f"`tail` must be in (0, 1], got {tail!r}")
+    e = torch.logsumexp(f, dim=1).sort().values
+    keep = max(1, int(round(tail * e.numel())))
+    return float(e[:keep].mean())
+
+
+def lda_score(features, labels):
+    """Mean posterior of the true class under a linear discriminant analysis fitted to the same samples
+    (class means, pooled within-class covariance with Ledoit-Wolf shrinkage, class priors n_c / N).
+    In (0, 1]; higher is better. O(N D^2 + D^3)."""
+    f = check_features(features)
+    y, c = check_labels(labels, f.shape[0], device=f.device)
+    counts, sums = class_stats(f, y, c)
+    mu = sums / counts[:, None]
+    within = f - mu[y]
+    cov, _ = ledoit_wolf(within)
+    evals, evecs = torch.linalg.eigh(cov)
+    evals = evals.clamp_min(evals.max() * 1e-12)
+    prec_mu = evecs @ ((evecs.T @ mu.T) / evals[:, None])               # (D, C) Sigma^-1 mu_c
+    logits = f @ prec_mu - 0.5 * (mu * prec_mu.T).sum(1)[None] + torch.log(counts / counts.sum())[None]
+    post = torch.softmax(logits, dim=1)
+    return float(post.gather(1, y[:, None]).mean())
+
+
+def etran(features, labels, *, weights=(0.85, 0.15), tail=0.5):
+    """ETran-style whole-zoo score: weights[0] * minmax(lda_score) + weights[1] * minmax(energy_score).
+
+    features: {model name: (N, D) features}, labels: (N,). Returns {model name: score}. Our LDA term uses
+    Ledoit-Wolf shrinkage; the reference implementation's exact LDA settings are not reproduced.
+    """
+    if not isinstance(features, dict) or len(features) < 1:
+        raise TypeError("`features` must be a non-empty dict {model name: (N, D) features}")
+    lda = {m: lda_score(f, labels) for m, f in features.items()}
+    energy = {m: energy_score(f, tail=tail) for m, f in features.items()}
+    return combine({"lda": lda, "energy": energy}, {"lda": weights[0], "energy": weights[1]})
