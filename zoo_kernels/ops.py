@@ -88,6 +88,13 @@ def reference_ntk_block(acts1, grads1, acts2, grads2, trace=False):
     return torch.einsum("ick,jck->ij", *G) if trace else torch.einsum("ick,jdk->icjd", *G)
 
 
+def gram_accumulate_(gram, sketch, cross=None, targets=None):
+    """gram += sketch^T sketch (and cross += sketch^T targets) in float64, streamed over row tiles."""
+    empty = sketch.new_empty(0)
+    _ops.gram_accumulate_(gram, sketch, gram.new_empty(0) if cross is None else cross,
+                          empty if targets is None else targets)
+
+
 def _out_shape(acts, grads, k):
     has_c = grads.dim() - (acts.dim() - 2) == 3
     return (acts.shape[0], grads.shape[1], k) if has_c else (acts.shape[0], k)
@@ -130,6 +137,11 @@ def _ntk_block_fake(acts1, grads1, acts2, grads2, trace=False):
     N1, N2 = acts1.shape[0], acts2.shape[0]
     shape = (N1, N2) if trace else (N1, outputs(acts1, grads1), N2, outputs(acts2, grads2))
     return acts1.new_empty(shape, dtype=_out_dtype(acts1))
+
+
+@torch.library.register_fake("zoo_kernels::gram_accumulate_")
+def _gram_accumulate_fake(gram, sketch, cross, targets):
+    return None
 
 
 def reference_project_dense(acts, grads, k, seed, dist="rademacher", row_offset=0):
