@@ -15,6 +15,16 @@ from zoo_kernels.scores.transrate import coding_rate
 # ------------------------------------------------------------------------------------------------ helpers
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These problems are tiny: one intra-op thread avoids OpenMP oversubscription on a shared machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+
 def clustered(gen, n=120, d=12, c=4, sep=1.0, dtype=torch.float64):
     """Features with class structure: class centers (scaled by sep) + unit noise, with an offset."""
     y = torch.randint(c, (n,), generator=gen)

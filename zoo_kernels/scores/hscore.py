@@ -77,4 +77,9 @@ def hscore_shrinkage(features, labels, *, rcond=1e-15):
     y, c = check_labels(labels, f.shape[0], device=f.device)
     f = f - f.mean(0, keepdim=True)
     cov, a = ledoit_wolf(f)
-    return _pinv_trace(cov, (1 - a) * _between(f, y, c, 0), rcond)
+    between = (1 - a) * _between(f, y, c, 0)
+    if a > 0:  # shrinkage makes cov positive definite (eigenvalues >= a mu): a Cholesky solve is exact and cheaper
+        chol, info = torch.linalg.cholesky_ex(cov)
+        if int(info) == 0:
+            return float(torch.cholesky_solve(between, chol).diagonal().sum())
+    return _pinv_trace(cov, between, rcond)

@@ -10,6 +10,11 @@ def coding_rate(z, eps=1e-4):
     """R(Z, eps) = 1/2 logdet(I_D + Z^T Z / (N eps)) for Z (N, D), from the eigenvalues of the smaller Gram."""
     n, d = z.shape
     g = z.T @ z if d <= n else z @ z.T
+    m = g / (n * eps)
+    m.diagonal().add_(1.0)
+    chol, info = torch.linalg.cholesky_ex(m)  # I + G/(N eps) is positive definite (eigenvalues >= 1)
+    if int(info) == 0:
+        return torch.log(chol.diagonal()).sum()
     evals = torch.linalg.eigvalsh(g).clamp_min(0)
     return 0.5 * torch.log1p(evals / (n * eps)).sum()
 

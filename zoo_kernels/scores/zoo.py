@@ -69,10 +69,14 @@ def lda_score(features, labels):
     counts, sums = class_stats(f, y, c)
     mu = sums / counts[:, None]
     within = f - mu[y]
-    cov, _ = ledoit_wolf(within)
-    evals, evecs = torch.linalg.eigh(cov)
-    evals = evals.clamp_min(evals.max() * 1e-12)
-    prec_mu = evecs @ ((evecs.T @ mu.T) / evals[:, None])               # (D, C) Sigma^-1 mu_c
+    cov, a = ledoit_wolf(within)
+    chol, info = torch.linalg.cholesky_ex(cov)
+    if a > 0 and int(info) == 0:  # shrunk: positive definite
+        prec_mu = torch.cholesky_solve(mu.T.contiguous(), chol)          # (D, C) Sigma^-1 mu_c
+    else:
+        evals, evecs = torch.linalg.eigh(cov)
+        evals = evals.clamp_min(evals.max() * 1e-12)
+        prec_mu = evecs @ ((evecs.T @ mu.T) / evals[:, None])
     logits = f @ prec_mu - 0.5 * (mu * prec_mu.T).sum(1)[None] + torch.log(counts / counts.sum())[None]
     post = torch.softmax(logits, dim=1)
     return float(post.gather(1, y[:, None]).mean())
