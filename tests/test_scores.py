@@ -147,6 +147,10 @@ def test_lgc_head_only_equals_lfc(gen):
     # a user-supplied kernel callable is used as is
     assert S.lgc(model, x, y, method="exact", kernel=lambda m, xx: 3 * (f @ f.T + 1)) == pytest.approx(lfc,
                                                                                                        abs=1e-12)
+    # regression targets: the same identity with S = y~ y~^T
+    t = x[:, :1] * 2 + 0.1
+    assert S.lgc(model, x, t, method="exact", regression=True) == pytest.approx(S.lfc(f, t, regression=True),
+                                                                                abs=1e-10)
     # the sketch (dense JL projection) approximates it; error ~ 1/sqrt(k)
     assert S.lgc(model, x, y, method="sketch", sketch="dense", k=8192) == pytest.approx(lfc, abs=0.03)
     assert all(not p.requires_grad for p in body.parameters())

@@ -225,12 +225,17 @@ def _lgc(model, x, y, num_classes, device, kwargs, seed):
     head = kw.pop("head", "random")
     if head not in HEADS:
         raise ValueError(f"lgc `head` must be one of {HEADS}, got {head!r}")
+    std = kw.pop("head_std", None)
     if head != "source":
-        model = correlation.with_target_head(model, num_classes, init=head, std=kw.pop("head_std", None), seed=seed)
+        model = correlation.with_target_head(model, num_classes, init=head, std=std, seed=seed)
+    was_training = model.training
     model = model.to(device).eval()
     kw.setdefault("k", 1024)
     kw.setdefault("seed", seed)
-    return correlation.lgc(model, x.to(device), y, **kw)
+    try:
+        return correlation.lgc(model, x.to(device), y, **kw)
+    finally:
+        model.train(was_training)
 
 
 def _resolve(models):
