@@ -164,7 +164,7 @@ def _pick_fonts(ok: torch.Tensor, char_idx: np.ndarray, rng: np.random.Generator
 
 
 def _warp(templates: torch.Tensor, rng: np.random.Generator, *, rot=10.0, scale=(0.85, 1.15), shear=0.15,
-          shift=0.12, thick=(0.15, 0.45, 0.3, 0.1)) -> torch.Tensor:
+          shift=0.12, thick=(0.07, 0.5, 0.3, 0.13)) -> torch.Tensor:
     """Random stroke width + affine warp of [N,64,64] templates to [N,1,32,32]."""
     n = templates.shape[0]
     t = templates.unsqueeze(1).double()
@@ -635,8 +635,9 @@ def _t_texture_orient(y, rng):
     y = np.asarray(y)
     ang = np.array([22.5, 67.5, 112.5, 157.5])[y % 4]
     per = np.where(y < 4, 7.0, 3.4)
-    x = _grating(len(y), ang, per, rng, jitter_deg=4)
-    x = _normalize(x, rng)
+    x = _grating(len(y), ang, per, rng, jitter_deg=6)
+    bg = _power_noise(len(y), 1.5, rng)
+    x = _normalize(0.5 * x + bg / bg.std((1, 2, 3), keepdim=True), rng)
     return _finish(x + torch.from_numpy(rng.uniform(0, 0.08, len(y))).view(-1, 1, 1, 1)
                    * torch.from_numpy(rng.standard_normal(x.shape)))
 
@@ -655,7 +656,7 @@ def _t_shapes_on_texture(y, rng):
     fill = _grating(n, rng.uniform(0, 180, n), rng.uniform(3.5, 8, n), rng, jitter_deg=0)
     bg = _power_noise(n, 1.5, rng)
     bg = bg / bg.std((1, 2, 3), keepdim=True)
-    x = m * (0.5 + 0.35 * fill) + (1 - m) * (0.5 + 0.2 * bg)
+    x = m * (0.62 + 0.3 * fill) + (1 - m) * (0.38 + 0.15 * bg)
     return _finish(x + torch.from_numpy(rng.normal(0, 0.03, x.shape)))
 
 
@@ -674,7 +675,7 @@ TARGETS = {
     "shapes_new": (8, _t_shapes_new, "8 unseen shapes (arrow, L, T, trapezoid, 4/8-point stars, parallelogram, "
                                      "heart)"),
     "shape_count": (5, _t_shape_count, "count 1-5 small discs/squares"),
-    "texture_orient": (8, _t_texture_orient, "gratings at 4 unseen orientations (22.5°+k·45°) × 2 unseen periods"),
+    "texture_orient": (8, _t_texture_orient, "weak gratings at 4 unseen orientations (22.5°+k·45°) × 2 unseen periods, in 1/f^1.5 noise"),
     "texture_noise": (5, _t_texture_noise, "spectral slope of 1/f^β noise, β ∈ {0,1,2,3,4}"),
     "shapes_on_texture": (6, _t_shapes_on_texture, "6 shapes filled with a grating over 1/f noise (composition "
                                                    "of shapes and textures)"),

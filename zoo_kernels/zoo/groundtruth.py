@@ -1,0 +1,226 @@
+"""Regenerate the MiniZoo ground-truth files (zoo_kernels/zoo/data/).
+
+    python -m zoo_kernels.zoo.groundtruth --tier small              # fine-tuning accuracies + SGD grid
+    python -m zoo_kernels.zoo.groundtruth --tier full --part finetune --resume
+    python -m zoo_kernels.zoo.groundtruth --tier full --part sgd --models convnet_latin --resume
+
+Files (per tier, CSV, one header row; ``GT_VERSION`` in ``meta_<tier>.json``):
+
+* ``finetune_<tier>.csv``  one row per model x task x shots (10, 50) x seed (0, 1): test accuracy/loss, final
+  full-train loss/accuracy, optimization wall seconds, the recipe (``finetune.RECIPE``), sizes.
+* ``sgd_runs_<tier>.csv``  one row per SGD-grid run (lr x batch x momentum, ``finetune.SGD_GRID``) on the
+  10-shot split: config, final train loss/accuracy, test accuracy, wall seconds, divergence.
+* ``sgd_steps_<tier>.csv``  per step of every grid run: full-training-set loss and accuracy, cumulative
+  optimization wall seconds.
+* ``meta_<tier>.json``  what was computed, with which versions, threads, device, and how long it took.
+
+Rows are appended as they finish, so ``--resume`` continues an interrupted run. Fine-tuning rows already in the
+other tier's file with the same recipe are reused (a run is deterministic given its seed, device and
+thread count).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import itertools
+import json
+import os
+import platform
+import time
+
+import torch
+
+from . import api
+from . import data as D
+from .finetune import RECIPE, SEEDS, SGD_GRID, SGD_GRID_SHOTS, SGD_GRID_STEPS, finetune
+
+GT_VERSION = 1
+FT_COLS = ["model", "task", "shots", "seed", "test_acc", "test_loss", "train_acc", "train_loss", "wall_seconds",
+           "lr", "momentum", "batch", "steps", "weight_decay", "n_train", "n_test", "num_classes", "diverged"]
+RUN_COLS = ["run", "model", "task", "shots", "seed", "lr", "batch", "momentum", "steps", "n_train", "num_classes",
+            "train_loss", "train_acc", "test_acc", "wall_seconds", "diverged"]
+STEP_COLS = ["run", "step", "train_loss", "train_acc", "wall"]
+# The SGD grid is measured on these models of each tier (every task of the tier).
+SGD_MODELS = {"small": ("convnet_latin", "resnet_multi"),
+              "full": ("convnet_latin", "resnet_multi", "mobilenet_textures", "convnet_random")}
+
+
+def _fmt(v):
+    if isinstance(v, bool):
+        return int(v)
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return v
+
+
+class _Appender:
+    def __init__(self, path: str, cols: list[str], resume: bool):
+        self.path, self.cols = path, cols
+        fresh = not (resume and os.path.exists(path))
+        if fresh:
+            with open(path, "w", newline="") as f:
+                csv.writer(f).writerow(cols)
+
+    def write(self, rows: list[dict]):
+        with open(self.path, "a", newline="") as f:
+            w = csv.writer(f)
+            for r in rows:
+                w.writerow([_fmt(r[c]) for c in self.cols])
+
+
+def _existing(path: str) -> list[dict]:
+    if not os.path.exists(path):
+        return []
+    return api._read_csv(path)
+
+
+def _recipe_match(r: dict) -> bool:
+    return (abs(r["lr"] - RECIPE.lr) < 1e-12 and abs(r["momentum"] - RECIPE.momentum) < 1e-12
+            and r["steps"] == RECIPE.steps and abs(r["weight_decay"] - RECIPE.weight_decay) < 1e-12)
+
+
+def run_finetune(tier, models, tasks, shots, seeds, resume, device, log):
+    path = api.gt_path("finetune", tier)
+    old = _existing(path) if resume else []
+    out = _Appender(path, FT_COLS, resume)
+    done = {(r["model"], r["task"], r["shots"], r["seed"]) for r in old}
+    other = "small" if tier == "full" else "full"
+    if os.path.exists(api.gt_path("finetune", other)):
+        reuse = [r for r in _existing(api.gt_path("finetune", other))
+                 if _recipe_match(r) and (r["model"], r["task"], r["shots"], r["seed"]) not in done
+                 and r["model"] in models and r["task"] in tasks and r["shots"] in shots and r["seed"] in seeds]
+        out.write(reuse)
+        done |= {(r["model"], r["task"], r["shots"], r["seed"]) for r in reuse}
+        if reuse:
+            log(f"reused {len(reuse)} rows of the {other} tier")
+    todo = [k for k in itertools.product(models, tasks, shots, seeds) if k not in done]
+    log(f"finetune: {len(todo)} runs to do ({len(done)} done)")
+    t0 = time.time()
+    for i, (m, t, s, seed) in enumerate(todo):
+        xtr, ytr, xte, yte = api.load_task(t, shots=s)
+        c = D.TARGETS[t][0]
+        model = api.load_model(m, num_classes=c, seed=seed)
+        r = finetune(model, xtr, ytr, xte, yte, num_classes=c, seed=seed, device=device, **RECIPE.as_dict())
+        r.update(model=m, task=t, shots=s, weight_decay=RECIPE.weight_decay)
+        out.write([r])
+        if (i + 1) % 10 == 0 or i + 1 == len(todo):
+            el = time.time() - t0
+            log(f"  {i + 1}/{len(todo)} runs, {el:.0f}s elapsed, ~{el / (i + 1) * (len(todo) - i - 1):.0f}s left "
+                f"(last: {m} {t} {s}-shot seed {seed}: acc {r['test_acc']:.3f})")
+    return time.time() - t0, len(todo)
+
+
+def run_sgd(tier, models, tasks, resume, device, log):
+    runs_path, steps_path = api.gt_path("sgd_runs", tier), api.gt_path("sgd_steps", tier)
+    old = _existing(runs_path) if resume else []
+    runs_out = _Appender(runs_path, RUN_COLS, resume)
+    steps_out = _Appender(steps_path, STEP_COLS, resume)
+    key = lambda m, t, lr, b, mo: (m, t, float(lr), int(b), float(mo))  # noqa: E731
+    done = {key(r["model"], r["task"], r["lr"], r["batch"], r["momentum"]) for r in old}
+    next_id = max((r["run"] for r in old), default=-1) + 1
+    grid = list(itertools.product(SGD_GRID["lr"], SGD_GRID["batch"], SGD_GRID["momentum"]))
+    todo = [(m, t, *g) for m in models for t in tasks for g in grid if key(m, t, *g) not in done]
+    log(f"sgd grid: {len(todo)} runs to do ({len(done)} done), {SGD_GRID_STEPS} steps, {SGD_GRID_SHOTS}-shot")
+    t0 = time.time()
+    for i, (m, t, lr, b, mo) in enumerate(todo):
+        xtr, ytr, xte, yte = api.load_task(t, shots=SGD_GRID_SHOTS)
+        c = D.TARGETS[t][0]
+        model = api.load_model(m, num_classes=c, seed=0)
+        r = finetune(model, xtr, ytr, xte, yte, num_classes=c, lr=lr, batch=b, momentum=mo, steps=SGD_GRID_STEPS,
+                     seed=0, record=True, device=device)
+        tr = r.pop("steps_trace")
+        r.update(run=next_id, model=m, task=t, shots=SGD_GRID_SHOTS)
+        runs_out.write([r])
+        steps_out.write([{"run": next_id, "step": st, "train_loss": lo, "train_acc": ac, "wall": wa}
+                         for st, lo, ac, wa in zip(tr["step"], tr["train_loss"], tr["train_acc"], tr["wall"])])
+        next_id += 1
+        if (i + 1) % 16 == 0 or i + 1 == len(todo):
+            el = time.time() - t0
+            log(f"  {i + 1}/{len(todo)} runs, {el:.0f}s elapsed, ~{el / (i + 1) * (len(todo) - i - 1):.0f}s left")
+    return time.time() - t0, len(todo)
+
+
+def report(tier: str) -> str:
+    """Markdown tables of the tier's ground truth: accuracy per task x model (mean over seeds), best expert."""
+    rows = api.ground_truth(tier)
+    if not rows:
+        return f"(no {tier} ground truth)"
+    models = [m for m in api.models(tier) if any(r["model"] == m for r in rows)]
+    lines = []
+    for shots in api.SHOTS:
+        sub = {(r["task"], r["model"]): r for r in rows if r["shots"] == shots}
+        tasks = [t for t in api.tasks(tier) if any((t, m) in sub for m in models)]
+        if not tasks:
+            continue
+        lines.append(f"\n**{shots} shots per class** (test accuracy %, mean over seeds; * = best, n = seeds)\n")
+        lines.append("| task | " + " | ".join(m.replace("_", " ") for m in models) + " | best | n |")
+        lines.append("|---" * (len(models) + 3) + "|")
+        for t in tasks:
+            accs = {m: sub[(t, m)]["accuracy"] for m in models if (t, m) in sub}
+            best = max(accs, key=accs.get)
+            cells = [("*" if m == best else "") + f"{100 * accs[m]:.1f}" if m in accs else "" for m in models]
+            seeds = min(sub[(t, m)]["seeds"] for m in accs)
+            lines.append(f"| {t} | " + " | ".join(cells) + f" | {best} | {seeds} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tier", choices=api.TIERS, default="small")
+    ap.add_argument("--part", choices=("finetune", "sgd", "all"), default="all")
+    ap.add_argument("--models", nargs="*", help="subset of the tier's models")
+    ap.add_argument("--tasks", nargs="*", help="subset of the tier's tasks")
+    ap.add_argument("--shots", nargs="*", type=int, default=list(api.SHOTS))
+    ap.add_argument("--seeds", nargs="*", type=int, default=list(SEEDS))
+    ap.add_argument("--resume", action="store_true", help="append to the existing files, skipping done runs")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or auto (the stored files were made on cpu)")
+    ap.add_argument("--report", action="store_true", help="print markdown tables of the stored ground truth and exit")
+    args = ap.parse_args(argv)
+    if args.report:
+        print(report(args.tier))
+        return
+    torch.set_num_threads(args.threads)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    log = lambda s: print(s, flush=True)  # noqa: E731
+    os.makedirs(api.DATA_DIR, exist_ok=True)
+    models = args.models or api.models(args.tier)
+    tasks = args.tasks or api.tasks(args.tier)
+    meta_path = os.path.join(api.DATA_DIR, f"meta_{args.tier}.json")
+    meta = json.load(open(meta_path)) if (args.resume and os.path.exists(meta_path)) else {"parts": {}}
+    info = {"gt_version": GT_VERSION, "data_version": D.DATA_VERSION, "tier": args.tier,
+            "recipe": RECIPE.as_dict(), "seeds": args.seeds, "shots": args.shots,
+            "sgd_grid": {**{k: list(v) for k, v in SGD_GRID.items()}, "steps": SGD_GRID_STEPS,
+                         "shots": SGD_GRID_SHOTS, "seed": 0},
+            "torch": str(torch.__version__), "freetype": D.freetype_version(), "device": device,
+            "threads": args.threads, "host": f"{platform.machine()} {platform.processor() or ''}".strip(),
+            "cpu_count": os.cpu_count()}
+    meta.update(info)
+    stats = meta.setdefault("task_stats", {})
+    for t in tasks:  # what the data looked like when the ground truth was measured (tests compare the means)
+        xtr, _, xte, _ = api.load_task(t)
+        stats[t] = {"train_mean": round(float(xtr.mean()), 6), "test_mean": round(float(xte.mean()), 6),
+                    "train_sha": D.fingerprint(xtr), "test_sha": D.fingerprint(xte)}
+    if args.part in ("finetune", "all"):
+        secs, n = run_finetune(args.tier, models, tasks, args.shots, args.seeds, args.resume, device, log)
+        p = meta["parts"].setdefault("finetune", {"seconds": 0.0, "runs": 0})
+        p["seconds"] = round(p["seconds"] * bool(args.resume) + secs, 1)
+        p["runs"] = p["runs"] * bool(args.resume) + n
+        p["models"], p["tasks"] = sorted(set(p.get("models", [])) | set(models)), sorted(set(p.get("tasks", [])) | set(tasks))
+        p["finished"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        json.dump(meta, open(meta_path, "w"), indent=1, sort_keys=True)
+    if args.part in ("sgd", "all"):
+        sgd_models = args.models or [m for m in SGD_MODELS[args.tier]]
+        secs, n = run_sgd(args.tier, sgd_models, tasks, args.resume, device, log)
+        p = meta["parts"].setdefault("sgd", {"seconds": 0.0, "runs": 0})
+        p["seconds"] = round(p["seconds"] * bool(args.resume) + secs, 1)
+        p["runs"] = p["runs"] * bool(args.resume) + n
+        p["models"], p["tasks"] = sorted(set(p.get("models", [])) | set(sgd_models)), sorted(set(p.get("tasks", [])) | set(tasks))
+        p["finished"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        json.dump(meta, open(meta_path, "w"), indent=1, sort_keys=True)
+    log("done")
+
+
+if __name__ == "__main__":
+    main()
