@@ -3,6 +3,8 @@ from . import ops
 from ._build import build_info
 from .ntk import ntk
 from .sketch import sketch_jacobian
+from .spectrum import SketchGram, Spectrum, estimate_spectrum
 
 __version__ = build_info()["version"]
-__all__ = ["ops", "build_info", "ntk", "sketch_jacobian", "__version__"]
+__all__ = ["ops", "build_info", "ntk", "sketch_jacobian", "estimate_spectrum", "Spectrum", "SketchGram",
+           "__version__"]

@@ -108,6 +108,7 @@ class Spectrum:
     subset_eigenvalues: np.ndarray = field(repr=False)  # all measured eigenvalues (rescaled)
     subset_energies: np.ndarray = field(repr=False)
     method: str = "exact"
+    rank: int = None  # numerical rank of Θ when the subset showed it rank-deficient (P < M·C): later modes are 0
     seconds: float = 0.0
 
     @property
@@ -124,6 +125,8 @@ class Spectrum:
         count = (hi - lo).astype(np.float64)
         mid = np.sqrt(lo * (hi - 1.0).clip(min=lo))
         tail_lam = self.tail_scale * mid ** (-self.alpha)
+        if self.rank is not None:
+            tail_lam = np.where(lo > self.rank, 0.0, tail_lam)
         weight = count * mid ** (-self.beta)
         remaining = max(self.residual_norm2 - float(e.sum()), 0.0)
         tail_e = weight / weight.sum() * remaining
@@ -228,10 +231,11 @@ def estimate_spectrum(model, data, subset=None, k=None, method=None, *, loss="ms
     lam = lam.cpu().numpy() * scale
     energies = energies.cpu().numpy() * scale
     m = int(np.count_nonzero(lam > lam[0] * 1e-12)) if lam.size else 0
-    t = m if M == n_total else max(2, min(m, int(round(trust * m))))  # the full set needs no tail
+    t = len(lam) if M == n_total else max(2, min(m, int(round(trust * m))))  # the full set needs no tail
     alpha, log_c = _power_law(lam, max(1, t // 4), t)
     beta, _ = _power_law(energies, max(1, t // 4), t)
     return Spectrum(n_samples=n_total, n_outputs=C, subset=M, eigenvalues=lam[:t], energies=energies[:t],
                     residual_norm2=residual_norm2 * scale, alpha=alpha, beta=beta, tail_scale=math.exp(log_c),
                     subset_eigenvalues=lam, subset_energies=energies, method=method,
+                    rank=m if method == "exact" and m < len(lam) else None,
                     seconds=time.perf_counter() - start)

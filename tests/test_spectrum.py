@@ -1,0 +1,159 @@
+"""Streaming sketch Grams, subset spectral estimation, and the 2-process distributed sketch."""
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+from torch import nn
+
+import zoo_kernels as zk
+from zoo_kernels import ops
+from zoo_kernels.distributed import _demo_problem, sketch_gram
+from zoo_kernels.spectrum import SketchGram, estimate_spectrum, initial_residual
+
+
+def problem(n=120, d=6, C=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g, dtype=torch.float64)
+    y = torch.randint(0, C, (n,), generator=g)
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(d, 16), nn.Tanh(), nn.Linear(16, C)).double().eval()
+    return model, x, y
+
+
+def test_gram_accumulate_matches_direct_products():
+    g = torch.Generator().manual_seed(1)
+    S, Y = torch.randn(20000, 40, generator=g), torch.randn(20000, 2, generator=g)
+    gram = torch.full((40, 40), 0.0, dtype=torch.float64)
+    cross = torch.zeros(40, 2, dtype=torch.float64)
+    ops.gram_accumulate_(gram, S, cross, Y)
+    ops.gram_accumulate_(gram, S[:7])
+    Sd = S.double()
+    torch.testing.assert_close(gram, Sd.T @ Sd + Sd[:7].T @ Sd[:7], rtol=1e-12, atol=1e-9)
+    torch.testing.assert_close(cross, Sd.T @ Y.double(), rtol=1e-12, atol=1e-9)
+    torch.library.opcheck(torch.ops.zoo_kernels.gram_accumulate_.default, (gram.clone(), S[:50], cross.clone(), Y[:50]))
+    with pytest.raises(RuntimeError, match="`gram` must be float64"):
+        ops.gram_accumulate_(gram.float(), S)
+    with pytest.raises(RuntimeError, match="`gram` must be \\(10, 10\\) to match `sketch`"):
+        ops.gram_accumulate_(gram, S[:, :10])
+    bad = S[:3].clone()
+    bad[0, 0] = float("nan")
+    with pytest.raises(RuntimeError, match="not finite"):
+        ops.gram_accumulate_(gram.clone(), bad)
+
+
+def test_sketch_gram_eigh_equals_eigh_of_S_St():
+    g = torch.Generator().manual_seed(2)
+    S, delta = torch.randn(300, 20, generator=g, dtype=torch.float64), torch.randn(300, generator=g, dtype=torch.float64)
+    acc = SketchGram(20)
+    for s in range(0, 300, 70):  # streamed in uneven chunks
+        acc.update(S[s:s + 70], delta[s:s + 70])
+    lam, energies = acc.eigh()
+    mu, U = torch.linalg.eigh(S @ S.T)
+    mu, U = mu.flip(0)[:20], U.flip(1)[:, :20]
+    torch.testing.assert_close(lam, mu, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(energies, (U.T @ delta).square(), rtol=1e-8, atol=1e-9)
+    assert float(acc.residual_norm2) == pytest.approx(float(delta.square().sum()))
+
+
+def test_exact_full_spectrum_and_gd_loss_curve_match_direct_simulation():
+    model, x, y = problem()
+    spec = estimate_spectrum(model, (x, y))
+    K = zk.ntk(model, x).permute(0, 2, 1, 3).reshape(360, 360)
+    delta = initial_residual(model, x, y).reshape(-1)
+    np.testing.assert_allclose(spec.eigenvalues, torch.linalg.eigvalsh(K).flip(0).clamp_min(0).numpy(), rtol=1e-8, atol=1e-8)
+    assert spec.energies.sum() == pytest.approx(float(delta.square().sum()), rel=1e-10)
+    # Full-batch GD of the linearized model: delta_{t+1} = (I - lr K / N) delta_t, L = |delta|^2 / 2N.
+    lr, N = 0.5, 120
+    A = torch.eye(360, dtype=torch.float64) - lr * K / N
+    d, direct = delta.clone(), []
+    for _ in range(51):
+        direct.append(float(d.square().sum()) / (2 * N))
+        d = A @ d
+    np.testing.assert_allclose(spec.mse_gd_loss_curve(lr, 50), direct, rtol=1e-8)
+
+
+def test_subset_rescaling_and_tail():
+    model, x, y = problem(n=200)
+    spec = estimate_spectrum(model, (x, y), subset=50, n_total=800, seed=3, trust=0.5)
+    assert spec.n_samples == 800 and spec.subset == 50 and spec.n_modes == 2400
+    lam, mult, e = spec.modes()
+    assert mult.sum() == 2400  # every mode of the full set is represented
+    assert e.sum() == pytest.approx(spec.residual_norm2, rel=1e-9)
+    assert np.all(np.diff(lam) <= 1e-9 * lam[0])  # descending
+    # eigenvalues are the subset's, times N / M
+    x50 = x[torch.randperm(200, generator=torch.Generator().manual_seed(3))[:50].sort().values]
+    K50 = zk.ntk(model, x50).permute(0, 2, 1, 3).reshape(150, 150)
+    top = torch.linalg.eigvalsh(K50).flip(0)[:len(spec.eigenvalues)].numpy() * 800 / 50
+    np.testing.assert_allclose(spec.eigenvalues, top, rtol=1e-8)
+
+
+def test_nested_subsets_approach_the_full_spectrum():
+    model, x, y = problem(n=400, d=4, C=2)
+    full = estimate_spectrum(model, (x, y))
+    errs = [np.abs(estimate_spectrum(model, (x, y), subset=M, seed=5).eigenvalues[:5] / full.eigenvalues[:5] - 1).max()
+            for M in (50, 200)]
+    assert errs[1] < errs[0] and errs[1] < 0.15
+
+
+def test_sketch_spectrum_close_to_exact_for_large_k():
+    model, x, y = problem(n=150, d=4, C=2)
+    exact = estimate_spectrum(model, (x, y))
+    sk = estimate_spectrum(model, (x, y), k=1024, chunk=64)
+    assert sk.method == "sketch"
+    np.testing.assert_allclose(sk.eigenvalues[:3], exact.eigenvalues[:3], rtol=0.15)  # JL: ~sqrt(2/k) per entry
+    assert sk.residual_norm2 == pytest.approx(exact.residual_norm2)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(subset=0), "`subset`"), (dict(subset=10**6), "`subset`"), (dict(trust=0), "`trust`"),
+    (dict(method="sketch"), "`k`"), (dict(loss="hinge"), "`loss`"), (dict(method="svd"), "`method`"),
+])
+def test_bad_arguments(kwargs, match):
+    model, x, y = problem(n=20)
+    with pytest.raises(ValueError, match=match):
+        estimate_spectrum(model, (x, y), **kwargs)
+
+
+def test_bad_data():
+    model, x, y = problem(n=20)
+    with pytest.raises(ValueError, match="`labels`"):
+        estimate_spectrum(model, (x, y + 5))
+    with pytest.raises(ValueError, match="`labels` has"):
+        estimate_spectrum(model, (x, y[:5]))
+    with pytest.raises(TypeError, match="`data`"):
+        estimate_spectrum(model, x)
+    bad = x.clone()
+    bad[0, 0] = float("inf")
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        estimate_spectrum(model, (bad, y))
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_main(rank, world, port, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    model, x, y = _demo_problem(300)
+    acc = sketch_gram(model, x, y, 64, chunk=100)
+    if rank == 0:
+        torch.save({"gram": acc.gram, "cross": acc.cross, "rows": acc.rows}, out)
+    torch.distributed.destroy_process_group()
+
+
+def test_two_process_gloo_sketch_equals_single_process(tmp_path):
+    out = str(tmp_path / "rank0.pt")
+    mp.spawn(_rank_main, args=(2, _free_port(), out), nprocs=2, join=True)
+    got = torch.load(out, weights_only=True)
+    model, x, y = _demo_problem(300)
+    single = sketch_gram(model, x, y, 64, chunk=100)
+    assert int(got["rows"]) == 900
+    torch.testing.assert_close(got["gram"], single.gram, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(got["cross"], single.cross, rtol=1e-9, atol=1e-9)
