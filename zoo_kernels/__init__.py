@@ -2,9 +2,10 @@
 from . import ops
 from ._build import build_info
 from .ntk import ntk
+from .predict import Prediction, Predictor, predict_training_time
 from .sketch import sketch_jacobian
 from .spectrum import SketchGram, Spectrum, estimate_spectrum
 
 __version__ = build_info()["version"]
 __all__ = ["ops", "build_info", "ntk", "sketch_jacobian", "estimate_spectrum", "Spectrum", "SketchGram",
-           "__version__"]
+           "predict_training_time", "Predictor", "Prediction", "__version__"]

@@ -1,0 +1,188 @@
+"""The SGD dynamics of the linearized model: function-space solvers against parameter-space SGD."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call, jacrev, vmap
+
+import zoo_kernels as zk
+from zoo_kernels.dynamics import SGD, KernelOperator, mse_moments, simulate_sgd
+from zoo_kernels.predict import Prediction, Predictor
+
+
+def problem(n=40, d=5, C=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g, dtype=torch.float64)
+    y = torch.randint(0, C, (n,), generator=g)
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(d, 8), nn.Tanh(), nn.Linear(8, C)).double().eval()
+    return model, x, y
+
+
+def jacobian(model, x):
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    J = vmap(jacrev(lambda p, xi: functional_call(model, p, (xi.unsqueeze(0),)).squeeze(0)), (None, 0))(params, x)
+    return torch.cat([J[n].flatten(2) for n in params], 2)  # (N, C, P)
+
+
+def weight_space_sgd(J, f0, y, loss, sgd, steps, seed):
+    """torch.optim.SGD on the linear model f = f0 + J (w - w0), same minibatch order as simulate_sgd."""
+    N, C, P = J.shape
+    w = torch.zeros(P, dtype=torch.float64, requires_grad=True)  # w - w0
+    opt = torch.optim.SGD([w], lr=sgd.lr, momentum=sgd.momentum, dampening=sgd.dampening, nesterov=sgd.nesterov)
+    gen = torch.Generator().manual_seed(seed)
+    order, pos, curve = torch.randperm(N, generator=gen), 0, []
+    for t in range(steps + 1):
+        with torch.no_grad():
+            f = f0 + J @ w
+            curve.append(float(nn.functional.cross_entropy(f, y) if loss == "ce"
+                               else 0.5 * (f - nn.functional.one_hot(y, C)).square().sum(1).mean()))
+        if t == steps:
+            break
+        if pos >= N:
+            order, pos = torch.randperm(N, generator=gen), 0
+        b = order[pos:pos + sgd.batch_size]
+        pos += sgd.batch_size
+        fb = f0[b] + J[b] @ w
+        lb = nn.functional.cross_entropy(fb, y[b]) if loss == "ce" else \
+            0.5 * (fb - nn.functional.one_hot(y[b], C)).square().sum(1).mean()
+        opt.zero_grad()
+        lb.backward()
+        if sgd.weight_decay:
+            w.grad += sgd.weight_decay * w.detach()  # decay toward w0
+        for group in opt.param_groups:
+            group["lr"] = sgd.lr_at(t, steps)
+        opt.step()
+    return np.array(curve)
+
+
+@pytest.mark.parametrize("loss", ["ce", "mse"])
+@pytest.mark.parametrize("hp", [
+    dict(batch_size=7), dict(batch_size=7, momentum=0.9), dict(batch_size=16, momentum=0.8, dampening=0.3),
+    dict(batch_size=5, momentum=0.9, nesterov=True), dict(batch_size=40, momentum=0.5, weight_decay=0.05),
+    dict(batch_size=8, schedule="cosine"), dict(batch_size=8, momentum=0.5, schedule="step", step_size=10, gamma=0.5),
+])
+def test_function_space_sgd_equals_weight_space_sgd(loss, hp):
+    model, x, y = problem()
+    J = jacobian(model, x)
+    with torch.no_grad():
+        f0 = model(x)
+    sgd = SGD(lr=0.3, **hp).check(40)
+    ref = weight_space_sgd(J, f0, y, loss, sgd, 30, seed=7)
+    K = torch.einsum("icp,jdp->icjd", J, J).reshape(120, 120)
+    op = KernelOperator(40, 3, kernel=K)
+    got, acc, _ = simulate_sgd(op, f0, y, loss, sgd, 30, paths=1, seed=7)
+    np.testing.assert_allclose(got, ref, rtol=1e-10)
+    assert acc.shape == (31,) and 0 <= acc.min() <= acc.max() <= 1
+    # the same through a sketch that spans J exactly: S = J (P <= k makes S S^T = K with an orthonormal basis)
+    Q, _ = torch.linalg.qr(J.reshape(120, -1).T)  # (P, P) orthonormal basis of the rows' span
+    S = J.reshape(120, -1) @ Q
+    got_s, _, _ = simulate_sgd(KernelOperator(40, 3, sketch=S), f0, y, loss, sgd, 30, paths=1, seed=7)
+    np.testing.assert_allclose(got_s, ref, rtol=1e-9)
+
+
+@pytest.mark.parametrize("hp", [dict(), dict(momentum=0.9), dict(momentum=0.7, nesterov=True),
+                                dict(momentum=0.5, dampening=0.5, weight_decay=0.1)])
+def test_mse_moments_full_batch_equals_gd(hp):
+    """B = N: no noise, the eigenbasis closed form equals the function-space recursion."""
+    model, x, y = problem()
+    K = zk.ntk(model, x).permute(0, 2, 1, 3).reshape(120, 120)
+    with torch.no_grad():
+        f0 = model(x)
+    sgd = SGD(lr=0.5, batch_size=40, **hp).check(40)
+    sim, _, _ = simulate_sgd(KernelOperator(40, 3, kernel=K), f0, y, "mse", sgd, 60, seed=1)
+    lam, U = torch.linalg.eigh(K)
+    r = U.T @ (f0 - nn.functional.one_hot(y, 3)).reshape(-1)
+    closed = mse_moments(lam.clamp_min(0).numpy(), r.square().numpy(), np.ones(120), 40, 3, sgd, 60)
+    np.testing.assert_allclose(closed, sim, rtol=1e-9)
+
+
+def test_mse_moments_track_monte_carlo_sgd_noise():
+    """B < N: the moment equations (isotropic-noise approximation) follow the mean of many SGD paths."""
+    model, x, y = problem(n=60)
+    K = zk.ntk(model, x).permute(0, 2, 1, 3).reshape(180, 180)
+    with torch.no_grad():
+        f0 = model(x)
+    sgd = SGD(lr=0.3, batch_size=4, momentum=0.5).check(60)
+    mc, _, paths = simulate_sgd(KernelOperator(60, 3, kernel=K), f0, y, "mse", sgd, 80, paths=200, seed=2)
+    lam, U = torch.linalg.eigh(K)
+    r = U.T @ (f0 - nn.functional.one_hot(y, 3)).reshape(-1)
+    closed = mse_moments(lam.clamp_min(0).numpy(), r.square().numpy(), np.ones(180), 60, 3, sgd, 80)
+    gd = mse_moments(lam.clamp_min(0).numpy(), r.square().numpy(), np.ones(180), 60, 3,
+                     SGD(lr=0.3, batch_size=60, momentum=0.5), 80)
+    se = paths.std(0) / math.sqrt(len(paths))
+    # the noise raises the loss above GD; the moment equations capture most of that excess
+    assert (mc[20:] > gd[20:]).all()
+    assert np.abs(closed - mc).max() < np.abs(gd - mc).max() * 0.5 + 3 * se.max()
+
+
+def test_limits_and_monotonicity():
+    model, x, y = problem()
+    pred = Predictor(model, (x, y), method="exact", loss="ce")
+    slow = pred.predict(lr=0.05, batch_size=40, max_steps=50, measure_time=False)
+    fast = pred.predict(lr=0.5, batch_size=40, max_steps=50, measure_time=False)
+    assert (np.diff(slow.loss_curve) <= 1e-12).all() and (fast.loss_curve[1:] < slow.loss_curve[1:]).all()
+    # momentum 0: dampening has no effect, and B = N is deterministic (any seed, any number of paths)
+    a = pred.predict(lr=0.3, batch_size=40, max_steps=20, measure_time=False, seed=1)
+    b = pred.predict(lr=0.3, batch_size=40, max_steps=20, measure_time=False, dampening=0.7, seed=2, paths=9)
+    np.testing.assert_allclose(a.loss_curve, b.loss_curve, rtol=1e-12)
+    # momentum speeds up the start like a larger effective learning rate
+    m = pred.predict(lr=0.05, batch_size=40, max_steps=50, momentum=0.9, measure_time=False)
+    assert m.loss_curve[30] < slow.loss_curve[30]
+
+
+def test_prediction_targets():
+    p = Prediction(loss_curve=np.array([1.0, 0.6, 0.4, 0.3, 0.25, 0.25]), accuracy_curve=np.array([.1, .5, .7, .8, .9, .9]),
+                   n_samples=100, batch_size=10, lr=0.1, momentum=0.0, step_seconds=0.5, cost_seconds=1.0)
+    assert p.steps_to(loss=0.4) == 2 and p.steps_to(fraction=0.3) == 3 and p.steps_to(accuracy=0.85) == 4
+    assert p.steps_to(loss=0.1) is None and p.steps_to(epsilon=0.06) == 3
+    assert p.time_to(loss=0.4) == {"steps": 2, "epochs": 0.2, "seconds": 1.0}
+    assert p.steps_per_epoch == 10
+    with pytest.raises(ValueError, match="exactly one"):
+        p.steps_to(loss=0.1, accuracy=0.5)
+
+
+def test_predict_training_time_end_to_end_and_subset():
+    model, x, y = problem(n=200, d=5, C=3, seed=3)
+    p = zk.predict_training_time(model.float(), (x.float(), y), lr=0.2, batch_size=16, max_steps=40, k=256,
+                                 momentum=0.5, paths=2)
+    assert p.loss_curve.shape == (41,) and p.accuracy_curve.shape == (41,)
+    assert p.step_seconds > 0 and p.cost_seconds > 0 and p.loss_curve[-1] < p.loss_curve[0]
+    sub = zk.predict_training_time(model.float(), (x.float(), y), lr=0.2, batch_size=16, max_steps=40, k=256,
+                                   momentum=0.5, paths=2, subset=100)
+    assert abs(sub.loss_curve[-1] / p.loss_curve[-1] - 1) < 0.3
+    ds = torch.utils.data.TensorDataset(x.float(), y)
+    assert zk.predict_training_time(model.float(), ds, lr=0.5, batch_size=16, max_steps=5, k=64).loss_curve.shape == (6,)
+
+
+@pytest.mark.parametrize("kwargs, err, match", [
+    (dict(lr=0.0), ValueError, "`lr`"), (dict(lr=-1.0), ValueError, "`lr`"), (dict(batch_size=500), ValueError, "`batch_size`"),
+    (dict(loss="hinge"), ValueError, "`loss`"), (dict(momentum=1.0), ValueError, "`momentum`"),
+    (dict(max_steps=0), ValueError, "`max_steps`"), (dict(nesterov=True), ValueError, "`nesterov`"),
+])
+def test_bad_arguments(kwargs, err, match):
+    model, x, y = problem()
+    args = dict(lr=0.1, batch_size=8, max_steps=5, k=32) | kwargs
+    with pytest.raises(err, match=match):
+        zk.predict_training_time(model, (x, y), **args)
+
+
+def test_bad_data():
+    model, x, y = problem()
+    bad = x.clone()
+    bad[3, 1] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        zk.predict_training_time(model, (bad, y), lr=0.1, batch_size=8, max_steps=5, k=32)
+    with pytest.raises(ValueError, match="labels must be integers in \\[0, 3\\)"):
+        zk.predict_training_time(model, (x, y + 3), lr=0.1, batch_size=8, max_steps=5, k=32)
+    with pytest.raises(TypeError, match="`data`"):
+        zk.predict_training_time(model, x, lr=0.1, batch_size=8, max_steps=5, k=32)
+
+
+def test_divergence_is_reported():
+    model, x, y = problem()
+    pred = Predictor(model, (x, y), method="exact", loss="mse")
+    with pytest.raises(FloatingPointError, match="stability limit"):
+        pred.predict(lr=1e4, batch_size=40, max_steps=200, measure_time=False)

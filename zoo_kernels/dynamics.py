@@ -1,0 +1,204 @@
+"""Training dynamics of the linearized model f_w(x) = f_0(x) + J(x)(w - w_0) under SGD, in function space.
+
+Every update of w moves the outputs by J Δw, and J Jᵀ = Θ: the dynamics of the N·C outputs need only Θ
+(exact, or S Sᵀ from a sketch S) and never the P parameters. PyTorch SGD (momentum m, dampening d,
+Nesterov, weight decay wd) maps exactly to a function-space velocity φ = J v:
+
+    φ_{t+1} = m φ_t + (1 - d) (Θ_{:,b} ∇ℓ_b / |b| + wd (f_t - f_0))      (first step: φ_1 without m, d)
+    f_{t+1} = f_t - η_t (Nesterov: the gradient term + m φ_{t+1};  else: φ_{t+1})
+
+Weight decay is taken toward w_0 (exact decay toward 0 would need J w_0; for fine-tuning from w_0 the
+difference is the usual L2-SP simplification, and it is zero without weight decay).
+
+Two solvers:
+- `simulate_sgd`: Monte-Carlo paths of this exact recursion with the real minibatch sampling (shuffled epochs,
+  last batch smaller), for MSE and cross-entropy; the expected curves are path means. Cost per step O(N·C·k)
+  with a sketch of width k.
+- `mse_moments`: MSE in the eigenbasis of Θ, closed form for the mean and moment equations for the SGD noise
+  (per mode a 2 × 2 position/velocity covariance; noise covariance J Σ Jᵀ ≈ (2 E[L]/(N C)) Θ², with the
+  without-replacement factor (N - B)/(N - 1), so that B = N is the deterministic ODE). Works from a Spectrum.
+
+Losses: "ce" is the mean cross-entropy over samples (torch.nn.CrossEntropyLoss); "mse" is
+L = (1/2N) Σ_i ‖f(x_i) − y_i‖² with one-hot y (half the sum of squares, averaged over samples, not over C).
+Units: one step is one SGD update on one minibatch; an epoch is ceil(N / B) steps.
+"""
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional, Union
+
+import numpy as np
+import torch
+
+LOSSES = ("mse", "ce")
+SCHEDULES = ("constant", "step", "cosine")
+
+
+@dataclass
+class SGD:
+    """Hyper-parameters of torch.optim.SGD plus a schedule over steps."""
+
+    lr: float
+    batch_size: int
+    momentum: float = 0.0
+    dampening: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    schedule: Union[str, Callable[[int], float]] = "constant"
+    step_size: int = 1000  # "step": multiply by gamma every step_size steps
+    gamma: float = 0.1
+    t_max: Optional[int] = None  # "cosine": period (default: max_steps)
+    eta_min: float = 0.0
+
+    def check(self, n_samples):
+        if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"`lr` must be a positive finite number, got {self.lr!r}")
+        if not isinstance(self.batch_size, int) or not 1 <= self.batch_size <= n_samples:
+            raise ValueError(f"`batch_size` must be an int in [1, N={n_samples}], got {self.batch_size!r}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"`momentum` must be in [0, 1), got {self.momentum!r}")
+        if not 0 <= self.dampening <= 1:
+            raise ValueError(f"`dampening` must be in [0, 1], got {self.dampening!r}")
+        if self.nesterov and (self.momentum <= 0 or self.dampening != 0):
+            raise ValueError("`nesterov` needs momentum > 0 and zero dampening (as torch.optim.SGD)")
+        if self.weight_decay < 0:
+            raise ValueError(f"`weight_decay` must be >= 0, got {self.weight_decay!r}")
+        if not callable(self.schedule) and self.schedule not in SCHEDULES:
+            raise ValueError(f"`schedule` must be one of {SCHEDULES} or a callable step -> lr, got {self.schedule!r}")
+        return self
+
+    def lr_at(self, t, max_steps):
+        if callable(self.schedule):
+            return float(self.schedule(t))
+        if self.schedule == "step":
+            return self.lr * self.gamma ** (t // self.step_size)
+        if self.schedule == "cosine":
+            t_max = self.t_max or max_steps
+            return self.eta_min + (self.lr - self.eta_min) * (1 + math.cos(math.pi * min(t, t_max) / t_max)) / 2
+        return self.lr
+
+
+class KernelOperator:
+    """Θ through the columns of a minibatch: exact (NC × NC matrix) or low rank (S: NC × k, Θ = S Sᵀ)."""
+
+    def __init__(self, n_samples, n_outputs, kernel=None, sketch=None):
+        if (kernel is None) == (sketch is None):
+            raise ValueError("give exactly one of `kernel` (N*C x N*C) or `sketch` (N*C x k)")
+        self.N, self.C = n_samples, n_outputs
+        self.K, self.S = kernel, sketch
+
+    def apply_batch(self, rows, g):
+        """Θ[:, rows] @ g for the flat output rows of a minibatch."""
+        if self.K is not None:
+            return self.K[:, rows] @ g
+        return self.S @ (self.S[rows].T @ g)
+
+    def apply(self, v):
+        return self.K @ v if self.K is not None else self.S @ (self.S.T @ v)
+
+
+def _loss_and_grad(f, y, onehot, loss):
+    """Per-sample losses (N,) and output gradients (N, C) of ℓ_i (MSE: ½‖f_i − y_i‖²)."""
+    if loss == "ce":
+        logp = torch.log_softmax(f, dim=-1)
+        return -(logp * onehot).sum(-1), logp.exp() - onehot
+    r = f - onehot
+    return 0.5 * r.square().sum(-1), r
+
+
+def _accuracy(f, y):
+    return (f.argmax(-1) == y).double().mean()
+
+
+def simulate_sgd(op, f0, labels, loss, sgd, max_steps, paths=4, seed=0, targets=None, device=None):
+    """Expected full-training-set loss and accuracy after 0..max_steps SGD steps of the linearized model.
+
+    op: KernelOperator; f0 (N, C) initial outputs; labels (N,) int classes (targets: optional float (N, C) for
+    MSE regression). Returns (loss_curve, accuracy_curve, per-path loss curves) as numpy arrays.
+    """
+    N, C = f0.shape
+    f0 = f0.double()
+    onehot = torch.nn.functional.one_hot(labels.long(), C).double() if targets is None else targets.double()
+    idx_all = torch.arange(N * C).view(N, C)
+    gen = torch.Generator().manual_seed(seed)
+    n_paths = 1 if sgd.batch_size == N else paths  # full batch: deterministic
+    losses = np.zeros((n_paths, max_steps + 1))
+    accs = np.zeros((n_paths, max_steps + 1))
+    for p in range(n_paths):
+        f, phi = f0.clone(), None
+        order, pos = torch.randperm(N, generator=gen), 0
+        for t in range(max_steps + 1):
+            ell, grad = _loss_and_grad(f, labels, onehot, loss)
+            losses[p, t] = float(ell.mean())
+            accs[p, t] = float(_accuracy(f, labels))
+            if t == max_steps:
+                break
+            if pos >= N:  # new epoch, like DataLoader(shuffle=True, drop_last=False)
+                order, pos = torch.randperm(N, generator=gen), 0
+            batch = order[pos:pos + sgd.batch_size]
+            pos += sgd.batch_size
+            rows = idx_all[batch].reshape(-1)
+            g = op.apply_batch(rows, grad[batch].reshape(-1)).view(N, C) / len(batch)
+            if sgd.weight_decay:
+                g = g + sgd.weight_decay * (f - f0)
+            if phi is None or sgd.momentum == 0:  # torch.optim.SGD keeps no buffer without momentum
+                phi = g.clone()
+            else:
+                phi = sgd.momentum * phi + (1 - sgd.dampening) * g
+            step = g + sgd.momentum * phi if sgd.nesterov else phi
+            f = f - sgd.lr_at(t, max_steps) * step
+            if not torch.isfinite(f).all():
+                raise FloatingPointError(
+                    f"the linearized dynamics diverged at step {t}: the learning rate {sgd.lr_at(t, max_steps)} "
+                    "exceeds the stability limit 2 N / λ_max of this NTK")
+    return losses.mean(0), accs.mean(0), losses
+
+
+def mse_moments(eigenvalues, energies, multiplicity, n_samples, n_outputs, sgd, max_steps):
+    """Expected MSE loss curve E[L_t] from Θ's eigenvalues and the residual energies along them.
+
+    Exact mean dynamics per mode (momentum, dampening, Nesterov, weight decay toward w_0, schedule);
+    SGD noise through moment equations with J Σ Jᵀ ≈ (2 E[L_t] / (N C)) Θ² (isotropic residual
+    approximation) and the without-replacement factor (N − B) / (N − 1).
+    """
+    lam = np.asarray(eigenvalues, dtype=np.float64)
+    e = np.asarray(energies, dtype=np.float64)
+    w = np.asarray(multiplicity, dtype=np.float64)
+    N, C, B = n_samples, n_outputs, sgd.batch_size
+    a = lam / N
+    wd, m, nest = sgd.weight_decay, sgd.momentum, sgd.nesterov
+    # Mean of (u, φ) per mode, relative to r_j = sqrt(e_j): u_0 = 1.  Covariance absolute (per unit multiplicity).
+    mu_u, mu_p = np.ones_like(lam), np.zeros_like(lam)
+    Vuu, Vup, Vpp = np.zeros_like(lam), np.zeros_like(lam), np.zeros_like(lam)
+    noise_scale = (N - B) / (B * max(N - 1, 1))
+    curve = np.empty(max_steps + 1)
+    for t in range(max_steps + 1):
+        EL = float((w * (e * mu_u**2 + Vuu)).sum()) / (2 * N)
+        curve[t] = EL
+        if t == max_steps:
+            break
+        eta = sgd.lr_at(t, max_steps)
+        c = 1.0 if t == 0 or m == 0 else 1.0 - sgd.dampening
+        mm = 0.0 if t == 0 else m
+        q = noise_scale * (2 * EL / (N * C)) * lam**2  # variance of the gradient noise per mode
+        # gradient g = (a + wd) u - wd u_0 + ξ ; φ' = mm φ + c g ; u' = u - η (nesterov: g + m φ' ; else φ')
+        k = a + wd
+        new_p = mm * mu_p + c * (k * mu_u - wd)
+        if nest:
+            new_u = mu_u - eta * ((k * mu_u - wd) + m * new_p)
+            Au = (1 - eta * k * (1 + m * c), -eta * m * mm)
+            bu = -eta * (1 + m * c)
+        else:
+            new_u = mu_u - eta * new_p
+            Au = (1 - eta * c * k, -eta * mm)
+            bu = -eta * c
+        Ap = (c * k, mm)
+        bp = c
+        # covariance update: s' = A s + b ξ
+        nVuu = Au[0] ** 2 * Vuu + 2 * Au[0] * Au[1] * Vup + Au[1] ** 2 * Vpp + bu**2 * q
+        nVup = Au[0] * Ap[0] * Vuu + (Au[0] * Ap[1] + Au[1] * Ap[0]) * Vup + Au[1] * Ap[1] * Vpp + bu * bp * q
+        nVpp = Ap[0] ** 2 * Vuu + 2 * Ap[0] * Ap[1] * Vup + Ap[1] ** 2 * Vpp + bp**2 * q
+        mu_u, mu_p, Vuu, Vup, Vpp = new_u, new_p, nVuu, nVup, nVpp
+        if not np.isfinite(curve[t]) or curve[t] > 1e30:
+            raise FloatingPointError(f"the linearized dynamics diverged at step {t}: the learning rate {eta} "
+                                     "exceeds the stability limit 2 N / λ_max of this NTK")
+    return curve

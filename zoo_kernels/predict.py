@@ -1,0 +1,221 @@
+"""predict_training_time: how many SGD steps (epochs, seconds) fine-tuning takes, without training.
+
+A `Predictor` computes the linearized model once (initial outputs f₀ and the NTK, sketched or exact, on all
+samples or a random subset); `predict(lr=..., batch_size=..., momentum=...)` then integrates the SGD dynamics
+(zoo_kernels.dynamics) for any hyper-parameters at small cost. `predict_training_time` does both.
+"""
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .dynamics import LOSSES, SGD, KernelOperator, simulate_sgd
+from .ntk import ntk
+from .sketch import sketch_jacobian
+
+
+@dataclass
+class Prediction:
+    """Expected full-training-set loss and accuracy after 0..max_steps steps, and the times they imply."""
+
+    loss_curve: np.ndarray
+    accuracy_curve: np.ndarray
+    n_samples: int
+    batch_size: int
+    lr: float
+    momentum: float
+    step_seconds: float  # measured wall time of one real SGD step on this device (nan if not measured)
+    cost_seconds: float  # cost of the prediction: the NTK (shared by a Predictor) plus the integration
+    loss: str = "ce"
+    path_losses: np.ndarray = field(default=None, repr=False)
+
+    @property
+    def steps_per_epoch(self):
+        return math.ceil(self.n_samples / self.batch_size)
+
+    def steps_to(self, loss=None, fraction=None, accuracy=None, epsilon=None):
+        """First step at which the expected curve reaches the target, or None if not within max_steps.
+
+        loss: absolute loss L_t <= loss; fraction: L_t <= fraction * L_0; accuracy: acc_t >= accuracy;
+        epsilon: the paper's criterion |L_t - L_T| < epsilon from t on, with T = max_steps.
+        """
+        given = [v is not None for v in (loss, fraction, accuracy, epsilon)]
+        if sum(given) != 1:
+            raise ValueError("give exactly one of `loss`, `fraction`, `accuracy`, `epsilon`")
+        L, A = self.loss_curve, self.accuracy_curve
+        if loss is not None:
+            hit = L <= loss
+        elif fraction is not None:
+            if not 0 < fraction <= 1:
+                raise ValueError(f"`fraction` must be in (0, 1], got {fraction}")
+            hit = L <= fraction * L[0]
+        elif accuracy is not None:
+            hit = A >= accuracy
+        else:
+            far = np.abs(L - L[-1]) >= epsilon
+            last_far = np.flatnonzero(far)
+            return 0 if last_far.size == 0 else (int(last_far[-1]) + 1 if last_far[-1] + 1 < len(L) else None)
+        where = np.flatnonzero(hit)
+        return int(where[0]) if where.size else None
+
+    def epochs(self, steps):
+        return None if steps is None else steps * self.batch_size / self.n_samples
+
+    def seconds(self, steps):
+        return None if steps is None else steps * self.step_seconds
+
+    def time_to(self, **target):
+        """{'steps', 'epochs', 'seconds'} to reach a target (the arguments of steps_to)."""
+        s = self.steps_to(**target)
+        return {"steps": s, "epochs": self.epochs(s), "seconds": self.seconds(s)}
+
+
+def _as_tensors(data):
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(torch.is_tensor(t) for t in data):
+        return data
+    if isinstance(data, torch.utils.data.Dataset):
+        xs, ys = zip(*(data[i] for i in range(len(data))))
+        return torch.stack([torch.as_tensor(x) for x in xs]), torch.as_tensor(ys)
+    raise TypeError("`data` must be an (inputs, labels) pair of tensors or a torch Dataset of (input, label)")
+
+
+@torch.no_grad()
+def _outputs(model, x, batch_size):
+    device = next(model.parameters()).device
+    return torch.cat([model(x[s:s + batch_size].to(device)).reshape(min(batch_size, len(x) - s), -1).cpu()
+                      for s in range(0, len(x), batch_size)]).double()
+
+
+class Predictor:
+    """The linearized model of one (model, data) pair, reusable across hyper-parameters.
+
+    method="sketch": Θ ≈ S Sᵀ with S = sketch_jacobian(model, x, k) (dense JL by default), O(N·C·k) memory.
+    method="exact": the ghost NTK, (N·C)² memory; for small N and as the reference.
+    subset=M: the dynamics are integrated on M random samples with the batch size that keeps the per-step
+    SGD noise of the full set (1/B_M − 1/M = 1/B − 1/N); per-step rates are N-independent under the
+    spectral rescaling λ_N ≈ (N/M) λ_M, so the curves estimate the full set's at M/N of the cost.
+    """
+
+    def __init__(self, model, data, *, loss="ce", k=1024, method="sketch", subset=None, seed=0,
+                 sketch_method="dense", eval_batch_size=128, progress=False):
+        start = time.perf_counter()
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
+        if loss not in LOSSES:
+            raise ValueError(f"`loss` must be one of {LOSSES}, got {loss!r}")
+        if method not in ("sketch", "exact"):
+            raise ValueError(f"`method` must be 'sketch' or 'exact', got {method!r}")
+        x, y = _as_tensors(data)
+        if len(x) != len(y) or len(x) < 2:
+            raise ValueError(f"`data` must hold at least 2 samples with one label each, got {len(x)} and {len(y)}")
+        if x.is_floating_point() and not torch.isfinite(x).all():
+            raise ValueError("`data` inputs contain NaN or Inf")
+        if y.is_floating_point():
+            raise ValueError("`data` labels must be integer class labels")
+        self.model, self.loss, self.seed = model, loss, seed
+        self.n_samples = N = len(x)
+        M = N if subset is None else subset
+        if not isinstance(M, int) or not 2 <= M <= N:
+            raise ValueError(f"`subset` must be an int in [2, {N}], got {subset!r}")
+        self.subset = M
+        idx = torch.randperm(N, generator=torch.Generator().manual_seed(seed))[:M].sort().values
+        self.x, self.y = x[idx], y[idx].long()
+        self.x_all, self.y_all = x, y
+        self.f0 = _outputs(model, self.x, eval_batch_size)
+        C = self.f0.shape[1]
+        if self.y.min() < 0 or self.y.max() >= C:
+            raise ValueError(f"`data` labels must be integers in [0, {C}) for a model with {C} outputs")
+        if method == "exact":
+            K = ntk(model, self.x, batch_size=eval_batch_size, progress=progress)
+            self.op = KernelOperator(M, C, kernel=K.permute(0, 2, 1, 3).reshape(M * C, M * C).double())
+        else:
+            S = sketch_jacobian(model, self.x, k, method=sketch_method, seed=seed, batch_size=eval_batch_size,
+                                progress=progress)
+            self.op = KernelOperator(M, C, sketch=S.flatten(0, 1).double())
+        self.method, self.k = method, k
+        self.setup_seconds = time.perf_counter() - start
+        self._step_seconds = {}
+
+    def step_seconds(self, batch_size, steps=3):
+        """Measured wall time of one real SGD step (forward, backward, update) at this batch size."""
+        if batch_size not in self._step_seconds:
+            model = copy.deepcopy(self.model).train()
+            opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-12)
+            lossf = torch.nn.CrossEntropyLoss() if self.loss == "ce" else torch.nn.MSELoss()
+            device = next(model.parameters()).device
+            g = torch.Generator().manual_seed(self.seed)
+            times = []
+            for i in range(steps + 1):
+                b = torch.randint(0, self.n_samples, (batch_size,), generator=g)
+                xb, yb = self.x_all[b].to(device), self.y_all[b].to(device)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                t = time.perf_counter()
+                out = model(xb).reshape(batch_size, -1)
+                target = yb if self.loss == "ce" else torch.nn.functional.one_hot(yb.long(), out.shape[1]).to(out.dtype)
+                opt.zero_grad()
+                lossf(out, target).backward()
+                opt.step()
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                if i:  # the first step warms up
+                    times.append(time.perf_counter() - t)
+            self._step_seconds[batch_size] = float(np.median(times))
+        return self._step_seconds[batch_size]
+
+    def predict(self, *, lr, batch_size, max_steps, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0,
+                schedule="constant", paths=4, seed=None, measure_time=True, **schedule_kwargs):
+        """Prediction of the expected training curves for one hyper-parameter setting."""
+        start = time.perf_counter()
+        if not isinstance(max_steps, int) or max_steps < 1:
+            raise ValueError(f"`max_steps` must be a positive int, got {max_steps!r}")
+        sgd = SGD(lr=lr, batch_size=batch_size, momentum=momentum, dampening=dampening, nesterov=nesterov,
+                  weight_decay=weight_decay, schedule=schedule, **schedule_kwargs).check(self.n_samples)
+        N, M = self.n_samples, self.subset
+        if M < N:  # same per-step noise as batch_size out of N
+            b = 1.0 / (1.0 / batch_size - 1.0 / N + 1.0 / M)
+            sgd.batch_size = int(min(M, max(1, round(b))))
+        loss_curve, acc_curve, per_path = simulate_sgd(self.op, self.f0, self.y, self.loss, sgd, max_steps,
+                                                       paths=paths, seed=self.seed if seed is None else seed)
+        step_s = self.step_seconds(batch_size) if measure_time else float("nan")
+        return Prediction(loss_curve=loss_curve, accuracy_curve=acc_curve, n_samples=N, batch_size=batch_size,
+                          lr=lr, momentum=momentum, step_seconds=step_s,
+                          cost_seconds=self.setup_seconds + time.perf_counter() - start, loss=self.loss,
+                          path_losses=per_path)
+
+    def recommend(self, *, lrs, batch_sizes, max_steps, momentum=0.0, by="seconds", **target):
+        """Grid search of (lr, batch size) minimizing the predicted time to a target (see Prediction.steps_to).
+
+        Returns rows sorted best first: dicts with lr, batch_size, steps, epochs, seconds (None when not reached).
+        """
+        if by not in ("seconds", "steps", "epochs"):
+            raise ValueError(f"`by` must be 'seconds', 'steps' or 'epochs', got {by!r}")
+        rows = []
+        for lr in lrs:
+            for bs in batch_sizes:
+                try:
+                    p = self.predict(lr=lr, batch_size=bs, max_steps=max_steps, momentum=momentum,
+                                     measure_time=by == "seconds")
+                    rows.append({"lr": lr, "batch_size": bs, **p.time_to(**target)})
+                except FloatingPointError:
+                    rows.append({"lr": lr, "batch_size": bs, "steps": None, "epochs": None, "seconds": None,
+                                 "diverged": True})
+        return sorted(rows, key=lambda r: (r[by] is None, r[by] if r[by] is not None else 0))
+
+
+def predict_training_time(model, data, *, lr, batch_size, max_steps, momentum=0.0, weight_decay=0.0, loss="ce",
+                          seed=0, subset=None, k=1024, method="sketch", dampening=0.0, nesterov=False,
+                          schedule="constant", paths=4, progress=False, **schedule_kwargs):
+    """Expected training loss/accuracy curves of SGD fine-tuning, predicted from the linearized model.
+
+    data: (inputs, labels) tensors or a torch Dataset. Returns a Prediction: loss_curve and accuracy_curve
+    (length max_steps + 1), steps_to(loss=|fraction=|accuracy=|epsilon=), epochs(), seconds() from a measured
+    step time, and cost_seconds. For several settings, build one Predictor and call predict() repeatedly.
+    """
+    pred = Predictor(model, data, loss=loss, k=k, method=method, subset=subset, seed=seed, progress=progress)
+    return pred.predict(lr=lr, batch_size=batch_size, max_steps=max_steps, momentum=momentum,
+                        weight_decay=weight_decay, dampening=dampening, nesterov=nesterov, schedule=schedule,
+                        paths=paths, **schedule_kwargs)
