@@ -63,6 +63,7 @@ setup(
     version=VERSION,
     description="Model selection and training-time prediction for fine-tuning, on fused NTK kernels",
     packages=find_packages(include=["zoo_kernels", "zoo_kernels.*"]),
+    package_data={"zoo_kernels.zoo": ["checkpoints/*.pt", "checkpoints/*.json", "data/*.csv", "data/*.json"]},
     python_requires=">=3.10",
     install_requires=["torch>=2.4", "numpy", "scipy", "tqdm"],
     ext_modules=[extension()],
