@@ -118,6 +118,19 @@ def test_lgc_in_rank(data):
     # the default: a random C-way head, kronecker sketch through the extension
     t = rank({"m": model}, xd, scores=["lgc"], progress=False, score_kwargs={"lgc": {"k": 256}})
     assert -1 <= t["m"]["lgc"] <= 1
+    # the gradient sketch is cached per option set: a second call reuses it, other options recompute
+    cache = {}
+    t1 = rank({"m": model}, xd, scores=["lgc"], progress=False, cache=cache, score_kwargs={"lgc": {"k": 64}})
+    t2 = rank({"m": model}, xd, scores=["lgc"], progress=False, cache=cache, score_kwargs={"lgc": {"k": 64}})
+    assert t2["m"]["lgc"] == t1["m"]["lgc"] and t2["m"]["gradients_s"] == 0.0 < t1["m"]["gradients_s"]
+    t3 = rank({"m": model}, xd, scores=["lgc"], progress=False, cache=cache,
+              score_kwargs={"lgc": {"k": 64, "centering": "double"}})  # same sketch, another correlation
+    assert t3["m"]["gradients_s"] == 0.0 and t3["m"]["lgc"] != t1["m"]["lgc"]
+    t4 = rank({"m": model}, xd, scores=["lgc"], progress=False, cache=cache, score_kwargs={"lgc": {"k": 128}})
+    assert t4["m"]["gradients_s"] > 0
+    sketch = [v for key, v in cache["m"].items() if isinstance(key, tuple)][0]
+    assert sketch.shape == (N, C, 64)
+    assert S.lgc_from_sketch(sketch, y) == pytest.approx(t1["m"]["lgc"], abs=1e-12)
     # the source head, restricted to the last layer: LGC = LFC exactly
     t = rank({"m": model}, xd, scores=["lgc", "lfc"], progress=False,
              score_kwargs={"lgc": {"head": "source", "method": "exact", "layers": ["4"]}})

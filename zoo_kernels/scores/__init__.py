@@ -3,7 +3,7 @@
 Every score takes features / probabilities / labels as torch tensors or numpy arrays and returns a Python
 float (higher = better model for the target). See docs/SCORES.md for the formulas, costs and caveats.
 """
-from .correlation import lfc, lgc, lgc_from_kernel, label_matrix, with_target_head
+from .correlation import gradient_kernel, label_matrix, lfc, lgc, lgc_from_kernel, lgc_from_sketch, with_target_head
 from .gbc import gbc
 from .hscore import hscore, hscore_shrinkage, ledoit_wolf
 from .knn import knn_accuracy
@@ -14,7 +14,7 @@ from .transrate import transrate
 from .zoo import combine, energy_score, etran, lda_score, minmax
 
 __all__ = [
-    "lfc", "lgc", "lgc_from_kernel", "label_matrix", "with_target_head",
+    "lfc", "lgc", "lgc_from_kernel", "lgc_from_sketch", "gradient_kernel", "label_matrix", "with_target_head",
     "leep", "nce", "nleep", "logme", "hscore", "hscore_shrinkage", "transrate", "gbc", "knn_accuracy",
     "linear_probe_accuracy", "model_size", "source_accuracy",
     "etran", "lda_score", "energy_score", "minmax", "combine",

@@ -29,7 +29,8 @@ import torch
 
 from ._common import as_tensor, check_features, check_labels, check_targets, one_hot
 
-__all__ = ["lfc", "lgc", "lgc_from_kernel", "label_matrix", "with_target_head", "CENTERINGS"]
+__all__ = ["lfc", "lgc", "lgc_from_kernel", "lgc_from_sketch", "gradient_kernel", "label_matrix", "with_target_head",
+           "CENTERINGS"]
 
 CENTERINGS = ("global", "double")
 _BLOCK = 1024  # rows per block of Phi Phi^T when D > N
@@ -201,6 +202,60 @@ LGC_METHODS = ("sketch", "exact")
 EXACT_BACKENDS = ("auto", "ghost", "func")
 
 
+def gradient_kernel(model, inputs, *, method="sketch", k=1024, sketch="kronecker", seed=0, batch_size=64,
+                    output="all", layers=None, kernel=None, progress=False, dist="rademacher",
+                    exact_backend="auto", max_elements=50_000_000):
+    """The gradient information LGC correlates with the labels (see `lgc` for the options):
+    method="sketch": the Jacobian sketch S (N, C, k) (Theta ~= S_flat S_flat^T); method="exact": the trace NTK
+    (N, N). Separate from the correlation so that it can be cached and reused (rank() does)."""
+    if method not in LGC_METHODS:
+        raise ValueError(f"`method` must be one of {LGC_METHODS}, got {method!r}")
+    if exact_backend not in EXACT_BACKENDS:
+        raise ValueError(f"`exact_backend` must be one of {EXACT_BACKENDS}, got {exact_backend!r}")
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
+    x = as_tensor(inputs, "inputs")
+    if x.dim() < 1 or x.shape[0] < 2:
+        raise ValueError(f"`inputs` needs at least 2 samples, got shape {tuple(x.shape)}")
+    n = x.shape[0]
+    with _only_trainable(model, layers):
+        if method == "sketch":
+            from ..sketch import sketch_jacobian
+            return sketch_jacobian(model, x, k, method=sketch, seed=seed, batch_size=batch_size, progress=progress,
+                                   output=output, dist=dist)
+        if kernel is not None:
+            theta = kernel(model, x)
+        else:
+            ghost = getattr(importlib.import_module("zoo_kernels"), "ntk", None)
+            backend = exact_backend
+            if backend == "auto":
+                backend = "ghost" if ghost is not None and output == "all" else "func"
+            if backend == "ghost":
+                if ghost is None:
+                    raise ValueError("exact_backend='ghost' needs zoo_kernels.ntk, which this build lacks")
+                if output != "all":
+                    raise ValueError("exact_backend='ghost' computes the trace NTK (output='all') only")
+                theta = ghost(model, x, mode="trace", batch_size=batch_size, progress=progress)
+            else:
+                theta = _func_trace_ntk(model, x, output, batch_size, max_elements)
+    theta = as_tensor(theta, "kernel")
+    if tuple(theta.shape) != (n, n):
+        raise ValueError(f"the kernel must be (N, N) = ({n}, {n}), got {tuple(theta.shape)}")
+    return theta
+
+
+def lgc_from_sketch(sketch, labels, *, centering="global", regression=False):
+    """LGC from a Jacobian sketch S (N, C, k) (e.g. zoo_kernels.sketch_jacobian): LFC of S.flatten(1), since the
+    sketched trace NTK is sum_c S_c S_c^T. No N x N matrix; O(N Ck min(N, Ck))."""
+    _check_centering(centering)
+    s = as_tensor(sketch, "sketch")
+    if s.dim() != 3:
+        raise ValueError(f"`sketch` must be (N, C, k), got shape {tuple(s.shape)}")
+    phi = check_features(s.reshape(s.shape[0], -1), "sketch")
+    y = _label_factor(labels, phi.shape[0], regression, phi.device)
+    return _feature_correlation(phi, y, centering)
+
+
 def lgc(model, inputs, labels, *, method="sketch", k=1024, sketch="kronecker", seed=0, batch_size=64,
         output="all", layers=None, kernel=None, centering="global", regression=False, progress=False,
         dist="rademacher", exact_backend="auto", max_elements=50_000_000):
@@ -223,46 +278,16 @@ def lgc(model, inputs, labels, *, method="sketch", k=1024, sketch="kronecker", s
     With only a linear head f(x) = W phi(x) + b trainable, Theta = C (Phi Phi^T + 1 1^T), so LGC = LFC(phi)
     exactly (the constant and the factor C cancel in the correlation).
     """
-    if method not in LGC_METHODS:
-        raise ValueError(f"`method` must be one of {LGC_METHODS}, got {method!r}")
-    if exact_backend not in EXACT_BACKENDS:
-        raise ValueError(f"`exact_backend` must be one of {EXACT_BACKENDS}, got {exact_backend!r}")
     _check_centering(centering)
-    if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
     x = as_tensor(inputs, "inputs")
-    if x.dim() < 1 or x.shape[0] < 2:
-        raise ValueError(f"`inputs` needs at least 2 samples, got shape {tuple(x.shape)}")
-    n = x.shape[0]
-    y = _label_factor(labels, n, regression, "cpu")  # checks before the expensive part
-    with _only_trainable(model, layers):
-        if method == "sketch":
-            from ..sketch import sketch_jacobian
-            s = sketch_jacobian(model, x, k, method=sketch, seed=seed, batch_size=batch_size, progress=progress,
-                                output=output, dist=dist)
-            phi = s.reshape(n, -1).to(torch.float64)
-            if not torch.isfinite(phi).all():
-                raise ValueError("the gradient sketch contains NaN or Inf")
-            return _feature_correlation(phi, y.to(phi.device), centering)
-        if kernel is not None:
-            theta = kernel(model, x)
-        else:
-            ghost = getattr(importlib.import_module("zoo_kernels"), "ntk", None)
-            backend = exact_backend
-            if backend == "auto":
-                backend = "ghost" if ghost is not None and output == "all" else "func"
-            if backend == "ghost":
-                if ghost is None:
-                    raise ValueError("exact_backend='ghost' needs zoo_kernels.ntk, which this build lacks")
-                if output != "all":
-                    raise ValueError("exact_backend='ghost' computes the trace NTK (output='all') only")
-                theta = ghost(model, x, mode="trace", batch_size=batch_size, progress=progress)
-            else:
-                theta = _func_trace_ntk(model, x, output, batch_size, max_elements)
-    theta = as_tensor(theta, "kernel")
-    if tuple(theta.shape) != (n, n):
-        raise ValueError(f"the kernel must be (N, N) = ({n}, {n}), got {tuple(theta.shape)}")
-    return lgc_from_kernel(theta, labels, centering=centering, regression=regression)
+    if x.dim() >= 1 and x.shape[0] >= 2:
+        _label_factor(labels, x.shape[0], regression, "cpu")  # check the labels before the expensive part
+    g = gradient_kernel(model, x, method=method, k=k, sketch=sketch, seed=seed, batch_size=batch_size,
+                        output=output, layers=layers, kernel=kernel, progress=progress, dist=dist,
+                        exact_backend=exact_backend, max_elements=max_elements)
+    if method == "sketch":
+        return lgc_from_sketch(g, labels, centering=centering, regression=regression)
+    return lgc_from_kernel(g, labels, centering=centering, regression=regression)
 
 
 # ------------------------------------------------------------------------------------------------ heads
