@@ -19,10 +19,12 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-# The accuracy ground truth: SGD(lr=0.01, momentum=0.9), batch 32, 150 steps, 2 seeds.
+# The accuracy ground truth: SGD(lr=0.003, momentum=0.9), batch 32, 150 steps, 2 seeds. (lr=0.01 was tried first:
+# on the noisy texture tasks it collapsed runs to chance, e.g. convnet_textures 29% vs 68% at lr=0.003 on
+# texture_orient 50-shot, so the accuracy measured instability more than transfer.)
 @dataclass(frozen=True)
 class Recipe:
-    lr: float = 0.01
+    lr: float = 0.003
     momentum: float = 0.9
     batch: int = 32
     steps: int = 150

@@ -120,7 +120,9 @@ def run_sgd(tier, models, tasks, resume, device, log):
     done = {key(r["model"], r["task"], r["lr"], r["batch"], r["momentum"]) for r in old}
     next_id = max((r["run"] for r in old), default=-1) + 1
     grid = list(itertools.product(SGD_GRID["lr"], SGD_GRID["batch"], SGD_GRID["momentum"]))
-    todo = [(m, t, *g) for m in models for t in tasks for g in grid if key(m, t, *g) not in done]
+    n_train = {t: SGD_GRID_SHOTS * D.TARGETS[t][0] for t in tasks}  # files hold the effective batch min(b, N)
+    todo = [(m, t, lr, b, mo) for m in models for t in tasks for lr, b, mo in grid
+            if key(m, t, lr, min(b, n_train[t]), mo) not in done]
     log(f"sgd grid: {len(todo)} runs to do ({len(done)} done), {SGD_GRID_STEPS} steps, {SGD_GRID_SHOTS}-shot")
     t0 = time.time()
     for i, (m, t, lr, b, mo) in enumerate(todo):
@@ -139,6 +141,41 @@ def run_sgd(tier, models, tasks, resume, device, log):
             el = time.time() - t0
             log(f"  {i + 1}/{len(todo)} runs, {el:.0f}s elapsed, ~{el / (i + 1) * (len(todo) - i - 1):.0f}s left")
     return time.time() - t0, len(todo)
+
+
+def describe() -> str:
+    """Markdown tables of the zoo's experts (source accuracy, size, training time) and target tasks."""
+    man = api.manifest()["models"]
+    lines = ["| expert | arch | source | params | source val acc % | train s |", "|---|---|---|---|---|---|"]
+    for m in api.models(include_random=False):
+        i = man[m]
+        lines.append(f"| {m} | {i['arch']} | {i['domain']} | {i['params']:,} | {100 * i['source_val_acc']:.1f} "
+                     f"| {i['train_seconds']:.0f} |")
+    lines += ["", "| task | classes | train pool / test per class | holds out |", "|---|---|---|---|"]
+    for t in api.tasks():
+        i = api.task_info(t)
+        lines.append(f"| {t} | {i['num_classes']} | {i['train_pool_per_class']} / {i['test_per_class']} "
+                     f"| {i['description']} |")
+    return "\n".join(lines)
+
+
+def best_table(tier: str) -> str:
+    """Per task and shot level: the best model, its accuracy, the runner-up, and the best of each source."""
+    rows = api.ground_truth(tier)
+    lines = ["| task | shots | best model | acc % | runner-up | acc % | best random control % | seeds |",
+             "|---|---|---|---|---|---|---|---|"]
+    for t in api.tasks(tier):
+        for s in api.SHOTS:
+            sub = sorted((r for r in rows if r["task"] == t and r["shots"] == s), key=lambda r: -r["accuracy"])
+            if not sub:
+                continue
+            ctrl = max((r["accuracy"] for r in sub if r["model"].endswith("_random")), default=float("nan"))
+            ru = sub[1] if len(sub) > 1 else None
+            lines.append(f"| {t} | {s} | {sub[0]['model']} | {100 * sub[0]['accuracy']:.1f} | "
+                         f"{ru['model'] if ru else ''} | {100 * ru['accuracy']:.1f} | {100 * ctrl:.1f} | "
+                         f"{min(r['seeds'] for r in sub)} |" if ru else f"| {t} | {s} | {sub[0]['model']} | "
+                         f"{100 * sub[0]['accuracy']:.1f} | | | | |")
+    return "\n".join(lines)
 
 
 def report(tier: str) -> str:
@@ -179,7 +216,7 @@ def main(argv=None):
     ap.add_argument("--report", action="store_true", help="print markdown tables of the stored ground truth and exit")
     args = ap.parse_args(argv)
     if args.report:
-        print(report(args.tier))
+        print(describe() + "\n\n" + best_table(args.tier) + "\n" + report(args.tier))
         return
     torch.set_num_threads(args.threads)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
@@ -196,6 +233,9 @@ def main(argv=None):
             "torch": str(torch.__version__), "freetype": D.freetype_version(), "device": device,
             "threads": args.threads, "host": f"{platform.machine()} {platform.processor() or ''}".strip(),
             "cpu_count": os.cpu_count()}
+    if args.resume:  # coverage accumulates over resumed invocations
+        info["seeds"] = sorted(set(meta.get("seeds", [])) | set(args.seeds))
+        info["shots"] = sorted(set(meta.get("shots", [])) | set(args.shots))
     meta.update(info)
     stats = meta.setdefault("task_stats", {})
     for t in tasks:  # what the data looked like when the ground truth was measured (tests compare the means)
