@@ -5,7 +5,7 @@
     zoo.tasks()                       # 13 target tasks
     model = zoo.load_model("resnet_latin", num_classes=26)     # pre-trained backbone, fresh head
     xtr, ytr, xte, yte = zoo.load_task("latin_heldout", shots=10)
-    rows = zoo.ground_truth("small")  # [{"model", "task", "shots", "accuracy", ...}]
+    rows = zoo.ground_truth()         # full tier: [{"model", "task", "shots", "accuracy", ...}]
     runs = zoo.sgd_runs("small")      # per-step full-train loss/accuracy and wall time of the SGD grid
 
 Tiers: ``"small"`` (6 models x 3 tasks, for CI) and ``"full"`` (every model x every task).
@@ -177,6 +177,8 @@ _FLOAT = {"test_acc", "test_loss", "train_loss", "train_acc", "wall_seconds", "l
 
 
 def _read_csv(path: str) -> list[dict]:
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: not computed; see `python -m zoo_kernels.zoo.groundtruth --help`")
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     for r in rows:
@@ -190,15 +192,16 @@ def _read_csv(path: str) -> list[dict]:
     return rows
 
 
-def finetune_runs(tier: str = "small") -> list[dict]:
+def finetune_runs(tier: str = "full") -> list[dict]:
     """One row per fine-tuning run (model, task, shots, seed, test_acc, train_loss, wall_seconds, recipe...)."""
     return _read_csv(gt_path("finetune", tier))
 
 
-def ground_truth(tier: str = "small") -> list[dict]:
+def ground_truth(tier: str = "full") -> list[dict]:
     """Rows ``{"model", "task", "shots", "accuracy", "accuracy_std", "seeds", "wall_seconds", ...}``.
 
-    ``accuracy`` is the test accuracy of the documented recipe (``finetune.RECIPE``), mean over the seeds.
+    ``accuracy`` is the test accuracy of the documented recipe (``finetune.RECIPE``), mean over the seeds
+    present (``seeds``; see docs/MINIZOO.md for what the stored full tier covers).
     """
     groups = defaultdict(list)
     for r in finetune_runs(tier):
@@ -233,7 +236,7 @@ def sgd_runs(tier: str = "small", with_steps: bool = True) -> list[dict]:
     return runs
 
 
-def best_models(tier: str = "small", shots: int | None = None) -> dict:
+def best_models(tier: str = "full", shots: int | None = None) -> dict:
     """``{(task, shots): (best model, accuracy)}`` from ``ground_truth(tier)``."""
     best = {}
     for r in ground_truth(tier):
