@@ -11,9 +11,10 @@ Weight decay is taken toward w_0 (exact decay toward 0 would need J w_0; for fin
 difference is the usual L2-SP simplification, and it is zero without weight decay).
 
 Two solvers:
-- `simulate_sgd`: Monte-Carlo paths of this exact recursion with the real minibatch sampling (shuffled epochs,
-  last batch smaller), for MSE and cross-entropy; the expected curves are path means. Cost per step O(N·C·k)
-  with a sketch of width k.
+- `simulate_sgd`: Monte-Carlo paths of this exact recursion with the real minibatch sampling
+  (sampling="epoch": shuffled epochs, last batch smaller, as DataLoader(shuffle=True); sampling="stream":
+  consecutive full batches of a stream of random permutations, as the MiniZoo recipe), for MSE and
+  cross-entropy; the expected curves are path means. Cost per step O(N·C·k) with a sketch of width k.
 - `mse_moments`: MSE in the eigenbasis of Θ, closed form for the mean and moment equations for the SGD noise
   (per mode a 2 × 2 position/velocity covariance; noise covariance J Σ Jᵀ ≈ (2 E[L]/(N C)) Θ², with the
   without-replacement factor (N - B)/(N - 1), so that B = N is the deterministic ODE). Works from a Spectrum.
@@ -31,6 +32,7 @@ import torch
 
 LOSSES = ("mse", "ce")
 SCHEDULES = ("constant", "step", "cosine")
+SAMPLINGS = ("epoch", "stream")
 
 
 @dataclass
@@ -88,8 +90,8 @@ class KernelOperator:
 
     def apply_batch(self, rows, g):
         """Θ[:, rows] @ g for the flat output rows of a minibatch."""
-        if self.K is not None:
-            return self.K[:, rows] @ g
+        if self.K is not None:  # Θ is symmetric: gather rows (contiguous), 4x faster than columns
+            return g @ self.K[rows]
         return self.S @ (self.S[rows].T @ g)
 
     def apply(self, v):
@@ -109,12 +111,33 @@ def _accuracy(f, y):
     return (f.argmax(-1) == y).double().mean()
 
 
-def simulate_sgd(op, f0, labels, loss, sgd, max_steps, paths=4, seed=0, targets=None, device=None):
+def _batch_stream(N, B, sampling, gen):
+    """Index tensors of the minibatches, forever. "epoch": shuffled epochs, the last batch of each smaller
+    (DataLoader(shuffle=True, drop_last=False)); "stream": consecutive slices of size B of a stream of random
+    permutations (batches may straddle two permutations; every batch is full)."""
+    if sampling == "epoch":
+        while True:
+            order = torch.randperm(N, generator=gen)
+            for pos in range(0, N, B):
+                yield order[pos:pos + B]
+    buf = torch.empty(0, dtype=torch.long)
+    while True:
+        while len(buf) < B:
+            buf = torch.cat([buf, torch.randperm(N, generator=gen)])
+        yield buf[:B]
+        buf = buf[B:]
+
+
+def simulate_sgd(op, f0, labels, loss, sgd, max_steps, paths=4, seed=0, targets=None, device=None,
+                 sampling="epoch"):
     """Expected full-training-set loss and accuracy after 0..max_steps SGD steps of the linearized model.
 
     op: KernelOperator; f0 (N, C) initial outputs; labels (N,) int classes (targets: optional float (N, C) for
-    MSE regression). Returns (loss_curve, accuracy_curve, per-path loss curves) as numpy arrays.
+    MSE regression); sampling: "epoch" or "stream" (see _batch_stream). Returns (loss_curve, accuracy_curve,
+    per-path loss curves) as numpy arrays.
     """
+    if sampling not in SAMPLINGS:
+        raise ValueError(f"`sampling` must be one of {SAMPLINGS}, got {sampling!r}")
     N, C = f0.shape
     f0 = f0.double()
     onehot = torch.nn.functional.one_hot(labels.long(), C).double() if targets is None else targets.double()
@@ -125,17 +148,14 @@ def simulate_sgd(op, f0, labels, loss, sgd, max_steps, paths=4, seed=0, targets=
     accs = np.zeros((n_paths, max_steps + 1))
     for p in range(n_paths):
         f, phi = f0.clone(), None
-        order, pos = torch.randperm(N, generator=gen), 0
+        batches = _batch_stream(N, sgd.batch_size, sampling, gen)
         for t in range(max_steps + 1):
             ell, grad = _loss_and_grad(f, labels, onehot, loss)
             losses[p, t] = float(ell.mean())
             accs[p, t] = float(_accuracy(f, labels))
             if t == max_steps:
                 break
-            if pos >= N:  # new epoch, like DataLoader(shuffle=True, drop_last=False)
-                order, pos = torch.randperm(N, generator=gen), 0
-            batch = order[pos:pos + sgd.batch_size]
-            pos += sgd.batch_size
+            batch = next(batches)
             rows = idx_all[batch].reshape(-1)
             g = op.apply_batch(rows, grad[batch].reshape(-1)).view(N, C) / len(batch)
             if sgd.weight_decay:

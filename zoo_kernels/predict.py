@@ -167,8 +167,12 @@ class Predictor:
         return self._step_seconds[batch_size]
 
     def predict(self, *, lr, batch_size, max_steps, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0,
-                schedule="constant", paths=4, seed=None, measure_time=True, **schedule_kwargs):
-        """Prediction of the expected training curves for one hyper-parameter setting."""
+                schedule="constant", paths=4, seed=None, measure_time=True, sampling="epoch", **schedule_kwargs):
+        """Prediction of the expected training curves for one hyper-parameter setting.
+
+        sampling: "epoch" (DataLoader(shuffle=True): shuffled epochs, last batch smaller) or "stream" (full batches
+        sliced from a stream of random permutations, as the MiniZoo recipe).
+        """
         start = time.perf_counter()
         if not isinstance(max_steps, int) or max_steps < 1:
             raise ValueError(f"`max_steps` must be a positive int, got {max_steps!r}")
@@ -179,7 +183,8 @@ class Predictor:
             b = 1.0 / (1.0 / batch_size - 1.0 / N + 1.0 / M)
             sgd.batch_size = int(min(M, max(1, round(b))))
         loss_curve, acc_curve, per_path = simulate_sgd(self.op, self.f0, self.y, self.loss, sgd, max_steps,
-                                                       paths=paths, seed=self.seed if seed is None else seed)
+                                                       paths=paths, seed=self.seed if seed is None else seed,
+                                                       sampling=sampling)
         step_s = self.step_seconds(batch_size) if measure_time else float("nan")
         return Prediction(loss_curve=loss_curve, accuracy_curve=acc_curve, n_samples=N, batch_size=batch_size,
                           lr=lr, momentum=momentum, step_seconds=step_s,

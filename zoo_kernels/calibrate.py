@@ -1,0 +1,228 @@
+"""Corrections of the linearization drift of `predict_training_time`.
+
+Fine-tuning with a **new, randomly initialized head** is where the plain linearization f_w ≈ f_w0 + J (w − w0)
+drifts first: at w0 the head is small, so the backbone's part of the NTK, which scales with the head's norm, is
+small too; as the head grows the real network speeds up and the fixed-Θ prediction falls behind (see
+docs/PREDICT.md and benchmarks/results/). Two corrections:
+
+* `HeadAwarePredictor` (no real training): linearize only the **backbone**, keep the last linear layer (the head)
+  exact. With φ(x) the head's input (the penultimate features),
+
+      f(x) = W φ_t(x) + b,   φ_t(x) = φ_0(x) + J_φ(x) (w − w0)      (J_φ: the features' Jacobian at w0)
+
+  is bilinear in (W, w). Its SGD runs exactly in (head, feature) space: per step the head gets its true gradient
+  and the features of all N samples move by Θ_φ[:, batch] · (∂ℓ/∂φ of the batch), where Θ_φ = J_φ J_φᵀ is the
+  feature NTK (N·D × N·D), used through a sketch S_φ (N·D × k). PyTorch SGD semantics (momentum, dampening,
+  Nesterov, weight decay: exact for the head, toward w0 for the backbone, schedules) carry over as in
+  zoo_kernels.dynamics, the backbone's velocity being kept in feature space (J_φ v). The cost is a sketch of D
+  outputs per sample instead of C (D = the feature width), and O(N·D·k) per step.
+  It captures the head-growth speed-up; it does not capture the saturation of normalized features, so at large
+  learning rates it can blow up where the real network does not (the prediction then raises FloatingPointError).
+* `calibrate_time` (a few real steps): fit a time-rescaling factor s so that the predicted curve L̂(s·t) matches
+  the first `k` real steps' full-training-set losses, and return the rescaled prediction. Its cost is k real
+  SGD steps plus k evaluations of the training loss (see `calibration_cost`).
+"""
+import copy
+import math
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from .dynamics import LOSSES, SGD, _batch_stream, _loss_and_grad
+from .predict import Prediction, Predictor, _as_tensors, _outputs
+from .sketch import sketch_jacobian
+
+__all__ = ["HeadAwarePredictor", "calibrate_time", "fit_time_scale", "rescale_curve", "calibration_cost"]
+
+
+def _last_linear(model):
+    name = None
+    for n, m in model.named_modules():
+        if isinstance(m, nn.Linear):
+            name = n
+    if name is None:
+        raise ValueError("the model has no nn.Linear layer (the head); HeadAwarePredictor needs one")
+    return name
+
+
+def feature_model(model, head=None):
+    """A copy of `model` with its head (the last nn.Linear, or the submodule named `head`) replaced by Identity.
+
+    The copy's output is then the head's input: this assumes the head is the last operation of forward (as in
+    torchvision classifiers and the MiniZoo nets)."""
+    name = head or _last_linear(model)
+    fm = copy.deepcopy(model)
+    parent, _, leaf = name.rpartition(".")
+    setattr(fm.get_submodule(parent) if parent else fm, leaf, nn.Identity())
+    return fm
+
+
+class HeadAwarePredictor(Predictor):
+    """Training curves of SGD on the model with a linearized backbone and an exact linear head (see module doc).
+
+    Same interface as Predictor (predict, recommend, step_seconds); `subset=M` integrates on M random samples with
+    the noise-matched batch size, as Predictor does. k is the width of the feature-Jacobian sketch.
+    """
+
+    def __init__(self, model, data, *, loss="ce", k=512, subset=None, seed=0, sketch_method="dense",
+                 eval_batch_size=128, head=None, progress=False):
+        start = time.perf_counter()
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
+        if loss not in LOSSES:
+            raise ValueError(f"`loss` must be one of {LOSSES}, got {loss!r}")
+        x, y = _as_tensors(data)
+        if len(x) != len(y) or len(x) < 2:
+            raise ValueError(f"`data` must hold at least 2 samples with one label each, got {len(x)} and {len(y)}")
+        if x.is_floating_point() and not torch.isfinite(x).all():
+            raise ValueError("`data` inputs contain NaN or Inf")
+        if y.is_floating_point():
+            raise ValueError("`data` labels must be integer class labels")
+        self.model, self.loss, self.seed = model, loss, seed
+        self.n_samples = N = len(x)
+        M = N if subset is None else subset
+        if not isinstance(M, int) or not 2 <= M <= N:
+            raise ValueError(f"`subset` must be an int in [2, {N}], got {subset!r}")
+        self.subset = M
+        idx = torch.randperm(N, generator=torch.Generator().manual_seed(seed))[:M].sort().values
+        self.x, self.y = x[idx], y[idx].long()
+        self.x_all, self.y_all = x, y
+        head_name = head or _last_linear(model)
+        lin = model.get_submodule(head_name)
+        if not isinstance(lin, nn.Linear):
+            raise ValueError(f"`head` {head_name!r} is not an nn.Linear")
+        fm = feature_model(model, head_name).eval()
+        self.phi0 = _outputs(fm, self.x, eval_batch_size)  # (M, D) float64
+        self.W0 = lin.weight.detach().double().cpu().clone()
+        self.b0 = (lin.bias.detach().double().cpu().clone() if lin.bias is not None
+                   else torch.zeros(lin.out_features, dtype=torch.float64))
+        self.head_trainable = lin.weight.requires_grad
+        self.f0 = self.phi0 @ self.W0.T + self.b0
+        C = self.f0.shape[1]
+        if self.y.min() < 0 or self.y.max() >= C:
+            raise ValueError(f"`data` labels must be integers in [0, {C}) for a model with {C} outputs")
+        if any(p.requires_grad for p in fm.parameters()):
+            S = sketch_jacobian(fm, self.x, k, method=sketch_method, seed=seed, batch_size=eval_batch_size,
+                                progress=progress)  # (M, D, k)
+            self.S = S.double()
+        else:  # a frozen backbone: only the head trains (a linear probe)
+            self.S = None
+        self.method, self.k = "head-aware", k
+        self.setup_seconds = time.perf_counter() - start
+        self._step_seconds = {}
+
+    def _simulate(self, sgd, max_steps, paths, seed, sampling):
+        N, D = self.phi0.shape
+        y = self.y
+        C = self.W0.shape[0]
+        onehot = torch.nn.functional.one_hot(y, C).double()
+        gen = torch.Generator().manual_seed(seed)
+        n_paths = 1 if sgd.batch_size == N else paths
+        losses = np.zeros((n_paths, max_steps + 1))
+        accs = np.zeros((n_paths, max_steps + 1))
+        m, d, wd = sgd.momentum, sgd.dampening, sgd.weight_decay
+        for p in range(n_paths):
+            phi, W, b = self.phi0.clone(), self.W0.clone(), self.b0.clone()
+            buf = None
+            batches = _batch_stream(N, sgd.batch_size, sampling, gen)
+            for t in range(max_steps + 1):
+                f = phi @ W.T + b
+                ell, grad = _loss_and_grad(f, y, onehot, self.loss)
+                losses[p, t] = float(ell.mean())
+                accs[p, t] = float((f.argmax(-1) == y).double().mean())
+                if t == max_steps:
+                    break
+                bidx = next(batches)
+                G = grad[bidx] / len(bidx)  # (B, C): ∂(mean loss of the batch)/∂f
+                if self.head_trainable:
+                    gW, gb = G.T @ phi[bidx], G.sum(0)
+                    if wd:
+                        gW, gb = gW + wd * W, gb + wd * b
+                else:
+                    gW, gb = torch.zeros_like(W), torch.zeros_like(b)
+                if self.S is not None:
+                    u = torch.einsum("bdk,bd->k", self.S[bidx], G @ W)  # J_φ,batchᵀ (∂ℓ/∂φ), sketched
+                    gphi = torch.einsum("ndk,k->nd", self.S, u)
+                    if wd:
+                        gphi = gphi + wd * (phi - self.phi0)
+                else:
+                    gphi = torch.zeros_like(phi)
+                g = (gW, gb, gphi)
+                if buf is None or m == 0:
+                    buf = tuple(v.clone() for v in g)
+                else:
+                    buf = tuple(m * v + (1 - d) * gi for v, gi in zip(buf, g))
+                step = tuple(gi + m * v for gi, v in zip(g, buf)) if sgd.nesterov else buf
+                eta = sgd.lr_at(t, max_steps)
+                W, b, phi = W - eta * step[0], b - eta * step[1], phi - eta * step[2]
+                if not (torch.isfinite(W).all() and torch.isfinite(phi).all()):
+                    raise FloatingPointError(
+                        f"the head-aware linearized dynamics diverged at step {t} (learning rate {eta}): the "
+                        "linearized features grow without the saturation of the real network")
+        return losses.mean(0), accs.mean(0), losses
+
+    def predict(self, *, lr, batch_size, max_steps, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0,
+                schedule="constant", paths=4, seed=None, measure_time=True, sampling="epoch", **schedule_kwargs):
+        start = time.perf_counter()
+        if not isinstance(max_steps, int) or max_steps < 1:
+            raise ValueError(f"`max_steps` must be a positive int, got {max_steps!r}")
+        sgd = SGD(lr=lr, batch_size=batch_size, momentum=momentum, dampening=dampening, nesterov=nesterov,
+                  weight_decay=weight_decay, schedule=schedule, **schedule_kwargs).check(self.n_samples)
+        N, M = self.n_samples, self.subset
+        if M < N:  # same per-step noise as batch_size out of N
+            bm = 1.0 / (1.0 / batch_size - 1.0 / N + 1.0 / M)
+            sgd.batch_size = int(min(M, max(1, round(bm))))
+        if sampling not in ("epoch", "stream"):
+            raise ValueError(f"`sampling` must be 'epoch' or 'stream', got {sampling!r}")
+        loss_curve, acc_curve, per_path = self._simulate(sgd, max_steps, paths,
+                                                         self.seed if seed is None else seed, sampling)
+        step_s = self.step_seconds(batch_size) if measure_time else float("nan")
+        return Prediction(loss_curve=loss_curve, accuracy_curve=acc_curve, n_samples=N, batch_size=batch_size,
+                          lr=lr, momentum=momentum, step_seconds=step_s,
+                          cost_seconds=self.setup_seconds + time.perf_counter() - start, loss=self.loss,
+                          path_losses=per_path)
+
+
+# ------------------------------------------------------------------------------------------ time rescaling
+
+def rescale_curve(curve, scale, length=None):
+    """c(s·t) for t = 0..length-1 by linear interpolation (held at the last value beyond the curve's end)."""
+    curve = np.asarray(curve, dtype=np.float64)
+    length = len(curve) if length is None else length
+    return np.interp(scale * np.arange(length), np.arange(len(curve)), curve)
+
+
+def fit_time_scale(predicted, real, lo=0.25, hi=4.0, grid=301):
+    """The factor s in [lo, hi] minimizing Σ_t (log L̂(s·t) − log L(t))² over the given real steps t = 0..k.
+
+    predicted: the predicted loss curve (long enough for s·k steps where possible); real: k+1 real losses."""
+    real = np.asarray(real, dtype=np.float64)
+    if real.ndim != 1 or len(real) < 2 or not np.isfinite(real).all() or (real <= 0).any():
+        raise ValueError("`real` must hold at least 2 positive finite losses (steps 0..k)")
+    pred = np.asarray(predicted, dtype=np.float64)
+    scales = np.exp(np.linspace(math.log(lo), math.log(hi), grid))
+    errs = [np.square(np.log(np.maximum(rescale_curve(pred, s, len(real)), 1e-300)) - np.log(real)).sum()
+            for s in scales]
+    return float(scales[int(np.argmin(errs))])
+
+
+def calibrate_time(prediction, real_losses, **fit_kwargs):
+    """A new Prediction whose curves are the given one's at rescaled time s·t, s fitted to the real losses of the
+    first k steps (`real_losses`, steps 0..k, full training set). The rescaled curves are as long as the original
+    (held at the last predicted value where s·t runs past it); `prediction.calibration_scale` holds s."""
+    s = fit_time_scale(prediction.loss_curve, real_losses, **fit_kwargs)
+    n = len(prediction.loss_curve)
+    out = Prediction(loss_curve=rescale_curve(prediction.loss_curve, s, n),
+                     accuracy_curve=rescale_curve(prediction.accuracy_curve, s, n),
+                     n_samples=prediction.n_samples, batch_size=prediction.batch_size, lr=prediction.lr,
+                     momentum=prediction.momentum, step_seconds=prediction.step_seconds,
+                     cost_seconds=prediction.cost_seconds, loss=prediction.loss)
+    out.calibration_scale = s
+    return out
+
+
+def calibration_cost(k, step_seconds, eval_seconds):
+    """Seconds spent by calibration: k real SGD steps and k + 1 evaluations of the training loss."""
+    return k * step_seconds + (k + 1) * eval_seconds
