@@ -44,20 +44,27 @@ def _draw(ax, real, predicted, ylabel, log=False, targets=()):
         ax.axhline(y, color="grey", lw=0.7, ls=":")
         ax.text(0, y, text, fontsize=7, color="grey", va="bottom")
     if log:
+        from matplotlib.ticker import FormatStrFormatter  # noqa: PLC0415
+
         ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+        lo, hi = ax.get_ylim()
+        if hi / max(lo, 1e-300) < 8:  # less than a decade: label the minor ticks too
+            ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
     ax.set_xlabel("SGD step")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
 
 
 def plot_prediction(path, prediction, real_loss=None, real_accuracy=None, title=None, fractions=(0.5, 0.25, 0.1),
-                    others=None, max_steps=None):
+                    others=None, max_steps=None, label="predicted"):
     """Loss (left) and accuracy (right) of a Prediction, with the real curves when given; writes a PNG.
 
-    others: {label: Prediction} drawn as well (e.g. a calibrated or head-aware prediction).
+    others: {label: Prediction} drawn as well (e.g. a calibrated or head-aware prediction); label: the legend
+    entry of `prediction`.
     max_steps: clip the x-axis (default: the longest curve)."""
     plt = require_matplotlib()
-    preds = {"predicted": prediction, **(others or {})}
+    preds = {label: prediction, **(others or {})}
     n = max_steps
     clip = (lambda c: None if c is None else np.asarray(c)[: n + 1]) if n is not None else (lambda c: c)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))

@@ -1,0 +1,293 @@
+"""zoo-kernels CLI (rank, predict-time, bench) through main([...]) with tiny settings, its bad-input errors, and the
+corrections of zoo_kernels.calibrate that `predict-time --method head-aware` uses."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call, jacrev, vmap
+
+from zoo_kernels import cli
+from zoo_kernels.calibrate import HeadAwarePredictor, calibrate_time, fit_time_scale, rescale_curve
+from zoo_kernels.dynamics import _batch_stream
+from zoo_kernels.predict import Prediction
+from zoo_kernels.zoo import nets
+
+# a MiniZoo task small enough for tests: texture_orient, 2 shots x 8 classes = 16 images
+TINY = ["--task", "texture_orient", "--shots", "2", "--no-progress", "--threads", "1"]
+PRED = ["predict-time", "--model", "convnet_latin", *TINY, "--max-steps", "6", "--no-step-time", "--paths", "1"]
+
+
+def run(capsys, argv):
+    rc = cli.main(argv)
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def run_json(capsys, argv):
+    rc, out, err = run(capsys, argv + ["--format", "json"])
+    assert rc == 0, err
+    return json.loads(out)
+
+
+# ------------------------------------------------------------------------------------------------ predict-time
+
+@pytest.mark.parametrize("method, k", [("sketch", "64"), ("exact", "64"), ("head-aware", "32")])
+def test_predict_time_json(capsys, method, k):
+    obj = run_json(capsys, PRED + ["--method", method, "--k", k, "--lr", "0.01", "--batch-size", "8",
+                                   "--momentum", "0.9", "--target", "fraction=0.9", "--target", "accuracy=0.5",
+                                   "--curves"])
+    assert obj["num_samples"] == 16 and obj["num_classes"] == 8 and obj["method"] == method
+    assert len(obj["loss_curve"]) == 7 and len(obj["accuracy_curve"]) == 7
+    assert [t["kind"] for t in obj["targets"]] == ["fraction", "accuracy"]
+    assert obj["hyper_parameters"]["sampling"] == "stream"  # the MiniZoo recipe's minibatches
+    assert obj["step_seconds"] is None and obj["prediction_seconds"] > 0
+    for t in obj["targets"]:
+        assert t["steps"] is None or 0 <= t["steps"] <= 6
+        if t["steps"] is not None:
+            assert t["epochs"] == pytest.approx(t["steps"] * 8 / 16)
+
+
+def test_predict_time_table_seconds_and_plot(capsys, tmp_path):
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "curves.png"
+    rc, out, err = run(capsys, ["predict-time", "--model", "convnet_latin", *TINY, "--max-steps", "4", "--paths", "1",
+                                "--method", "sketch", "--k", "32", "--lr", "0.05", "--batch-size", "4",
+                                "--target", "fraction=0.99", "--plot", str(png)])
+    assert rc == 0, err
+    assert "| target | steps | epochs | seconds |" in out and "one real SGD step" in out
+    assert png.stat().st_size > 1000
+
+
+def test_predict_time_verify(capsys, tmp_path):
+    obj = run_json(capsys, PRED + ["--method", "sketch", "--k", "32", "--lr", "0.01", "--batch-size", "8",
+                                   "--momentum", "0.9", "--target", "fraction=0.999", "--verify"])
+    assert obj["verify"]["train_seconds"] > 0
+    row = obj["targets"][0]
+    assert "real_steps" in row
+
+
+def test_predict_time_recommend(capsys):
+    obj = run_json(capsys, PRED + ["--method", "sketch", "--k", "32", "--recommend", "--lrs", "0.01", "0.1",
+                                   "--batch-sizes", "4", "8", "--by", "steps", "--target", "fraction=0.99"])
+    rows = obj["recommend"]["rows"]
+    assert len(rows) == 4 and [r["rank"] for r in rows] == [1, 2, 3, 4]
+    reached = [r["steps"] for r in rows if r["steps"] is not None]
+    assert reached == sorted(reached)
+    assert obj["recommend"]["by"] == "steps"
+
+
+def test_predict_time_user_checkpoint_and_data(capsys, tmp_path):
+    torch.manual_seed(0)
+    model = nets.build("convnet", 5, seed=1)
+    ckpt = tmp_path / "mine.pt"
+    nets.save_checkpoint(str(ckpt), model, "convnet", {"note": "test"})
+    sd = tmp_path / "plain.pt"
+    torch.save(model.state_dict(), sd)
+    data = tmp_path / "data.pt"
+    g = torch.Generator().manual_seed(0)
+    torch.save({"inputs": torch.rand(12, 1, 32, 32, generator=g), "labels": torch.arange(12) % 3}, data)
+    common = ["predict-time", "--data", str(data), "--max-steps", "3", "--no-step-time", "--paths", "1",
+              "--method", "sketch", "--k", "32", "--lr", "0.01", "--batch-size", "4", "--no-progress"]
+    obj = run_json(capsys, common + ["--checkpoint", str(ckpt)])
+    assert obj["num_classes"] == 3 and obj["hyper_parameters"]["sampling"] == "epoch"
+    rc, _, err = run(capsys, common + ["--checkpoint", str(sd)])
+    assert rc == 2 and "--arch" in err
+    obj = run_json(capsys, common + ["--checkpoint", str(sd), "--arch", "convnet"])
+    assert obj["num_samples"] == 12
+    npz = tmp_path / "data.npz"
+    np.savez(npz, x=np.random.rand(10, 1, 32, 32).astype(np.float32), y=np.arange(10) % 2)
+    obj = run_json(capsys, common[:1] + ["--data", str(npz)] + common[3:] + ["--checkpoint", str(ckpt)])
+    assert obj["num_samples"] == 10 and obj["num_classes"] == 2
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["--lr", "0", "--batch-size", "4"], "--lr must be > 0"),
+    (["--lr", "-0.1", "--batch-size", "4"], "--lr must be > 0"),
+    (["--lr", "nan", "--batch-size", "4"], "--lr must be finite"),
+    (["--batch-size", "4"], "--lr must be > 0"),
+    (["--lr", "0.1", "--batch-size", "17"], "--batch-size must be in \\[1, N=16\\]"),
+    (["--lr", "0.1", "--batch-size", "0"], "--batch-size must be in"),
+    (["--lr", "0.1", "--batch-size", "4", "--loss", "hinge"], "--loss must be one of"),
+    (["--lr", "0.1", "--batch-size", "4", "--target", "fraction=2"], "fraction must be in"),
+    (["--lr", "0.1", "--batch-size", "4", "--target", "speed=3"], "KIND=VALUE"),
+    (["--lr", "0.1", "--batch-size", "4", "--momentum", "1.0"], "`momentum` must be in \\[0, 1\\)"),
+    (["--lr", "0.1", "--batch-size", "4", "--subset", "40"], "--subset must be in"),
+    (["--lr", "0.1", "--batch-size", "4", "--max-steps", "0"], "--max-steps must be >= 1"),
+    (["--lr", "0.1", "--batch-size", "4", "--nesterov"], "`nesterov` needs momentum"),
+    (["--recommend", "--lrs", "0.1", "-1"], "--lrs must all be > 0"),
+])
+def test_predict_time_bad_input(capsys, extra, match):
+    rc, out, err = run(capsys, PRED + ["--method", "sketch", "--k", "16"] + extra)
+    assert rc == 2 and out == ""
+    assert "error" in err
+    import re
+    assert re.search(match, err), err
+
+
+def test_predict_time_divergence_is_a_clear_error(capsys):
+    rc, _, err = run(capsys, PRED + ["--method", "exact", "--loss", "mse", "--lr", "1e8", "--batch-size", "16",
+                                     "--max-steps", "60"])
+    assert rc == 2 and "diverge" in err and "lower --lr" in err.lower()
+
+
+def test_bad_data_files(capsys, tmp_path):
+    ckpt = tmp_path / "m.pt"
+    nets.save_checkpoint(str(ckpt), nets.build("convnet", 3, seed=0), "convnet", {})
+    x = torch.rand(8, 1, 32, 32)
+    x[2, 0, 5, 5] = float("nan")
+    nan = tmp_path / "nan.pt"
+    torch.save({"x": x, "y": torch.arange(8) % 2}, nan)
+    base = ["predict-time", "--checkpoint", str(ckpt), "--lr", "0.1", "--batch-size", "4", "--max-steps", "2",
+            "--no-step-time", "--no-progress"]
+    rc, _, err = run(capsys, base + ["--data", str(nan)])
+    assert rc == 2 and "NaN" in err
+    rc, _, err = run(capsys, ["rank", "--data", str(nan), "--checkpoint", str(ckpt), "--no-progress"])
+    assert rc == 2 and "NaN" in err
+    mism = tmp_path / "mism.pt"
+    torch.save({"x": torch.rand(8, 1, 32, 32), "y": torch.arange(7)}, mism)
+    rc, _, err = run(capsys, base + ["--data", str(mism)])
+    assert rc == 2 and "same number of samples" in err
+    rc, _, err = run(capsys, base + ["--data", str(tmp_path / "missing.pt")])
+    assert rc == 2 and "not found" in err
+    # a pickled module is refused by weights_only loading
+    pick = tmp_path / "module.pt"
+    torch.save(nn.Linear(3, 2), pick)
+    rc, _, err = run(capsys, ["predict-time", "--checkpoint", str(pick), *TINY, "--lr", "0.1", "--batch-size", "4"])
+    assert rc == 2 and "weights-only" in err
+    rc, _, err = run(capsys, ["predict-time", *TINY, "--lr", "0.1", "--batch-size", "4"])
+    assert rc == 2 and "--model" in err
+    rc, _, err = run(capsys, ["predict-time", "--model", "nope_latin", *TINY, "--lr", "0.1", "--batch-size", "4"])
+    assert rc == 2 and "unknown MiniZoo model" in err
+    rc, _, err = run(capsys, ["predict-time", "--model", "convnet_latin", "--task", "nope", "--lr", "0.1",
+                              "--batch-size", "4"])
+    assert rc == 2 and "unknown task" in err
+
+
+# ------------------------------------------------------------------------------------------------ rank
+
+def test_rank_minizoo_json_and_table(capsys):
+    obj = run_json(capsys, ["rank", *TINY, "--models", "convnet_latin", "convnet_textures", "resnet_multi",
+                            "--scores", "logme", "lfc"])
+    assert obj["num_samples"] == 16 and obj["by"] == "logme"
+    assert [r["rank"] for r in obj["rows"]] == [1, 2, 3]
+    vals = [r["logme"] for r in obj["rows"]]
+    assert vals == sorted(vals, reverse=True) and obj["best"] == obj["rows"][0]["model"]
+    rc, out, err = run(capsys, ["rank", *TINY, "--models", "convnet_latin", "convnet_textures", "--scores", "lfc"])
+    assert rc == 0 and "| rank | model | lfc |" in out and "best by lfc" in out
+
+
+def test_rank_checkpoints(capsys, tmp_path):
+    paths = []
+    for i, arch in enumerate(("convnet", "resnet")):
+        p = tmp_path / f"{arch}_{i}.pt"
+        nets.save_checkpoint(str(p), nets.build(arch, 4, seed=i), arch, {})
+        paths.append(str(p))
+    obj = run_json(capsys, ["rank", *TINY, "--checkpoint", *paths, "--scores", "lfc", "leep"])
+    assert {r["model"] for r in obj["rows"]} == {"convnet_0", "resnet_1"}
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["--scores", "bogus"], "unknown scores"), (["--scores", "lfc", "--by", "logme"], "--by"),
+    (["--models", "nope_latin"], "unknown MiniZoo models"),
+])
+def test_rank_bad_input(capsys, extra, match):
+    rc, _, err = run(capsys, ["rank", *TINY] + extra)
+    assert rc == 2 and match in err
+
+
+def test_rank_needs_one_data_source(capsys):
+    rc, _, err = run(capsys, ["rank", "--no-progress"])
+    assert rc == 2 and "exactly one of --task" in err
+
+
+# ------------------------------------------------------------------------------------------------ bench, help
+
+def test_bench_dry_run(capsys):
+    rc, _, err = run(capsys, ["bench", "--quick", "--suite", "all", "--dry-run", "--json", "/tmp/x.json"])
+    assert rc == 0
+    assert "would run:" in err and "pytest benchmarks" in err and "ZK_BENCH_QUICK=1" in err
+    assert "benchmarks.predict_validation --quick" in err and "--benchmark-json=/tmp/x.json" in err
+
+
+def test_help_and_usage_errors(capsys):
+    assert cli.main(["--help"]) == 0
+    assert cli.main([]) == 2
+    assert cli.main(["predict-time", "--method", "magic"]) == 2
+    capsys.readouterr()
+
+
+# ------------------------------------------------------------------------------------------------ calibrate
+
+def _bilinear_problem(n=24, d=5, h=6, C=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g, dtype=torch.float64)
+    y = torch.randint(0, C, (n,), generator=g)
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(d, h), nn.Linear(h, C)).double()
+    return model, x, y
+
+
+@pytest.mark.parametrize("hp", [dict(momentum=0.0), dict(momentum=0.9), dict(momentum=0.8, nesterov=True),
+                                dict(momentum=0.5, dampening=0.3, weight_decay=0.05)])
+def test_head_aware_is_exact_for_a_linear_backbone(hp):
+    """With features linear in the backbone's weights, the head-aware model is the network itself: given the exact
+    feature Jacobian as its 'sketch', it reproduces torch.optim.SGD on the real network."""
+    model, x, y = _bilinear_problem()
+    pred = HeadAwarePredictor(model, (x, y), k=8)
+    backbone = model[0]
+    params = {n: p.detach() for n, p in backbone.named_parameters()}
+    J = vmap(jacrev(lambda p, xi: functional_call(backbone, p, (xi.unsqueeze(0),)).squeeze(0)), (None, 0))(params, x)
+    pred.S = torch.cat([J[n].flatten(2) for n in params], 2)  # (N, D, P): S Sᵀ = Θ_φ exactly
+    steps, B, lr = 25, 5, 0.2
+    curve = pred.predict(lr=lr, batch_size=B, max_steps=steps, paths=1, seed=3, sampling="stream",
+                         measure_time=False, **hp).loss_curve
+    # reference: the real network with torch.optim.SGD; weight decay toward w0 on the backbone, toward 0 on the head
+    real = [p for p in model.parameters()]
+    w0 = [p.detach().clone() for p in backbone.parameters()]
+    wd = hp.get("weight_decay", 0.0)
+    opt = torch.optim.SGD(real, lr=lr, **{k: v for k, v in hp.items() if k != "weight_decay"})
+    batches = _batch_stream(len(x), B, "stream", torch.Generator().manual_seed(3))
+    ref = []
+    for t in range(steps + 1):
+        with torch.no_grad():
+            ref.append(float(nn.functional.cross_entropy(model(x), y)))
+        if t == steps:
+            break
+        b = next(batches)
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x[b]), y[b]).backward()
+        if wd:
+            for p, p0 in zip(backbone.parameters(), w0):
+                p.grad += wd * (p.detach() - p0)
+            for p in model[1].parameters():
+                p.grad += wd * p.detach()
+        opt.step()
+    np.testing.assert_allclose(curve, ref, rtol=1e-9)
+
+
+def test_head_aware_frozen_backbone_is_a_linear_probe():
+    model, x, y = _bilinear_problem()
+    for p in model[0].parameters():
+        p.requires_grad_(False)
+    pred = HeadAwarePredictor(model, (x, y), k=8)
+    assert pred.S is None
+    c = pred.predict(lr=0.5, batch_size=24, max_steps=20, measure_time=False).loss_curve
+    assert (np.diff(c) < 0).all()
+
+
+def test_time_calibration_recovers_a_known_scale():
+    t = np.arange(301)
+    true = 2.0 * np.exp(-t / 40.0) + 0.1
+    predicted = 2.0 * np.exp(-t / 60.0) + 0.1  # 1.5x too slow
+    s = fit_time_scale(predicted, true[:21])
+    assert s == pytest.approx(1.5, rel=0.02)
+    p = Prediction(loss_curve=predicted, accuracy_curve=np.linspace(0, 1, 301), n_samples=100, batch_size=10, lr=0.1,
+                   momentum=0.0, step_seconds=0.01, cost_seconds=1.0)
+    cal = calibrate_time(p, true[:21])
+    assert cal.calibration_scale == pytest.approx(1.5, rel=0.02)
+    assert abs(cal.steps_to(fraction=0.2) - np.flatnonzero(true <= 0.2 * true[0])[0]) <= 2
+    np.testing.assert_allclose(rescale_curve([0.0, 1.0, 2.0], 0.5), [0.0, 0.5, 1.0])
+    with pytest.raises(ValueError, match="positive finite"):
+        fit_time_scale(predicted, [1.0])
