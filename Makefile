@@ -9,7 +9,7 @@ TORCH_SPEC ?= $(if $(filter 1,$(HAS_GPU)),torch==2.14.1,torch==2.13.0)
 SOURCES := $(shell find csrc -type f) setup.py pyproject.toml
 export MAX_JOBS ?= 2
 
-.PHONY: test demo build bench cuda-check cmake-check clean
+.PHONY: test demo demo-sketch build bench cuda-check cmake-check clean
 
 $(BIN)/.deps: requirements-dev.txt Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,7 +26,12 @@ build: $(BIN)/.built
 test: build
 	$(BIN)/python -m pytest -q tests
 
+# The main job: rank the MiniZoo experts for a bundled task, predict the chosen one's fine-tuning time.
 demo: build
+	$(BIN)/python -m zoo_kernels.main_job $(DEMO_ARGS)
+
+# The kernel-level demo: sketched vs exact NTK of a small CNN.
+demo-sketch: build
 	$(BIN)/python -m zoo_kernels.demo
 
 bench: build
