@@ -205,3 +205,45 @@ def rel_err(a, b):
 
 def norm_ratio(a, b):
     return a.double().norm().item() / b.double().norm().item()
+
+
+# ---------------------------------------------------------------- empirical NTK with torch.func (baselines)
+# The two methods of the PyTorch "Neural Tangent Kernels" tutorial (torch.func): Jacobian contraction
+# (vmap(jacrev) per parameter, then einsum and a sum over parameters) and NTK-vector products (vmap over
+# vjp, then jvp, against the basis of the outputs). Results (N1, N2, C, C), or (N1, N2) for mode="trace".
+
+def omp_wait_policy():
+    """OMP_WAIT_POLICY of this process ("unset" when the OpenMP default applies)."""
+    return os.environ.get("OMP_WAIT_POLICY", "unset")
+
+
+def func_ntk_jac_contraction(model, x1, x2=None, mode="full"):
+    """The tutorial's Jacobian-contraction NTK: per-parameter Jacobians (N, C, P_p), einsum, sum."""
+    params, f = per_sample_fn(model)
+    jac = vmap(jacrev(f), in_dims=(None, 0))
+    j1 = [j.flatten(2) for j in jac(params, x1).values()]
+    j2 = j1 if x2 is None else [j.flatten(2) for j in jac(params, x2).values()]
+    expr = "Naf,Maf->NM" if mode == "trace" else "Naf,Mbf->NMab"
+    return torch.stack([torch.einsum(expr, a, b) for a, b in zip(j1, j2)]).sum(0)
+
+
+def func_ntk_vps(model, x1, x2=None, mode="full", chunk=8):
+    """The tutorial's NTK-vector-products NTK: for each pair (x1_i, x2_j), vjp of f(x1_i) against the output
+    basis, then jvp of f(x2_j) along each vjp; vmap over pairs. Rows of x1 are processed `chunk` at a time
+    (memory ~0.4 GB per row of x1 for the small CNN at N2=256); mode="trace" takes the trace of the full
+    result, as the tutorial does."""
+    params, f = per_sample_fn(model)
+    x2 = x1 if x2 is None else x2
+
+    def get_ntk(a, b):
+        out, vjp_fn = torch.func.vjp(lambda p: f(p, a), params)
+
+        def ntk_slice(vec):
+            (v,) = vjp_fn(vec)
+            return torch.func.jvp(lambda p: f(p, b), (params,), (v,))[1]
+
+        return vmap(ntk_slice)(torch.eye(out.numel(), dtype=out.dtype, device=out.device))
+
+    pairs = vmap(vmap(get_ntk, (None, 0)), (0, None))
+    K = torch.cat([pairs(x1[s:s + chunk], x2) for s in range(0, x1.shape[0], chunk)])
+    return torch.einsum("NMKK->NM", K) if mode == "trace" else K
