@@ -247,3 +247,17 @@ def test_sgd_runs_small_tier():
     for (_, task), cfgs in per.items():
         n = SGD_GRID_SHOTS * D.TARGETS[task][0]
         assert cfgs == {(lr, min(b, n), mo) for lr, b, mo in grid}  # the files hold the effective batch size
+
+
+def test_ground_truth_full_tier_complete():
+    rows = zoo.ground_truth("full")
+    keys = {(r["model"], r["task"], r["shots"]) for r in rows}
+    assert keys == {(m, t, s) for m in zoo.models() for t in zoo.tasks() for s in zoo.SHOTS}
+    assert all(r["seeds"] == len(SEEDS) and r["lr"] == RECIPE.lr for r in rows)
+    # the zoo is not dominated by one model: several different best models across the targets
+    for shots in zoo.SHOTS:
+        assert len({m for m, _ in zoo.best_models("full", shots=shots).values()}) >= 4
+    # the small tier's rows are the same runs as the full tier's (the recipe is deterministic per seed)
+    full = {(r["model"], r["task"], r["shots"], r["seed"]): r["test_acc"] for r in zoo.finetune_runs("full")}
+    for r in zoo.finetune_runs("small"):
+        assert full[(r["model"], r["task"], r["shots"], r["seed"])] == r["test_acc"]
