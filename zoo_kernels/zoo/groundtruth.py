@@ -120,6 +120,22 @@ def run_sgd(tier, models, tasks, resume, device, log):
     done = {key(r["model"], r["task"], r["lr"], r["batch"], r["momentum"]) for r in old}
     next_id = max((r["run"] for r in old), default=-1) + 1
     grid = list(itertools.product(SGD_GRID["lr"], SGD_GRID["batch"], SGD_GRID["momentum"]))
+    other = "small" if tier == "full" else "full"
+    if os.path.exists(api.gt_path("sgd_runs", other)) and os.path.exists(api.gt_path("sgd_steps", other)):
+        reuse = [r for r in _existing(api.gt_path("sgd_runs", other)) if r["model"] in models and r["task"] in tasks
+                 and r["steps"] == SGD_GRID_STEPS and r["shots"] == SGD_GRID_SHOTS
+                 and key(r["model"], r["task"], r["lr"], r["batch"], r["momentum"]) not in done]
+        if reuse:
+            steps = {}
+            for st in _existing(api.gt_path("sgd_steps", other)):
+                steps.setdefault(st["run"], []).append(st)
+            for r in reuse:
+                old_id, r = r["run"], dict(r, run=next_id)
+                runs_out.write([r])
+                steps_out.write([dict(st, run=next_id) for st in steps[old_id]])
+                done.add(key(r["model"], r["task"], r["lr"], r["batch"], r["momentum"]))
+                next_id += 1
+            log(f"reused {len(reuse)} SGD runs of the {other} tier")
     n_train = {t: SGD_GRID_SHOTS * D.TARGETS[t][0] for t in tasks}  # files hold the effective batch min(b, N)
     todo = [(m, t, lr, b, mo) for m in models for t in tasks for lr, b, mo in grid
             if key(m, t, lr, min(b, n_train[t]), mo) not in done]
