@@ -2,7 +2,7 @@
 
 Every model has ``features(x) -> [N, feature_dim]`` (the penultimate features, after global average pooling)
 and a replaceable linear classifier ``head``; ``forward(x) = head(features(x))``. Inputs are images in [0, 1];
-the models center them internally. Normalization is GroupNorm (or none), so train and eval modes compute the
+the models center them internally. Normalization is GroupNorm everywhere, so train and eval modes compute the
 same function and per-sample gradients need no batch statistics. (A first ConvNet without normalization
 fine-tuned unstably with SGD at lr 0.005-0.01, which made the architecture, not the source, decide the ranking.)
 """
