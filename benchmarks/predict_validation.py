@@ -1,8 +1,9 @@
 """Validation of the training-time prediction against MiniZoo's measured SGD runs (real per-step curves).
 
-    python -m benchmarks.predict_validation                 # everything, ~30-60 min on 2 shared cores
-    python -m benchmarks.predict_validation --quick         # 2 combos x 4 settings, no subset part (~3 min)
-    python -m benchmarks.predict_validation --no-subset --models convnet_latin --tasks pendigits_inverted
+    python -m benchmarks.predict_validation                 # everything, ~1 h on 1 thread of a shared 2-core CPU
+    python -m benchmarks.predict_validation --quick         # 2 combos x 4 settings, no subset part (~1-2 min)
+    python -m benchmarks.predict_validation --part grid --tasks latin_heldout --paths 2 --tag=-latin
+    python -m benchmarks.predict_validation --merge a.json b.json c.json      # summarize several parts together
 
 For every run of the SGD grid (zoo.sgd_runs("small"): model x task x lr x batch x momentum, 10-shot, 100 steps,
 seed 0, full-training-set loss/accuracy after every step) the same model with the same head initialization
@@ -54,6 +55,7 @@ METHODS = ("linear-exact", "linear-sketch", "head-aware")
 CALIBRATED = ("linear-exact+calib", "head-aware+calib")
 SUBSET_SETTINGS = ((0.01, 64, 0.9), (0.03, 16, 0.9), (0.03, 64, 0.0), (0.1, 64, 0.0))
 PLOT_SETTINGS = ((0.01, 64, 0.9), (0.03, 16, 0.0), (0.1, 64, 0.9))
+PLOT_COMBOS = (("convnet_latin", "pendigits_inverted"), ("resnet_multi", "latin_heldout"))
 
 
 def target_keys(acc):
@@ -171,7 +173,12 @@ def run_combo(model_name, task, runs, args, log):
             if pr is not None:
                 out["loss_curve"] = [round(float(v), 5) for v in pr.loss_curve[: len(real_L) + 50]]
         rec["real_loss"] = [round(float(v), 5) for v in real_L]
+        rec["paths"] = args.paths
         records.append(rec)
+        log(f"    run {r['run']}: lr={r['lr']} B={r['batch']} m={r['momentum']}: "
+            + ", ".join(f"{n} {o.get('integrate_s', 0):.1f}s" for n, o in rec["methods"].items() if "integrate_s" in o)
+            + f" | real {[v['steps'] for v in rec['real'].values()]} exact "
+            f"{list(rec['methods']['linear-exact']['T'].values())} head {list(rec['methods']['head-aware']['T'].values())}")
     # sketch width study: linear-sketch at other k on a few settings, against linear-exact
     for kk in args.k_study:
         p = Predictor(model, (x, y), method="sketch", k=kk, sketch_method="dense", seed=0)
@@ -266,6 +273,49 @@ def k_study(records, args):
                     out.setdefault(g, []).append(abs(T - Te) / Te)
     return {f"{t} (N*C={nc}), k={kk}": (len(out.get(g, [])), pct(out.get(g, []), 50), pct(out.get(g, []), 90),
                                         pct(c, 50)) for g, c in sorted(curves.items()) for t, nc, kk in [g]}
+
+
+def calibration_budget(records, args, budgets=(5, 10, 20, 30)):
+    """Cost and gain of the calibrated mode by the number K of real steps it spends, from the stored curves.
+
+    Loss targets only (the stored predictions are loss curves), and only (run, target) pairs the real run reaches
+    after step K (a target reached during calibration needs no prediction). Cost: K steps of the recorded
+    optimization wall time plus K + 1 full-training-set loss evaluations, as a fraction of the whole 100-step run."""
+    from zoo_kernels.calibrate import fit_time_scale, rescale_curve  # noqa: PLC0415
+
+    rows = []
+    for base in ("linear-exact", "head-aware"):
+        for K in (0,) + tuple(budgets):
+            errs, costs = [], []
+            for rec in records:
+                m = rec["methods"][base]
+                if m.get("loss_curve") is None or m["diverged"]:
+                    continue
+                real = np.asarray(rec["real_loss"])
+                pred = np.asarray(m["loss_curve"], dtype=np.float64)
+                bad = ~np.isfinite(pred) | (pred > 10 * real[0])
+                if bad.any():  # blown up: the curve ends there (the target counts as not reached)
+                    pred = pred[:int(np.flatnonzero(bad)[0])]
+                if len(pred) < 2:
+                    pred = real[:1]
+                if K:
+                    sc = fit_time_scale(pred, real[:K + 1])
+                    n = len(pred)
+                    pred = rescale_curve(pred, sc, n)
+                    if n <= args.horizon:  # a truncated curve stays truncated (no hold at its last value)
+                        pred = pred[:max(1, int(n / sc))]
+                    costs.append((K * rec["train_wall_s"] / (len(real) - 1) + (K + 1) * rec["eval_s"])
+                                 / rec["train_wall_s"])
+                for f in FRACTIONS:
+                    T = steps_to(real, real, f"loss<={f:g}L0")
+                    if not T or T <= K:
+                        continue
+                    Tp = steps_to(pred, pred, f"loss<={f:g}L0")
+                    Tp = args.horizon if Tp is None else Tp
+                    errs.append(abs(Tp - T) / T)
+            rows.append({"method": base, "K": K, "pairs": len(errs), "median": pct(errs, 50), "p90": pct(errs, 90),
+                         "cost_fraction_of_run": pct(costs, 50) if costs else 0.0})
+    return rows
 
 
 def by_group(records, args, name, group):
@@ -375,19 +425,21 @@ def plots(records, out_dir, stamp, log):
         log(f"no plots: {e}")
         return []
     panels = []
-    seen = set()
-    for rec in records:
-        key = (rec["model"], rec["task"])
-        setting = (rec["lr"], rec["batch"], rec["momentum"])
-        if setting not in PLOT_SETTINGS or (key, setting) in seen or len({k for k, _ in seen} | {key}) > 2:
-            continue
-        seen.add((key, setting))
-        L0 = rec["real_loss"][0]
-        panels.append({"title": f"{rec['model']} -> {rec['task']}\nlr={rec['lr']} B={rec['batch']} m={rec['momentum']}",
-                       "real_loss": np.asarray(rec["real_loss"]),
-                       "predicted": {n: rec["methods"][n].get("loss_curve") for n in
-                                     ("linear-exact", "head-aware", "head-aware+calib")},
-                       "targets": [(f * L0, f"{f:g}L0") for f in FRACTIONS]})
+    have = {(r["model"], r["task"]) for r in records}
+    combos = [c for c in PLOT_COMBOS if c in have] or sorted(have)[:2]
+    for key in combos:
+        for setting in PLOT_SETTINGS:
+            rec = next((r for r in records if (r["model"], r["task"]) == key
+                        and (r["lr"], r["batch"], r["momentum"]) == setting), None)
+            if rec is None:
+                continue
+            L0 = rec["real_loss"][0]
+            panels.append({"title": f"{rec['model']} -> {rec['task']}\nlr={rec['lr']} B={rec['batch']} "
+                                    f"m={rec['momentum']}",
+                           "real_loss": np.asarray(rec["real_loss"]),
+                           "predicted": {n: rec["methods"][n].get("loss_curve") for n in
+                                         ("linear-exact", "head-aware", "head-aware+calib")},
+                           "targets": [(f * L0, f"{f:g}L0") for f in FRACTIONS]})
     paths = []
     if panels:
         p = os.path.join(out_dir, f"predict-curves-cpu-{stamp}.png")
@@ -474,10 +526,71 @@ def markdown(summary, approx, groups, costs, subset_rows, args):
     return "\n".join(lines)
 
 
+def report(records, subset_recs, args, log, meta):
+    """Summaries, markdown (printed), JSON and PNGs of grid records and subset records."""
+    summary = summarize(records, args) if records else []
+    approx = approx_errors(records, args) if records else {}
+    eta = lambda r: f"lr/(1-m) = {r['eta_eff']:.3g}"  # noqa: E731
+    pair = lambda r: f"{r['model']} -> {r['task']}"  # noqa: E731
+    groups = {}
+    if records:
+        for name in ("linear-exact", "head-aware", "head-aware+calib"):
+            groups[f"{name} by effective learning rate lr/(1-m)"] = by_group(records, args, name, eta)
+        for name in ("linear-exact", "linear-sketch", "head-aware", "head-aware+calib"):
+            groups[f"{name} by model -> task"] = by_group(records, args, name, pair)
+        for name in ("linear-exact", "head-aware", "head-aware+calib"):
+            g = {}
+            for k in target_keys(args.accuracy):
+                vals = [abs((args.horizon if rec["methods"][name]["T"][k] is None else rec["methods"][name]["T"][k])
+                            - rec["real"][k]["steps"]) / rec["real"][k]["steps"]
+                        for rec in records if rec["real"][k]["steps"]]
+                g[k] = (len(vals), pct(vals, 50), pct(vals, 90))
+            groups[f"{name} by target"] = g
+        groups[f"linear-sketch against linear-exact by sketch width k (settings {SUBSET_SETTINGS})"] = \
+            k_study(records, args)
+    costs = cost_table(records, args) if records else []
+    budget = calibration_budget(records, args) if records else []
+    subset_rows = subset_summary(subset_recs) if subset_recs else []
+    md = markdown(summary, approx, groups, costs, subset_rows, args) if records else markdown_subset(subset_rows)
+    if budget:
+        md += ("\n\n### Calibrated mode: gain by the number K of real steps spent (loss targets reached after step K)"
+               "\n\n| method | K real steps | pairs | median | p90 | cost (fraction of the 100-step run) |"
+               "\n|---|---|---|---|---|---|\n" + "\n".join(
+                   f"| {r['method']} | {r['K']} | {r['pairs']} | {fmt(r['median'])} | {fmt(r['p90'])} | "
+                   f"{fmt(r['cost_fraction_of_run'], 3)} |" for r in budget))
+    print(md)
+    stamp = meta["date"]
+    os.makedirs(args.out, exist_ok=True)
+    tag = args.tag
+    if not args.no_plots and records:  # before --compact strips the curves
+        for p in plots(records, args.out, stamp + tag, log):
+            log(f"wrote {p}")
+    if args.compact:  # without the per-step curves (not mergeable again)
+        records = [{k: v for k, v in r.items() if k not in ("real_loss", "k_study")}
+                   | {"methods": {n: {k: v for k, v in m.items() if k != "loss_curve"} for n, m in r["methods"].items()}}
+                   for r in records]
+    with open(os.path.join(args.out, f"predict-cpu-{stamp}{tag}.json"), "w") as f:
+        json.dump({"meta": meta, "summary": summary, "approx": approx, "groups": groups, "costs": costs,
+                   "calibration_budget": budget,
+                   "subset_summary": subset_rows, "subset": subset_recs, "records": records}, f, indent=0)
+    with open(os.path.join(args.out, f"predict-cpu-{stamp}{tag}-tables.md"), "w") as f:
+        f.write(md + "\n")
+
+
+def markdown_subset(subset_rows):
+    lines = ["### Subset mode against the full-N prediction (50-shot, sketch)", "",
+             "| subset | pairs | median | p90 | within 20% | not reached | setup speed-up |", "|---|---|---|---|---|---|---|"]
+    for r in subset_rows:
+        lines.append(f"| {r['subset']} | {r['pairs']} | {fmt(r['median'])} | {fmt(r['p90'])} | "
+                     f"{fmt(r['within20'])} | {r['not_reached']} | {fmt(r['setup_speedup'], 1)} |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="*", help="default: the models of the SGD grid")
     ap.add_argument("--tasks", nargs="*", help="default: the tasks of the SGD grid")
+    ap.add_argument("--part", choices=("grid", "subset", "all"), default="all")
     ap.add_argument("--horizon", type=int, default=150, help="predicted steps (the real runs have 100)")
     ap.add_argument("--paths", type=int, default=4, help="Monte-Carlo SGD paths per prediction")
     ap.add_argument("--k", type=int, default=1024, help="sketch width of linear-sketch and the subset part")
@@ -486,72 +599,59 @@ def main(argv=None):
     ap.add_argument("--head-k", type=int, default=512, help="sketch width of head-aware")
     ap.add_argument("--accuracy", type=float, default=0.8, help="the accuracy target")
     ap.add_argument("--calib-steps", type=int, default=10, help="real steps used by the calibrated mode")
-    ap.add_argument("--no-subset", action="store_true")
     ap.add_argument("--subset-shots", type=int, default=50)
     ap.add_argument("--subset-horizon", type=int, default=300)
-    ap.add_argument("--quick", action="store_true", help="2 combos, 4 settings each, no subset part")
+    ap.add_argument("--quick", action="store_true",
+                    help="1 model x the 2 smallest tasks, 4 settings each, no k study, no subset part")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    ap.add_argument("--tag", default="", help="suffix of the output file names")
+    ap.add_argument("--merge", nargs="+", help="only summarize the records of these JSON outputs (no computation)")
     ap.add_argument("--no-plots", action="store_true")
+    ap.add_argument("--compact", action="store_true", help="JSON without the per-step curves (not mergeable)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     ACC[:] = [args.accuracy, args.horizon]
+    stamp = datetime.date.today().isoformat()
+    t0 = time.time()
+    if args.merge:
+        records, subset_recs, metas = [], [], []
+        for path in args.merge:
+            with open(path) as f:
+                d = json.load(f)
+            records += d["records"]
+            subset_recs += d["subset"]
+            metas.append(d["meta"])
+        meta = {"date": stamp, "merged": args.merge, "parts": metas, "shared_machine": True}
+        report(records, subset_recs, args, log, meta)
+        return
     runs = zoo.sgd_runs("small")
     args.models = args.models or sorted({r["model"] for r in runs})
     args.tasks = args.tasks or sorted({r["task"] for r in runs})
     if args.quick:
-        args.models, args.tasks = args.models[:1], args.tasks[:2]
-        args.no_subset = True
-    t0 = time.time()
-    records = []
-    combos = [(m, t) for m in args.models for t in args.tasks]
-    for m, t in tqdm(combos, desc="grid", unit="model x task"):
-        rs = [r for r in runs if r["model"] == m and r["task"] == t]
-        if args.quick:
-            rs = [r for r in rs if (r["lr"], r["batch"], r["momentum"]) in PLOT_SETTINGS + ((0.03, 64, 0.9),)]
-        if rs:
-            records += run_combo(m, t, rs, args, log)
+        small = [t for t in ("pendigits_inverted", "texture_orient") if t in args.tasks] or args.tasks[:2]
+        args.models, args.tasks, args.part, args.k_study = args.models[:1], small, "grid", []
+        args.tag = args.tag or "-quick"
+    records, subset_recs = [], []
+    if args.part in ("grid", "all"):
+        combos = [(m, t) for m in args.models for t in args.tasks]
+        for m, t in tqdm(combos, desc="grid", unit="model x task"):
+            rs = [r for r in runs if r["model"] == m and r["task"] == t]
+            if args.quick:
+                rs = [r for r in rs if (r["lr"], r["batch"], r["momentum"]) in PLOT_SETTINGS + ((0.03, 64, 0.9),)]
+            if rs:
+                records += run_combo(m, t, rs, args, log)
     grid_s = time.time() - t0
-    summary = summarize(records, args)
-    approx = approx_errors(records, args)
-    eta = lambda r: f"lr/(1-m) = {r['eta_eff']:.3g}"  # noqa: E731
-    pair = lambda r: f"{r['model']} -> {r['task']}"  # noqa: E731
-    groups = {}
-    for name in ("linear-exact", "head-aware", "head-aware+calib"):
-        groups[f"{name} by effective learning rate lr/(1-m)"] = by_group(records, args, name, eta)
-    for name in ("linear-exact", "linear-sketch", "head-aware", "head-aware+calib"):
-        groups[f"{name} by model -> task"] = by_group(records, args, name, pair)
-    for name in ("linear-exact", "head-aware", "head-aware+calib"):
-        g = {}
-        for k in target_keys(args.accuracy):
-            vals = [abs((args.horizon if rec["methods"][name]["T"][k] is None else rec["methods"][name]["T"][k])
-                        - rec["real"][k]["steps"]) / rec["real"][k]["steps"]
-                    for rec in records if rec["real"][k]["steps"]]
-            g[k] = (len(vals), pct(vals, 50), pct(vals, 90))
-        groups[f"{name} by target"] = g
-    groups[f"linear-sketch against linear-exact by sketch width k (settings {SUBSET_SETTINGS})"] = k_study(records, args)
-    costs = cost_table(records, args)
-    subset_recs, subset_rows = [], []
-    if not args.no_subset:
+    if args.part in ("subset", "all"):
         t1 = time.time()
         subset_recs = run_subset(args, log)
-        subset_rows = subset_summary(subset_recs)
         log(f"subset part: {time.time() - t1:.0f}s")
-    md = markdown(summary, approx, groups, costs, subset_rows, args)
-    print(md)
-    stamp = datetime.date.today().isoformat()
-    os.makedirs(args.out, exist_ok=True)
-    tag = "-quick" if args.quick else ""
     meta = {"date": stamp, "host": platform.machine(), "cpu_count": os.cpu_count(), "threads": args.threads,
             "torch": torch.__version__, "grid_seconds": grid_s, "total_seconds": time.time() - t0,
-            "args": {k: v for k, v in vars(args).items()}, "shared_machine": True}
-    with open(os.path.join(args.out, f"predict-cpu-{stamp}{tag}.json"), "w") as f:
-        json.dump({"meta": meta, "summary": summary, "approx": approx, "groups": groups, "costs": costs,
-                   "subset_summary": subset_rows, "subset": subset_recs, "records": records}, f, indent=0)
-    if not args.no_plots and records:
-        for p in plots(records, args.out, stamp + tag, log):
-            log(f"wrote {p}")
+            "args": {k: v for k, v in vars(args).items()}, "shared_machine": True,
+            "load_average": os.getloadavg()}
+    report(records, subset_recs, args, log, meta)
     log(f"total {time.time() - t0:.0f}s")
 
 

@@ -63,11 +63,13 @@ class HeadAwarePredictor(Predictor):
     """Training curves of SGD on the model with a linearized backbone and an exact linear head (see module doc).
 
     Same interface as Predictor (predict, recommend, step_seconds); `subset=M` integrates on M random samples with
-    the noise-matched batch size, as Predictor does. k is the width of the feature-Jacobian sketch.
+    the noise-matched batch size, as Predictor does. k is the width of the feature-Jacobian sketch (dense JL: the
+    Kronecker sketch is cheaper but its larger variance inflates Θ_φ's spectrum and speeds the prediction up).
+    eval_batch_size: inputs per chunk of the sketch; its memory grows with D (the feature width) times this.
     """
 
     def __init__(self, model, data, *, loss="ce", k=512, subset=None, seed=0, sketch_method="dense",
-                 eval_batch_size=128, head=None, progress=False):
+                 eval_batch_size=32, head=None, progress=False):
         start = time.perf_counter()
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")

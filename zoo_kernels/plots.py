@@ -42,15 +42,20 @@ def _draw(ax, real, predicted, ylabel, log=False, targets=()):
                 ls="--" if i else "-")
     for y, text in targets:
         ax.axhline(y, color="grey", lw=0.7, ls=":")
-        ax.text(0, y, text, fontsize=7, color="grey", va="bottom")
+        ax.text(0, y, text, fontsize=7, color="grey", va="bottom", clip_on=True)
     if log:
-        from matplotlib.ticker import FormatStrFormatter  # noqa: PLC0415
+        from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter  # noqa: PLC0415
 
         ax.set_yscale("log")
+        if real is not None:  # keep the real curve and the targets readable when a prediction blows up
+            r = np.asarray(real, dtype=np.float64)
+            r = r[np.isfinite(r) & (r > 0)]
+            if r.size:
+                lo = min([r.min() / 1.5] + [0.8 * y for y, _ in targets])
+                ax.set_ylim(lo, r.max() * 2)
+        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
         ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
-        lo, hi = ax.get_ylim()
-        if hi / max(lo, 1e-300) < 8:  # less than a decade: label the minor ticks too
-            ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("SGD step")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
