@@ -23,8 +23,8 @@ Targets: the first step with L_t <= f * L_0 (f = 0.5, 0.25, 0.1) and with accura
 prediction that does not reach it within --horizon steps counts as T_pred = horizon (a lower bound on its error;
 counted as "censored"). Curve error: mean over steps 1..100 of |L_pred - L_real| / L_real per run.
 
-Subset part (50-shot splits, N = 400..1300): Predictor(sketch) on all N against subset=M for M = N/20 and N/5,
-the relative difference of the predicted steps-to-target.
+Subset part (50-shot splits, N = 400..1300): Predictor on all N against subset=M for M = N/20 and N/5 (exact
+kernels where N*C <= --subset-exact-max, else the sketch), the relative difference of the predicted steps-to-target.
 
 Cost: the prediction's seconds (setup: f0 + NTK or sketch; plus the integration of one setting) against the
 training's (the recorded optimization wall seconds up to the real step that reaches the target, and the whole
@@ -368,16 +368,18 @@ def run_subset(args, log):
             model = zoo.load_model(model_name, num_classes=C, seed=0)
             x, y, _, _ = zoo.load_task(task, shots=args.subset_shots)
             N = len(x)
-            full = Predictor(model, (x, y), method="sketch", k=args.k, sketch_method="dense", seed=0)
+            method = "exact" if N * C <= args.subset_exact_max else "sketch"  # a sketch with k < N*C is rank-limited
+            full = Predictor(model, (x, y), method=method, k=args.k, sketch_method="dense", seed=0)
             subs = {}
             for div in (20, 5):
                 M = max(2, N // div)
-                subs[f"N/{div}"] = Predictor(model, (x, y), method="sketch", k=args.k, sketch_method="dense",
+                subs[f"N/{div}"] = Predictor(model, (x, y), method=method, k=args.k, sketch_method="dense",
                                              seed=0, subset=M)
-            log(f"  subset {model_name} on {task}: N={N}, setup full {full.setup_seconds:.1f}s, "
+            log(f"  subset {model_name} on {task} ({method}): N={N}, setup full {full.setup_seconds:.1f}s, "
                 + ", ".join(f"{k} (M={p.subset}) {p.setup_seconds:.1f}s" for k, p in subs.items()))
             for lr, B, mom in SUBSET_SETTINGS:
-                rec = {"model": model_name, "task": task, "N": N, "lr": lr, "batch": B, "momentum": mom,
+                rec = {"model": model_name, "task": task, "N": N, "C": C, "method": method, "lr": lr, "batch": B,
+                       "momentum": mom,
                        "setup_s": {"full": full.setup_seconds, **{k: p.setup_seconds for k, p in subs.items()}},
                        "T": {}, "M": {k: p.subset for k, p in subs.items()}}
                 for name, p in (("full", full), *subs.items()):
@@ -394,9 +396,13 @@ def run_subset(args, log):
 
 def subset_summary(recs):
     rows = []
-    for name in ("N/20", "N/5"):
+    kernels = sorted({r.get("method", "sketch") for r in recs})
+    groups = [("all", None)] + ([(k, k) for k in kernels] if len(kernels) > 1 else [])
+    for (gname, kern), name in [(g, n) for g in groups for n in ("N/20", "N/5")]:
         d, cens, ratio = [], 0, []
         for rec in recs:
+            if kern is not None and rec.get("method", "sketch") != kern:
+                continue
             full, sub = rec["T"].get("full"), rec["T"].get(name)
             ratio.append(rec["setup_s"]["full"] / rec["setup_s"][name])
             if not full or not sub:
@@ -409,7 +415,7 @@ def subset_summary(recs):
                     cens += 1
                     continue
                 d.append(abs(Ts - T) / T)
-        rows.append({"subset": name, "pairs": len(d), "median": pct(d, 50), "p90": pct(d, 90),
+        rows.append({"subset": name if gname == "all" else f"{name} ({gname} kernel)", "pairs": len(d), "median": pct(d, 50), "p90": pct(d, 90),
                      "within20": float(np.mean(np.asarray(d) <= 0.2)) if d else float("nan"),
                      "not_reached": cens, "setup_speedup": pct(ratio, 50)})
     return rows
@@ -496,7 +502,7 @@ def markdown(summary, approx, groups, costs, subset_rows, args):
     lines = ["### Steps-to-target error against real SGD (relative, over (run, target) pairs the real run reaches)", "",
              "| method | pairs | median | p90 | within 20% | censored | false reach | " + " | ".join(
                  f"median {k}" for k in keys) + " | curve median | curve p90 |",
-             "|---" * (10 + len(keys)) + "|"]
+             "|---" * (9 + len(keys)) + "|"]
     for r in summary:
         lines.append(f"| {r['method']} | {r['pairs']} | {fmt(r['median'])} | {fmt(r['p90'])} | {fmt(r['within20'])} | "
                      f"{r['censored']} | {r['false_reach']} | " + " | ".join(fmt(r[f'median {k}']) for k in keys)
@@ -518,7 +524,8 @@ def markdown(summary, approx, groups, costs, subset_rows, args):
         lines.append(f"| {r['method']} | {fmt(r['cost_median_s'])} | {fmt(r['amortized_median_s'])} | "
                      f"{fmt(r['train_run_over_pred'], 3)} | {fmt(r['train_to_target_over_pred'], 3)} |")
     if subset_rows:
-        lines += ["", "### Subset mode against the full-N prediction (50-shot, sketch)", "",
+        lines += ["", "### Subset mode against the full-N prediction (50-shot; exact kernels where N*C <= 5000, "
+                  "else the sketch)", "",
                   "| subset | pairs | median | p90 | within 20% | not reached | setup speed-up |", "|---|---|---|---|---|---|---|"]
         for r in subset_rows:
             lines.append(f"| {r['subset']} | {r['pairs']} | {fmt(r['median'])} | {fmt(r['p90'])} | "
@@ -578,7 +585,8 @@ def report(records, subset_recs, args, log, meta):
 
 
 def markdown_subset(subset_rows):
-    lines = ["### Subset mode against the full-N prediction (50-shot, sketch)", "",
+    lines = ["### Subset mode against the full-N prediction (50-shot; exact kernels where N*C <= 5000, else the sketch)",
+             "",
              "| subset | pairs | median | p90 | within 20% | not reached | setup speed-up |", "|---|---|---|---|---|---|---|"]
     for r in subset_rows:
         lines.append(f"| {r['subset']} | {r['pairs']} | {fmt(r['median'])} | {fmt(r['p90'])} | "
@@ -601,6 +609,8 @@ def main(argv=None):
     ap.add_argument("--calib-steps", type=int, default=10, help="real steps used by the calibrated mode")
     ap.add_argument("--subset-shots", type=int, default=50)
     ap.add_argument("--subset-horizon", type=int, default=300)
+    ap.add_argument("--subset-exact-max", type=int, default=5000,
+                    help="subset part: exact kernels where N*C is at most this, else the sketch of width --k")
     ap.add_argument("--quick", action="store_true",
                     help="1 model x the 2 smallest tasks, 4 settings each, no k study, no subset part")
     ap.add_argument("--threads", type=int, default=1)

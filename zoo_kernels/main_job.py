@@ -1,21 +1,22 @@
 """`make demo`: which MiniZoo expert to fine-tune on a bundled target task, and how long fine-tuning will take.
 
-    python -m zoo_kernels.main_job                 # rank + predict (about 1-2 min on 2 CPU cores)
-    python -m zoo_kernels.main_job --verify        # + fine-tune for real and plot predicted vs actual (+ ~10-30 s)
+    python -m zoo_kernels.main_job                 # rank + predict (30-90 s on the shared 2-core CPU)
+    python -m zoo_kernels.main_job --verify        # + fine-tune for real and plot predicted vs actual (+ ~5 s)
     python -m zoo_kernels.main_job --task latin_heldout --score lfc --json summary.json
 
 1. Ranks the 18 MiniZoo experts for the target task (default pendigits_inverted, 10 images per class) with
    transferability scores (zoo_kernels.ranking.rank) and picks the best by --score (default LogME); the stored
    MiniZoo fine-tuning ground truth says how good the choice and each score's ranking are.
 2. Predicts, without training, how many SGD steps / epochs / seconds fine-tuning the chosen expert with the
-   MiniZoo recipe (SGD lr 0.01, momentum 0.9, batch 32, new head of seed 0) takes to reach 1/2, 1/4 and 1/10
+   MiniZoo recipe (zoo.finetune.RECIPE: SGD with momentum, batch 32, new head of seed 0) takes to reach 1/2, 1/4, 1/10
    of the initial training loss and an accuracy target (head-aware linearization, zoo_kernels.calibrate; the
    paper's full linearization alongside), and recommends a learning rate and batch size from a small grid.
 3. With --verify, fine-tunes the chosen expert for real with the recipe (full-training-set loss after every
    step), reports the error of each prediction, and plots predicted against actual curves to a PNG.
 
-Running time (measured on the shared 2-core CPU of this project, see docs/PREDICT.md): see the "total" line
-printed at the end; about 1-2 minutes by default, the --verify fine-tuning adds its own seconds plus the plot.
+Running time (1 thread on the project's shared 2-core CPU; the "total" line at the end prints it): 27 s by
+default and 31 s with --verify on a nearly idle machine, 86 s / 95 s at load average 4-5; peak memory 1.6 GB.
+See docs/PREDICT.md.
 """
 import argparse
 import json
