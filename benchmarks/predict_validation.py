@@ -5,9 +5,9 @@
     python -m benchmarks.predict_validation --part grid --tasks latin_heldout --paths 2 --tag=-latin
     python -m benchmarks.predict_validation --merge a.json b.json c.json      # summarize several parts together
 
-For every run of the SGD grid (zoo.sgd_runs("small"): model x task x lr x batch x momentum, 10-shot, 100 steps,
-seed 0, full-training-set loss/accuracy after every step) the same model with the same head initialization
-(load_model(..., seed=run seed)) is predicted by:
+For every run of the SGD grid (zoo.sgd_runs(--tier), default "small": model x task x lr x batch x momentum,
+10-shot, 100 steps, seed 0, full-training-set loss/accuracy after every step) the same model with the same head
+initialization (load_model(..., seed=run seed)) is predicted by:
 
   linear-exact   Predictor(method="exact"): the paper's linearization, exact NTK, Monte-Carlo SGD paths in
                  function space with the recipe's minibatch sampling ("stream"); the exact linearized-SGD
@@ -178,7 +178,8 @@ def run_combo(model_name, task, runs, args, log):
         log(f"    run {r['run']}: lr={r['lr']} B={r['batch']} m={r['momentum']}: "
             + ", ".join(f"{n} {o.get('integrate_s', 0):.1f}s" for n, o in rec["methods"].items() if "integrate_s" in o)
             + f" | real {[v['steps'] for v in rec['real'].values()]} exact "
-            f"{list(rec['methods']['linear-exact']['T'].values())} head {list(rec['methods']['head-aware']['T'].values())}")
+            f"{list(rec['methods']['linear-exact']['T'].values())} "
+            f"head {list(rec['methods']['head-aware']['T'].values())}")
     # sketch width study: linear-sketch at other k on a few settings, against linear-exact
     for kk in args.k_study:
         p = Predictor(model, (x, y), method="sketch", k=kk, sketch_method="dense", seed=0)
@@ -415,7 +416,8 @@ def subset_summary(recs):
                     cens += 1
                     continue
                 d.append(abs(Ts - T) / T)
-        rows.append({"subset": name if gname == "all" else f"{name} ({gname} kernel)", "pairs": len(d), "median": pct(d, 50), "p90": pct(d, 90),
+        rows.append({"subset": name if gname == "all" else f"{name} ({gname} kernel)", "pairs": len(d),
+                     "median": pct(d, 50), "p90": pct(d, 90),
                      "within20": float(np.mean(np.asarray(d) <= 0.2)) if d else float("nan"),
                      "not_reached": cens, "setup_speedup": pct(ratio, 50)})
     return rows
@@ -526,7 +528,8 @@ def markdown(summary, approx, groups, costs, subset_rows, args):
     if subset_rows:
         lines += ["", "### Subset mode against the full-N prediction (50-shot; exact kernels where N*C <= 5000, "
                   "else the sketch)", "",
-                  "| subset | pairs | median | p90 | within 20% | not reached | setup speed-up |", "|---|---|---|---|---|---|---|"]
+                  "| subset | pairs | median | p90 | within 20% | not reached | setup speed-up |",
+                  "|---|---|---|---|---|---|---|"]
         for r in subset_rows:
             lines.append(f"| {r['subset']} | {r['pairs']} | {fmt(r['median'])} | {fmt(r['p90'])} | "
                          f"{fmt(r['within20'])} | {r['not_reached']} | {fmt(r['setup_speedup'], 1)} |")
@@ -574,7 +577,8 @@ def report(records, subset_recs, args, log, meta):
             log(f"wrote {p}")
     if args.compact:  # without the per-step curves (not mergeable again)
         records = [{k: v for k, v in r.items() if k not in ("real_loss", "k_study")}
-                   | {"methods": {n: {k: v for k, v in m.items() if k != "loss_curve"} for n, m in r["methods"].items()}}
+                   | {"methods": {n: {k: v for k, v in m.items() if k != "loss_curve"}
+                                  for n, m in r["methods"].items()}}
                    for r in records]
     with open(os.path.join(args.out, f"predict-cpu-{stamp}{tag}.json"), "w") as f:
         json.dump({"meta": meta, "summary": summary, "approx": approx, "groups": groups, "costs": costs,
@@ -585,9 +589,9 @@ def report(records, subset_recs, args, log, meta):
 
 
 def markdown_subset(subset_rows):
-    lines = ["### Subset mode against the full-N prediction (50-shot; exact kernels where N*C <= 5000, else the sketch)",
-             "",
-             "| subset | pairs | median | p90 | within 20% | not reached | setup speed-up |", "|---|---|---|---|---|---|---|"]
+    lines = ["### Subset mode against the full-N prediction (50-shot; exact kernels where N*C <= 5000, "
+             "else the sketch)", "", "| subset | pairs | median | p90 | within 20% | not reached | setup speed-up |",
+             "|---|---|---|---|---|---|---|"]
     for r in subset_rows:
         lines.append(f"| {r['subset']} | {r['pairs']} | {fmt(r['median'])} | {fmt(r['p90'])} | "
                      f"{fmt(r['within20'])} | {r['not_reached']} | {fmt(r['setup_speedup'], 1)} |")
@@ -599,6 +603,7 @@ def main(argv=None):
     ap.add_argument("--models", nargs="*", help="default: the models of the SGD grid")
     ap.add_argument("--tasks", nargs="*", help="default: the tasks of the SGD grid")
     ap.add_argument("--part", choices=("grid", "subset", "all"), default="all")
+    ap.add_argument("--tier", choices=("small", "full"), default="small", help="MiniZoo SGD-grid tier")
     ap.add_argument("--horizon", type=int, default=150, help="predicted steps (the real runs have 100)")
     ap.add_argument("--paths", type=int, default=4, help="Monte-Carlo SGD paths per prediction")
     ap.add_argument("--k", type=int, default=1024, help="sketch width of linear-sketch and the subset part")
@@ -636,7 +641,7 @@ def main(argv=None):
         meta = {"date": stamp, "merged": args.merge, "parts": metas, "shared_machine": True}
         report(records, subset_recs, args, log, meta)
         return
-    runs = zoo.sgd_runs("small")
+    runs = zoo.sgd_runs(args.tier)
     args.models = args.models or sorted({r["model"] for r in runs})
     args.tasks = args.tasks or sorted({r["task"] for r in runs})
     if args.quick:

@@ -11,8 +11,8 @@ docs/PREDICT.md and benchmarks/results/). Two corrections:
       f(x) = W φ_t(x) + b,   φ_t(x) = φ_0(x) + J_φ(x) (w − w0)      (J_φ: the features' Jacobian at w0)
 
   is bilinear in (W, w). Its SGD runs exactly in (head, feature) space: per step the head gets its true gradient
-  and the features of all N samples move by Θ_φ[:, batch] · (∂ℓ/∂φ of the batch), where Θ_φ = J_φ J_φᵀ is the
-  feature NTK (N·D × N·D), used through a sketch S_φ (N·D × k). PyTorch SGD semantics (momentum, dampening,
+  and the features of all N samples move by Θ_φ[:, batch] · (∂ℓ/∂φ of the batch), where Θ_φ = J_φ J_φᵀ
+  is the feature NTK (N·D × N·D), used through a sketch S_φ (N·D × k). PyTorch SGD semantics (momentum, dampening,
   Nesterov, weight decay: exact for the head, toward w0 for the backbone, schedules) carry over as in
   zoo_kernels.dynamics, the backbone's velocity being kept in feature space (J_φ v). The cost is a sketch of D
   outputs per sample instead of C (D = the feature width), and O(N·D·k) per step.

@@ -421,7 +421,6 @@ def cmd_predict(args):
     if args.verify and (args.nesterov or args.dampening or args.schedule != "constant" or args.loss != "ce"):
         raise InputError("--verify runs the MiniZoo recipe: constant lr, plain momentum, cross-entropy")
     model.eval()
-    t0 = time.perf_counter()
     try:
         pred = build_predictor(model, x, y, args)
     except ValueError as e:
@@ -508,11 +507,11 @@ def _verify(model, x, y, C, args, obj, targets):
 
 def _predict_text(obj, p, args):
     hp = obj["hyper_parameters"]
+    sub = f", subset M={obj['subset']}" if obj["subset"] != obj["num_samples"] else ""
     lines = [f"{obj['model']} -> {obj['target_data']}: N={obj['num_samples']}, C={obj['num_classes']}; "
-             f"method {obj['method']} (k={obj['k']}" + (f", subset M={obj['subset']}" if obj["subset"] != obj["num_samples"]
-                                                     else "") + ")",
+             f"method {obj['method']} (k={obj['k']}{sub})",
              f"SGD lr={hp['lr']} batch={hp['batch_size']} momentum={hp['momentum']}"
-             + (f" nesterov" if hp["nesterov"] else "") + (f" wd={hp['weight_decay']}" if hp["weight_decay"] else "")
+             + (" nesterov" if hp["nesterov"] else "") + (f" wd={hp['weight_decay']}" if hp["weight_decay"] else "")
              + (f" schedule={hp['schedule']}" if hp["schedule"] != "constant" else "")
              + f" sampling={hp['sampling']}; {obj['steps_per_epoch']} steps per epoch"]
     if obj["step_seconds"] is not None:

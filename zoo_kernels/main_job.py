@@ -200,7 +200,8 @@ def main(argv=None):
             from . import plots  # noqa: PLC0415
 
             others = {f"{n}": res for n, res in results.items() if n != lead}
-            plots.plot_prediction(args.plot, pr, real_loss=L, real_accuracy=A, others=others, label=f"predicted, {lead}",
+            plots.plot_prediction(args.plot, pr, real_loss=L, real_accuracy=A, others=others,
+                                  label=f"predicted, {lead}",
                                   title=f"{chosen} -> {args.task}: predicted ({lead}, others dashed) vs real SGD",
                                   max_steps=max(args.steps, 1))
             _log(f"plot: {args.plot}")
