@@ -513,7 +513,7 @@ def _predict_text(obj, p, args):
              f"SGD lr={hp['lr']} batch={hp['batch_size']} momentum={hp['momentum']}"
              + (" nesterov" if hp["nesterov"] else "") + (f" wd={hp['weight_decay']}" if hp["weight_decay"] else "")
              + (f" schedule={hp['schedule']}" if hp["schedule"] != "constant" else "")
-             + f" sampling={hp['sampling']}; {obj['steps_per_epoch']} steps per epoch"]
+             + f" sampling={hp['sampling']}; one epoch = N/B = {obj['num_samples'] / hp['batch_size']:.3g} steps"]
     if obj["step_seconds"] is not None:
         lines.append(f"one real SGD step: {obj['step_seconds'] * 1e3:.1f} ms (measured now on this machine)")
     cols = ["target", "steps", "epochs", "seconds"]
