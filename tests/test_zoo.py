@@ -261,3 +261,21 @@ def test_ground_truth_full_tier_complete():
     full = {(r["model"], r["task"], r["shots"], r["seed"]): r["test_acc"] for r in zoo.finetune_runs("full")}
     for r in zoo.finetune_runs("small"):
         assert full[(r["model"], r["task"], r["shots"], r["seed"])] == r["test_acc"]
+
+
+def test_sgd_runs_full_tier():
+    runs = zoo.sgd_runs("full", with_steps=False)
+    grid = {(lr, b, mo) for lr in SGD_GRID["lr"] for b in SGD_GRID["batch"] for mo in SGD_GRID["momentum"]}
+    per = {}
+    for r in runs:
+        per.setdefault((r["model"], r["task"]), []).append((r["lr"], r["batch"], r["momentum"]))
+    assert len({r["run"] for r in runs}) == len(runs)
+    for (_, task), cfgs in per.items():  # every (model, task) present has the whole grid, once
+        n = SGD_GRID_SHOTS * D.TARGETS[task][0]
+        assert sorted(cfgs) == sorted((lr, min(b, n), mo) for lr, b, mo in grid)
+    for m in ("convnet_latin", "resnet_multi"):
+        assert {t for mm, t in per if mm == m} == set(zoo.tasks())
+    # the small tier's grid runs are inside the full tier's
+    key = lambda r: (r["model"], r["task"], r["lr"], r["batch"], r["momentum"])  # noqa: E731
+    full = {key(r): r["train_loss"] for r in runs}
+    assert all(full[key(r)] == r["train_loss"] for r in zoo.sgd_runs("small", with_steps=False))
