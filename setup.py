@@ -65,7 +65,7 @@ setup(
     packages=find_packages(include=["zoo_kernels", "zoo_kernels.*"]),
     package_data={"zoo_kernels.zoo": ["checkpoints/*.pt", "checkpoints/*.json", "data/*.csv", "data/*.json"]},
     python_requires=">=3.10",
-    install_requires=["torch>=2.4", "numpy", "scipy", "tqdm"],
+    install_requires=["torch>=2.4", "numpy", "scipy", "tqdm", "matplotlib>=3.7"],
     ext_modules=[extension()],
     cmdclass={"build_ext": BuildExtension.with_options(no_python_abi_suffix=False)},
     entry_points={"console_scripts": ["zoo-kernels=zoo_kernels.cli:main"]},
