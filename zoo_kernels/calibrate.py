@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from .dynamics import LOSSES, SGD, _batch_stream, _loss_and_grad
-from .predict import Prediction, Predictor, _as_tensors, _outputs
+from .predict import Prediction, Predictor, _as_tensors, _load_data, _outputs
 from .sketch import sketch_jacobian
 
 __all__ = ["HeadAwarePredictor", "calibrate_time", "fit_time_scale", "rescale_curve", "calibration_cost"]
@@ -71,26 +71,8 @@ class HeadAwarePredictor(Predictor):
     def __init__(self, model, data, *, loss="ce", k=512, subset=None, seed=0, sketch_method="dense",
                  eval_batch_size=32, head=None, progress=False):
         start = time.perf_counter()
-        if not isinstance(model, torch.nn.Module):
-            raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
-        if loss not in LOSSES:
-            raise ValueError(f"`loss` must be one of {LOSSES}, got {loss!r}")
-        x, y = _as_tensors(data)
-        if len(x) != len(y) or len(x) < 2:
-            raise ValueError(f"`data` must hold at least 2 samples with one label each, got {len(x)} and {len(y)}")
-        if x.is_floating_point() and not torch.isfinite(x).all():
-            raise ValueError("`data` inputs contain NaN or Inf")
-        if y.is_floating_point():
-            raise ValueError("`data` labels must be integer class labels")
-        self.model, self.loss, self.seed = model, loss, seed
-        self.n_samples = N = len(x)
-        M = N if subset is None else subset
-        if not isinstance(M, int) or not 2 <= M <= N:
-            raise ValueError(f"`subset` must be an int in [2, {N}], got {subset!r}")
-        self.subset = M
-        idx = torch.randperm(N, generator=torch.Generator().manual_seed(seed))[:M].sort().values
-        self.x, self.y = x[idx], y[idx].long()
-        self.x_all, self.y_all = x, y
+        _load_data(self, model, data, loss, subset, seed)
+        N, M = self.n_samples, self.subset
         head_name = head or _last_linear(model)
         lin = model.get_submodule(head_name)
         if not isinstance(lin, nn.Linear):

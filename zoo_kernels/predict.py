@@ -89,6 +89,30 @@ def _outputs(model, x, batch_size):
                       for s in range(0, len(x), batch_size)]).double()
 
 
+def _load_data(pred, model, data, loss, subset, seed):
+    """Checks (model, data, loss, subset) and sets the data attributes shared by the predictors."""
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
+    if loss not in LOSSES:
+        raise ValueError(f"`loss` must be one of {LOSSES}, got {loss!r}")
+    x, y = _as_tensors(data)
+    if len(x) != len(y) or len(x) < 2:
+        raise ValueError(f"`data` must hold at least 2 samples with one label each, got {len(x)} and {len(y)}")
+    if x.is_floating_point() and not torch.isfinite(x).all():
+        raise ValueError("`data` inputs contain NaN or Inf")
+    if y.is_floating_point():
+        raise ValueError("`data` labels must be integer class labels")
+    pred.model, pred.loss, pred.seed = model, loss, seed
+    pred.n_samples = N = len(x)
+    M = N if subset is None else subset
+    if not isinstance(M, int) or not 2 <= M <= N:
+        raise ValueError(f"`subset` must be an int in [2, {N}], got {subset!r}")
+    pred.subset = M
+    idx = torch.randperm(N, generator=torch.Generator().manual_seed(seed))[:M].sort().values
+    pred.x, pred.y = x[idx], y[idx].long()
+    pred.x_all, pred.y_all = x, y
+
+
 class Predictor:
     """The linearized model of one (model, data) pair, reusable across hyper-parameters.
 
@@ -108,22 +132,8 @@ class Predictor:
             raise ValueError(f"`loss` must be one of {LOSSES}, got {loss!r}")
         if method not in ("sketch", "exact"):
             raise ValueError(f"`method` must be 'sketch' or 'exact', got {method!r}")
-        x, y = _as_tensors(data)
-        if len(x) != len(y) or len(x) < 2:
-            raise ValueError(f"`data` must hold at least 2 samples with one label each, got {len(x)} and {len(y)}")
-        if x.is_floating_point() and not torch.isfinite(x).all():
-            raise ValueError("`data` inputs contain NaN or Inf")
-        if y.is_floating_point():
-            raise ValueError("`data` labels must be integer class labels")
-        self.model, self.loss, self.seed = model, loss, seed
-        self.n_samples = N = len(x)
-        M = N if subset is None else subset
-        if not isinstance(M, int) or not 2 <= M <= N:
-            raise ValueError(f"`subset` must be an int in [2, {N}], got {subset!r}")
-        self.subset = M
-        idx = torch.randperm(N, generator=torch.Generator().manual_seed(seed))[:M].sort().values
-        self.x, self.y = x[idx], y[idx].long()
-        self.x_all, self.y_all = x, y
+        _load_data(self, model, data, loss, subset, seed)
+        N, M = self.n_samples, self.subset
         self.f0 = _outputs(model, self.x, eval_batch_size)
         C = self.f0.shape[1]
         if self.y.min() < 0 or self.y.max() >= C:
