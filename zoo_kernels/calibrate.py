@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .dynamics import LOSSES, SGD, _batch_stream, _loss_and_grad
-from .predict import Prediction, Predictor, _as_tensors, _load_data, _outputs
+from .dynamics import SGD, _batch_stream, _loss_and_grad
+from .predict import Prediction, Predictor, _load_data, _outputs
 from .sketch import sketch_jacobian
 
 __all__ = ["HeadAwarePredictor", "calibrate_time", "fit_time_scale", "rescale_curve", "calibration_cost"]

@@ -133,7 +133,7 @@ class Predictor:
         if method not in ("sketch", "exact"):
             raise ValueError(f"`method` must be 'sketch' or 'exact', got {method!r}")
         _load_data(self, model, data, loss, subset, seed)
-        N, M = self.n_samples, self.subset
+        M = self.subset
         self.f0 = _outputs(model, self.x, eval_batch_size)
         C = self.f0.shape[1]
         if self.y.min() < 0 or self.y.max() >= C:
