@@ -72,7 +72,6 @@ class HeadAwarePredictor(Predictor):
                  eval_batch_size=32, head=None, progress=False):
         start = time.perf_counter()
         _load_data(self, model, data, loss, subset, seed)
-        N, M = self.n_samples, self.subset
         head_name = head or _last_linear(model)
         lin = model.get_submodule(head_name)
         if not isinstance(lin, nn.Linear):
