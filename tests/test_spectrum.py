@@ -11,7 +11,7 @@ from torch import nn
 import zoo_kernels as zk
 from zoo_kernels import ops
 from zoo_kernels.distributed import _demo_problem, sketch_gram
-from zoo_kernels.spectrum import SketchGram, estimate_spectrum, initial_residual
+from zoo_kernels.spectrum import SketchGram, estimate_spectrum, initial_residual, spectrum_from_measurement
 
 
 def problem(n=120, d=6, C=3, seed=0):
@@ -88,6 +88,53 @@ def test_subset_rescaling_and_tail():
     K50 = zk.ntk(model, x50).permute(0, 2, 1, 3).reshape(150, 150)
     top = torch.linalg.eigvalsh(K50).flip(0)[:len(spec.eigenvalues)].numpy() * 800 / 50
     np.testing.assert_allclose(spec.eigenvalues, top, rtol=1e-8)
+
+
+def test_noise_floor_extrapolation_on_a_known_population():
+    # Expected measurement of a subset of M samples from a population with signal s_j per sample in mode j and
+    # white noise σ² per mode: e_j^(M) = M s_j + σ², the modes the k-column sketch misses hold σ² each.
+    M, N, C, k, sigma2 = 50, 800, 4, 64, 0.3
+    j = np.arange(1, k + 1, dtype=np.float64)
+    lam, signal = 100.0 * j ** -1.5, 2.0 * j ** -2.0
+    e = M * signal + sigma2
+    R = e.sum() + (M * C - k) * sigma2
+    spec = spectrum_from_measurement(lam, e, R, M, N, C, trust=0.5)
+    assert spec.noise_energy == pytest.approx(sigma2, rel=1e-12)
+    np.testing.assert_allclose(spec.eigenvalues, lam[:32] * N / M, rtol=1e-12)
+    np.testing.assert_allclose(spec.energies, N * signal[:32] + sigma2, rtol=1e-12)  # not (N/M) e_j
+    lam_n, mult, e_n = spec.modes()
+    assert mult.sum() == N * C and e_n.sum() == pytest.approx(R * N / M, rel=1e-12)
+    expected_tail = N * signal[32:].sum() + (N * C - 32) * sigma2
+    assert e_n[32:].sum() == pytest.approx(expected_tail, rel=1e-9)
+    assert spec.alpha == pytest.approx(1.5, rel=1e-9)
+    # the full set itself: energies as measured, the rest spread as noise over the unmeasured modes
+    full = spectrum_from_measurement(lam, e, R, M, M, C, trust=1.0)
+    np.testing.assert_allclose(full.energies, e, rtol=1e-12)
+    assert full.modes()[2].sum() == pytest.approx(R, rel=1e-12)
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        spectrum_from_measurement(np.array([1.0, np.nan]), e[:2], R, M, N, C)
+
+
+def test_subset_energies_follow_the_full_set_with_label_noise():
+    # A smooth target plus label noise: plain N/M rescaling of the energies puts the noise into the leading
+    # modes (too fast a predicted decay); the noise floor keeps it spread over all N·C modes.
+    g = torch.Generator().manual_seed(0)
+    n, C, M = 600, 2, 200
+    x = torch.randn(n, 20, generator=g, dtype=torch.float64)
+    y = (x[:, 0] > 0).long()
+    y = torch.where(torch.rand(n, generator=g) < 0.25, 1 - y, y)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 256), nn.ReLU(), nn.Linear(256, C)).double().eval()  # P > N·C
+    full = estimate_spectrum(model, (x, y))
+    assert full.rank is None
+    for seed in (1, 2):
+        sub = estimate_spectrum(model, (x, y), subset=M, seed=seed, trust=1.0)
+        assert sub.noise_energy > 0
+        e = sub.modes()[2]
+        for j in (100, 300):  # fraction of ‖δ₀‖² in the top-j modes of Θ_N
+            ref = full.energies[:j].sum() / full.residual_norm2
+            naive = sub.subset_energies[:j].sum() / sub.subset_energies.sum()
+            assert abs(e[:j].sum() / e.sum() - ref) < 0.5 * abs(naive - ref), (seed, j)
 
 
 def test_nested_subsets_approach_the_full_spectrum():

@@ -6,11 +6,15 @@ each eigenvector. `estimate_spectrum` returns both, for all N·C modes, from M �
 
 1. Θ_M on a random subset of M samples: exact (ghost NTK, eigh of the M·C × M·C matrix) or sketched
    (the k × k Gram Sᵀ S, accumulated in float64 while streaming over the subset: O(k² + batch) memory).
-2. Rescaling to N: λ_j ≈ (N/M) λ_j^(M) (the eigenvalues of Θ/N converge to those of the kernel
-   operator), and e_j ≈ (N/M) e_j^(M); the total energy ‖δ₀‖² ≈ (N/M) ‖δ₀^(M)‖².
-3. Tail: the subset resolves only its leading modes (`trust`, by default the top half). Beyond them,
-   power laws λ_j ∝ j^(−α) and e_j ∝ j^(−β), fitted on the trusted modes, extend the spectrum to all
-   N·C modes, and the tail energies are scaled so that the energies sum to the total.
+2. Eigenvalues: λ_j ≈ (N/M) λ_j^(M) (the eigenvalues of Θ/N converge to those of the kernel operator).
+   The subset resolves only its leading modes (`trust`, by default the top half); beyond them a power law
+   λ_j ∝ j^(−α), fitted on the trusted modes, extends the spectrum to all N·C modes.
+3. Energies: signal plus white noise. The part of δ₀ that is a smooth function of x puts energy ∝ N in
+   each leading mode; the rest (label noise, everything the kernel cannot resolve) spreads evenly, σ² per
+   mode, over all N·C modes whatever N is. σ² is the residual energy per mode that the measured modes miss
+   (for exact subsets: the mean over the lowest quarter of the modes). So e_j ≈ (N/M)(e_j^(M) − σ²) + σ²,
+   and the unmeasured modes get σ² each. Plain (N/M) rescaling would move the noise into the fast modes
+   and predict too fast a decay. The total, (N/M)‖δ₀^(M)‖², is unchanged.
 
 Units: λ are eigenvalues of Θ (not Θ/N). MSE here is L = (1/2N) Σ_i ‖f(x_i) − y_i‖², so gradient descent
 with learning rate η contracts mode j by (1 − η λ_j / N) per step.
@@ -100,13 +104,14 @@ class Spectrum:
     n_outputs: int
     subset: int
     eigenvalues: np.ndarray  # trusted top modes of Θ_N, descending (rescaled by N/M)
-    energies: np.ndarray  # residual energies along them (rescaled by N/M)
+    energies: np.ndarray  # residual energies along them (signal rescaled by N/M, plus the noise floor)
     residual_norm2: float  # ‖δ₀‖² of the full set (rescaled)
     alpha: float  # eigenvalue tail exponent
-    beta: float  # energy tail exponent
     tail_scale: float  # eigenvalue tail: λ_j = tail_scale · j^(-alpha)
-    subset_eigenvalues: np.ndarray = field(repr=False)  # all measured eigenvalues (rescaled)
-    subset_energies: np.ndarray = field(repr=False)
+    noise_energy: float = 0.0  # σ²: white-noise energy per mode, in every mode of the full set
+    tail_signal: np.ndarray = field(default=None, repr=False)  # signal energies of modes t+1.. (measured, untrusted)
+    subset_eigenvalues: np.ndarray = field(default=None, repr=False)  # all measured eigenvalues (rescaled)
+    subset_energies: np.ndarray = field(default=None, repr=False)  # all measured energies (not rescaled)
     method: str = "exact"
     rank: int = None  # numerical rank of Θ when the subset showed it rank-deficient (P < M·C): later modes are 0
     seconds: float = 0.0
@@ -127,9 +132,18 @@ class Spectrum:
         tail_lam = self.tail_scale * mid ** (-self.alpha)
         if self.rank is not None:
             tail_lam = np.where(lo > self.rank, 0.0, tail_lam)
-        weight = count * mid ** (-self.beta)
-        remaining = max(self.residual_norm2 - float(e.sum()), 0.0)
-        tail_e = weight / weight.sum() * remaining
+        signal = np.zeros(len(count))
+        if self.tail_signal is not None and len(self.tail_signal):
+            cum = np.concatenate([[0.0], np.cumsum(self.tail_signal)])  # mode m+1+i holds tail_signal[i]
+            clip = lambda j: np.clip(j - (m + 1), 0, len(self.tail_signal))  # noqa: E731
+            signal = cum[clip(hi)] - cum[clip(lo)]
+        tail_e = count * self.noise_energy + signal
+        # the rounding of the estimate (clipped modes) is absorbed so that the energies sum to the total
+        remaining = self.residual_norm2 - float(e.sum())
+        if tail_e.sum() > 0:
+            tail_e = tail_e * max(remaining, 0.0) / tail_e.sum()
+        else:
+            tail_e = count / count.sum() * max(remaining, 0.0)
         return (np.concatenate([lam, tail_lam]), np.concatenate([np.ones(m), count]),
                 np.concatenate([e, tail_e]))
 
@@ -227,15 +241,38 @@ def estimate_spectrum(model, data, subset=None, k=None, method=None, *, loss="ms
         lam, energies = acc.eigh(diag_reg)
         residual_norm2 = float(acc.residual_norm2)
 
+    return spectrum_from_measurement(lam.cpu().numpy(), energies.cpu().numpy(), residual_norm2, M, n_total, C,
+                                     trust=trust, method=method, seconds=time.perf_counter() - start)
+
+
+def spectrum_from_measurement(eigenvalues, energies, residual_norm2, subset, n_total, n_outputs, *, trust=0.5,
+                              method="sketch", seconds=0.0):
+    """The Spectrum of Θ_N from what was measured on M = `subset` samples (estimate_spectrum's last step).
+
+    eigenvalues, energies: of Θ_M (not rescaled), descending; for method="sketch" the k modes of S Sᵀ,
+    for "exact" all M·C modes. residual_norm2: ‖δ₀^(M)‖² of the subset.
+    """
+    lam = np.asarray(eigenvalues, dtype=np.float64)
+    e_m = np.asarray(energies, dtype=np.float64)
+    if not (np.isfinite(lam).all() and np.isfinite(e_m).all() and math.isfinite(residual_norm2)):
+        raise ValueError("the measured eigenvalues or energies contain NaN or Inf")
+    M, C = subset, n_outputs
     scale = n_total / M
-    lam = lam.cpu().numpy() * scale
-    energies = energies.cpu().numpy() * scale
     m = int(np.count_nonzero(lam > lam[0] * 1e-12)) if lam.size else 0
-    t = len(lam) if M == n_total else max(2, min(m, int(round(trust * m))))  # the full set needs no tail
-    alpha, log_c = _power_law(lam, max(1, t // 4), t)
-    beta, _ = _power_law(energies, max(1, t // 4), t)
-    return Spectrum(n_samples=n_total, n_outputs=C, subset=M, eigenvalues=lam[:t], energies=energies[:t],
-                    residual_norm2=residual_norm2 * scale, alpha=alpha, beta=beta, tail_scale=math.exp(log_c),
-                    subset_eigenvalues=lam, subset_energies=energies, method=method,
-                    rank=m if method == "exact" and m < len(lam) else None,
-                    seconds=time.perf_counter() - start)
+    rank = m if method == "exact" and m < len(lam) else None
+    full = len(lam) >= n_total * C  # every mode measured: no tail
+    t = len(lam) if full else max(2, min(m, int(round(trust * m))))
+    # white-noise floor σ² per mode: what the measured modes miss, spread over the unmeasured ones
+    if M * C > len(lam):
+        sigma2 = max(residual_norm2 - float(e_m.sum()), 0.0) / (M * C - len(lam))
+    elif m >= 8:
+        sigma2 = float(e_m[m - m // 4:m].mean())
+    else:
+        sigma2 = 0.0
+    e_n = np.maximum(scale * (e_m - sigma2) + sigma2, 0.0)  # = e_m when M = N
+    tail_signal = np.maximum(scale * (e_m[t:m] - sigma2), 0.0)  # measured but untrusted modes: noise added in modes()
+    alpha, log_c = _power_law(lam * scale, max(1, t // 4), t)
+    return Spectrum(n_samples=n_total, n_outputs=C, subset=M, eigenvalues=lam[:t] * scale, energies=e_n[:t],
+                    residual_norm2=residual_norm2 * scale, alpha=alpha, tail_scale=math.exp(log_c),
+                    noise_energy=sigma2, tail_signal=tail_signal, subset_eigenvalues=lam * scale,
+                    subset_energies=e_m, method=method, rank=rank, seconds=seconds)
