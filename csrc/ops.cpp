@@ -28,6 +28,11 @@ TORCH_LIBRARY(zoo_kernels, m) {
   m.def("project_kron(Tensor acts, Tensor grads, int k_in, int k_out, int seed, str dist=\"rademacher\") -> Tensor");
   // Exact per-layer NTK <G_ic, G_jd> from two sides' captures -> (N1, C1, N2, C2), or (N1, N2) with trace.
   m.def("ntk_block(Tensor acts1, Tensor grads1, Tensor acts2, Tensor grads2, bool trace=False) -> Tensor");
+  // Jᵀ V of one layer: W[b] = sum_{i,c} V[i, c, b] G_ic with G_ic = sum_t grads[i,c,t] (x) acts[i,t];
+  // acts (N, [T,] n), grads (N, [C,] [T,] o), V (N, [C,] b) -> (b, o, n). max_tile = 0: default tile size.
+  m.def("jacobian_t_matmul(Tensor acts, Tensor grads, Tensor V, int max_tile=0) -> Tensor");
+  // J W of one layer: out[i, c, b] = <G_ic, W[b]>; W (b, o, n) -> (N, [C,] b).
+  m.def("jacobian_matmul(Tensor acts, Tensor grads, Tensor W, int max_tile=0) -> Tensor");
   // gram += S^T S and cross += S^T targets in float64 (targets may be empty), streamed over row tiles.
   m.def("gram_accumulate_(Tensor(a!) gram, Tensor sketch, Tensor(b!) cross, Tensor targets) -> ()");
   m.def("cuda_version() -> int", &zoo_kernels::cuda_version);

@@ -88,6 +88,41 @@ def reference_ntk_block(acts1, grads1, acts2, grads2, trace=False):
     return torch.einsum("ick,jck->ij", *G) if trace else torch.einsum("ick,jdk->icjd", *G)
 
 
+def jacobian_t_matmul(acts, grads, V, max_tile=0):
+    """Jᵀ V of one layer from its captures, without forming the per-sample gradients G_ic.
+
+    acts (N, [T,] n), grads (N, [C,] [T,] o), V (N, [C,] b) -> W (b, o, n) with
+    W[b] = sum_{i,c} V[i, c, b] G_ic and G_ic = sum_t grads[i, c, t] (x) acts[i, t]. Computed in float32
+    (float64 for float64 captures; float16/bfloat16 captures are upcast, V is converted), tiled over samples so
+    that no intermediate holds more than `max_tile` entries (0: 2^24).
+    """
+    return _ops.jacobian_t_matmul(acts, grads, V, max_tile)
+
+
+def jacobian_matmul(acts, grads, W, max_tile=0):
+    """J W of one layer: out[i, c, b] = <G_ic, W[b]> = sum_t grads[i, c, t] . (W[b] acts[i, t]).
+
+    acts (N, [T,] n), grads (N, [C,] [T,] o), W (b, o, n) -> (N, [C,] b), in the dtype rules of jacobian_t_matmul.
+    """
+    return _ops.jacobian_matmul(acts, grads, W, max_tile)
+
+
+def reference_jacobian_t_matmul(acts, grads, V):
+    """Pure-torch float64 reference of jacobian_t_matmul through explicit per-sample gradients; for tests."""
+    a, g = _reference_layout(acts, grads)
+    v = V.double() if V.dim() == 3 else V.double().unsqueeze(1)
+    G = torch.einsum("nctp,ntq->ncpq", g.double(), a.double())
+    return torch.einsum("ncb,ncpq->bpq", v, G)
+
+
+def reference_jacobian_matmul(acts, grads, W):
+    """Pure-torch float64 reference of jacobian_matmul through explicit per-sample gradients; for tests."""
+    a, g = _reference_layout(acts, grads)
+    G = torch.einsum("nctp,ntq->ncpq", g.double(), a.double())
+    out = torch.einsum("ncpq,bpq->ncb", G, W.double())
+    return out if grads.dim() == acts.dim() + 1 else out[:, 0]
+
+
 def gram_accumulate_(gram, sketch, cross=None, targets=None):
     """gram += sketch^T sketch (and cross += sketch^T targets) in float64, streamed over row tiles."""
     empty = sketch.new_empty(0)
@@ -137,6 +172,18 @@ def _ntk_block_fake(acts1, grads1, acts2, grads2, trace=False):
     N1, N2 = acts1.shape[0], acts2.shape[0]
     shape = (N1, N2) if trace else (N1, outputs(acts1, grads1), N2, outputs(acts2, grads2))
     return acts1.new_empty(shape, dtype=_out_dtype(acts1))
+
+
+@torch.library.register_fake("zoo_kernels::jacobian_t_matmul")
+def _jacobian_t_matmul_fake(acts, grads, V, max_tile=0):
+    torch._check(V.shape[-1] > 0, lambda: "jacobian_t_matmul: `V` must have at least one column (b > 0)")
+    return acts.new_empty((V.shape[-1], grads.shape[-1], acts.shape[-1]), dtype=_out_dtype(acts))
+
+
+@torch.library.register_fake("zoo_kernels::jacobian_matmul")
+def _jacobian_matmul_fake(acts, grads, W, max_tile=0):
+    torch._check(W.shape[0] > 0, lambda: "jacobian_matmul: `W` must have at least one row (b > 0)")
+    return acts.new_empty(_out_shape(acts, grads, W.shape[0]), dtype=_out_dtype(acts))
 
 
 @torch.library.register_fake("zoo_kernels::gram_accumulate_")
