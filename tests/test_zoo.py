@@ -279,3 +279,70 @@ def test_sgd_runs_full_tier():
     key = lambda r: (r["model"], r["task"], r["lr"], r["batch"], r["momentum"])  # noqa: E731
     full = {key(r): r["train_loss"] for r in runs}
     assert all(full[key(r)] == r["train_loss"] for r in zoo.sgd_runs("small", with_steps=False))
+
+
+
+# ------------------------------------------------------------------------------------------------ recompute stored runs
+
+
+def test_recomputed_runs_match_stored_files():
+    """Recompute one stored fine-tuning run and one stored SGD-grid run with the current code and compare them with
+    the files (the check of `python -m zoo_kernels.zoo.groundtruth --verify`): fails if the data, the checkpoints
+    or the recipe drift from what the ground truth was measured with."""
+    from zoo_kernels.zoo import groundtruth as G
+
+    # the cheapest stored fine-tuning run of the small tier (a few seconds on one thread)
+    ft = {(r["model"], r["task"], r["shots"], r["seed"]): r for r in zoo.finetune_runs("small")}
+    key = ("convnet_random", "texture_orient", 10, 1)
+    stored = ft[key]
+    new = G.finetune_one(*key)
+    assert new["lr"] == RECIPE.lr and new["steps"] == RECIPE.steps and new["batch"] == RECIPE.batch
+    c = G.compare_finetune(stored, new)
+    assert c["ok"], c
+    # one SGD-grid run, compared step by step (full-train loss before and after every step)
+    runs = [r for r in zoo.sgd_runs("small") if r["model"] == "convnet_latin" and r["task"] == "texture_orient"
+            and r["lr"] == 0.003 and r["batch"] == 16 and r["momentum"] == 0.9]
+    assert len(runs) == 1
+    run = G.sgd_one("convnet_latin", "texture_orient", 0.003, 16, 0.9)
+    c = G.compare_sgd(runs[0], runs[0]["steps"], run)
+    assert c["ok"], c
+    # the comparisons are not vacuous: two test samples off, or losses 1% off, are caught
+    assert not G.compare_finetune(stored, dict(new, test_acc=new["test_acc"] + 2 / new["n_test"]))["ok"]
+    trace = run["steps_trace"]
+    drift = dict(run, steps_trace=dict(trace, train_loss=[v * 1.01 for v in trace["train_loss"]]))
+    assert not G.compare_sgd(runs[0], runs[0]["steps"], drift)["ok"]
+    short = dict(run, steps_trace=dict(trace, train_loss=trace["train_loss"][:-1]))
+    assert not G.compare_sgd(runs[0], runs[0]["steps"], short)["ok"]
+
+
+def test_verify_cli_exit_status(tmp_path, monkeypatch, capsys):
+    """`--verify` writes nothing, exits 0 when the recomputed runs match, 1 when a stored row differs or is
+    missing. (The run itself is replaced by the stored values here; the test above recomputes for real.)"""
+    import shutil
+
+    from zoo_kernels.zoo import api
+    from zoo_kernels.zoo import groundtruth as G
+
+    for f in os.listdir(DATA_DIR):
+        shutil.copy(os.path.join(DATA_DIR, f), tmp_path / f)
+    key = ("convnet_random", "texture_orient", 10, 1)
+    stored = {(r["model"], r["task"], r["shots"], r["seed"]): r for r in zoo.finetune_runs("small")}[key]
+    monkeypatch.setattr(api, "DATA_DIR", str(tmp_path))
+    monkeypatch.setattr(G, "finetune_one", lambda *a, **k: dict(stored))
+    args = ["--tier", "small", "--verify", "--part", "finetune", "--models", key[0], "--tasks", key[1],
+            "--shots", str(key[2]), "--seeds", str(key[3])]
+    before = {f: (tmp_path / f).read_bytes() for f in os.listdir(tmp_path)}
+    assert G.main(args) == 0
+    assert {f: (tmp_path / f).read_bytes() for f in os.listdir(tmp_path)} == before
+    path = tmp_path / "finetune_small.csv"
+    lines = path.read_text().splitlines()
+    hit = [i for i, ln in enumerate(lines) if ln.startswith(",".join(map(str, key)) + ",")]
+    assert len(hit) == 1
+    cells = lines[hit[0]].split(",")
+    cells[4] = f"{float(cells[4]) + 2 / stored['n_test']:.6g}"  # test accuracy two test samples off
+    path.write_text("\n".join(lines[:hit[0]] + [",".join(cells)] + lines[hit[0] + 1:]) + "\n")
+    assert G.main(args) == 1
+    path.write_text("\n".join(ln for i, ln in enumerate(lines) if i != hit[0]) + "\n")
+    assert G.main(args) == 1
+    out = capsys.readouterr().out
+    assert "FAIL" in out and "no stored row" in out

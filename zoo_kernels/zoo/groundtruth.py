@@ -3,6 +3,13 @@
     python -m zoo_kernels.zoo.groundtruth --tier small              # fine-tuning accuracies + SGD grid
     python -m zoo_kernels.zoo.groundtruth --tier full --part finetune --resume
     python -m zoo_kernels.zoo.groundtruth --tier full --part sgd --models convnet_latin --resume
+    python -m zoo_kernels.zoo.groundtruth --tier small --part finetune --seeds 0 --verify   # recompute, compare
+
+``--verify`` recomputes the selected runs, writes nothing, compares each with its stored row (test accuracy
+within ``--acc-samples`` test samples, default 1; SGD runs: every per-step full-train loss within relative
+``--rtol``, default 1e-3, and the same number of steps and divergence), prints a table, and exits with status 1
+on any mismatch or missing row. It also compares each selected task's image fingerprints with the meta file.
+``--lrs/--batches/--momenta`` restrict the SGD grid (generation and verification).
 
 Files (per tier, CSV, one header row; ``GT_VERSION`` in ``meta_<tier>.json``):
 
@@ -26,7 +33,9 @@ import datetime
 import itertools
 import json
 import os
+import math
 import platform
+import sys
 import time
 
 import torch
@@ -80,6 +89,34 @@ def _recipe_match(r: dict) -> bool:
             and r["steps"] == RECIPE.steps and abs(r["weight_decay"] - RECIPE.weight_decay) < 1e-12)
 
 
+def finetune_one(model: str, task: str, shots: int, seed: int, device: str = "cpu") -> dict:
+    """One ground-truth fine-tuning run of the recipe (a row of ``finetune_<tier>.csv``, unrounded)."""
+    xtr, ytr, xte, yte = api.load_task(task, shots=shots)
+    c = D.TARGETS[task][0]
+    net = api.load_model(model, num_classes=c, seed=seed)
+    r = finetune(net, xtr, ytr, xte, yte, num_classes=c, seed=seed, device=device, **RECIPE.as_dict())
+    r.update(model=model, task=task, shots=shots, weight_decay=RECIPE.weight_decay)
+    return r
+
+
+def sgd_one(model: str, task: str, lr: float, batch: int, momentum: float, device: str = "cpu") -> dict:
+    """One SGD-grid run (seed 0, ``SGD_GRID_SHOTS``, ``SGD_GRID_STEPS``) with its per-step trace ``steps_trace``."""
+    xtr, ytr, xte, yte = api.load_task(task, shots=SGD_GRID_SHOTS)
+    c = D.TARGETS[task][0]
+    net = api.load_model(model, num_classes=c, seed=0)
+    r = finetune(net, xtr, ytr, xte, yte, num_classes=c, lr=lr, batch=batch, momentum=momentum,
+                 steps=SGD_GRID_STEPS, seed=0, record=True, device=device)
+    r.update(model=model, task=task, shots=SGD_GRID_SHOTS)
+    return r
+
+
+def sgd_grid(lrs=None, batches=None, momenta=None) -> list[tuple[float, int, float]]:
+    """The (lr, batch, momentum) configurations of ``SGD_GRID``, optionally restricted to the given values."""
+    pick = lambda vals, sel: [v for v in vals if sel is None or any(abs(v - x) < 1e-12 for x in sel)]  # noqa: E731
+    return list(itertools.product(pick(SGD_GRID["lr"], lrs), pick(SGD_GRID["batch"], batches),
+                                  pick(SGD_GRID["momentum"], momenta)))
+
+
 def run_finetune(tier, models, tasks, shots, seeds, resume, device, log):
     path = api.gt_path("finetune", tier)
     old = _existing(path) if resume else []
@@ -98,11 +135,7 @@ def run_finetune(tier, models, tasks, shots, seeds, resume, device, log):
     log(f"finetune: {len(todo)} runs to do ({len(done)} done)")
     t0 = time.time()
     for i, (m, t, s, seed) in enumerate(todo):
-        xtr, ytr, xte, yte = api.load_task(t, shots=s)
-        c = D.TARGETS[t][0]
-        model = api.load_model(m, num_classes=c, seed=seed)
-        r = finetune(model, xtr, ytr, xte, yte, num_classes=c, seed=seed, device=device, **RECIPE.as_dict())
-        r.update(model=m, task=t, shots=s, weight_decay=RECIPE.weight_decay)
+        r = finetune_one(m, t, s, seed, device)
         out.write([r])
         if (i + 1) % 10 == 0 or i + 1 == len(todo):
             el = time.time() - t0
@@ -111,7 +144,7 @@ def run_finetune(tier, models, tasks, shots, seeds, resume, device, log):
     return time.time() - t0, len(todo)
 
 
-def run_sgd(tier, models, tasks, resume, device, log):
+def run_sgd(tier, models, tasks, resume, device, log, grid=None):
     runs_path, steps_path = api.gt_path("sgd_runs", tier), api.gt_path("sgd_steps", tier)
     old = _existing(runs_path) if resume else []
     runs_out = _Appender(runs_path, RUN_COLS, resume)
@@ -119,11 +152,13 @@ def run_sgd(tier, models, tasks, resume, device, log):
     key = lambda m, t, lr, b, mo: (m, t, float(lr), int(b), float(mo))  # noqa: E731
     done = {key(r["model"], r["task"], r["lr"], r["batch"], r["momentum"]) for r in old}
     next_id = max((r["run"] for r in old), default=-1) + 1
-    grid = list(itertools.product(SGD_GRID["lr"], SGD_GRID["batch"], SGD_GRID["momentum"]))
+    grid = sgd_grid() if grid is None else grid
     other = "small" if tier == "full" else "full"
     if os.path.exists(api.gt_path("sgd_runs", other)) and os.path.exists(api.gt_path("sgd_steps", other)):
+        in_grid = {(float(lr), min(int(b), SGD_GRID_SHOTS * D.TARGETS[t][0]), float(mo), t)
+                   for lr, b, mo in grid for t in tasks}
         reuse = [r for r in _existing(api.gt_path("sgd_runs", other)) if r["model"] in models and r["task"] in tasks
-                 and r["steps"] == SGD_GRID_STEPS and r["shots"] == SGD_GRID_SHOTS
+                 and (r["lr"], r["batch"], r["momentum"], r["task"]) in in_grid and r["steps"] == SGD_GRID_STEPS and r["shots"] == SGD_GRID_SHOTS
                  and key(r["model"], r["task"], r["lr"], r["batch"], r["momentum"]) not in done]
         if reuse:
             steps = {}
@@ -142,13 +177,9 @@ def run_sgd(tier, models, tasks, resume, device, log):
     log(f"sgd grid: {len(todo)} runs to do ({len(done)} done), {SGD_GRID_STEPS} steps, {SGD_GRID_SHOTS}-shot")
     t0 = time.time()
     for i, (m, t, lr, b, mo) in enumerate(todo):
-        xtr, ytr, xte, yte = api.load_task(t, shots=SGD_GRID_SHOTS)
-        c = D.TARGETS[t][0]
-        model = api.load_model(m, num_classes=c, seed=0)
-        r = finetune(model, xtr, ytr, xte, yte, num_classes=c, lr=lr, batch=b, momentum=mo, steps=SGD_GRID_STEPS,
-                     seed=0, record=True, device=device)
+        r = sgd_one(m, t, lr, b, mo, device)
         tr = r.pop("steps_trace")
-        r.update(run=next_id, model=m, task=t, shots=SGD_GRID_SHOTS)
+        r["run"] = next_id
         runs_out.write([r])
         steps_out.write([{"run": next_id, "step": st, "train_loss": lo, "train_acc": ac, "wall": wa}
                          for st, lo, ac, wa in zip(tr["step"], tr["train_loss"], tr["train_acc"], tr["wall"])])
@@ -157,6 +188,101 @@ def run_sgd(tier, models, tasks, resume, device, log):
             el = time.time() - t0
             log(f"  {i + 1}/{len(todo)} runs, {el:.0f}s elapsed, ~{el / (i + 1) * (len(todo) - i - 1):.0f}s left")
     return time.time() - t0, len(todo)
+
+
+# ------------------------------------------------------------------------------------------------ verification
+
+
+def _rel(a: float, b: float) -> float:
+    if a == b or (math.isnan(a) and math.isnan(b)):
+        return 0.0
+    if not (math.isfinite(a) and math.isfinite(b)):
+        return math.inf
+    return abs(a - b) / max(abs(a), abs(b), 1e-12)
+
+
+def compare_finetune(stored: dict, new: dict, acc_samples: int = 1) -> dict:
+    """Compare a recomputed fine-tuning run with its stored row: test accuracy within ``acc_samples`` test samples
+    (the files keep 6 significant digits, so accuracies are compared as counts of correct test samples)."""
+    n = new["n_test"]
+    want, got = round(stored["test_acc"] * n), round(new["test_acc"] * n)
+    ok = abs(want - got) <= acc_samples and stored["n_test"] == n and stored["n_train"] == new["n_train"]
+    return {"ok": ok, "stored": stored["test_acc"], "new": new["test_acc"], "diff": f"{got - want:+d}/{n} samples",
+            "loss_rel": _rel(stored["test_loss"], new["test_loss"])}
+
+
+def compare_sgd(stored: dict, stored_steps: dict, new: dict, rtol: float = 1e-3) -> dict:
+    """Compare a recomputed SGD-grid run with its stored row and per-step records: the same number of steps and
+    divergence, and every per-step full-train loss within relative ``rtol`` (plus the files' 6-digit rounding)."""
+    a, b = stored_steps["train_loss"], new["steps_trace"]["train_loss"]
+    worst = max((_rel(x, y) for x, y in zip(a, b)), default=0.0)
+    ok = len(a) == len(b) and bool(stored["diverged"]) == bool(new["diverged"]) and worst <= rtol + 1e-5
+    return {"ok": ok, "stored": stored["train_loss"], "new": new["train_loss"],
+            "diff": f"{len(b)}/{len(a)} steps, max rel {worst:.1e}", "loss_rel": worst}
+
+
+def check_task_data(tier: str, tasks) -> list[dict]:
+    """Each task's image fingerprints against those recorded in ``meta_<tier>.json`` when the files were made."""
+    path = os.path.join(api.DATA_DIR, f"meta_{tier}.json")
+    stats = json.load(open(path)).get("task_stats", {}) if os.path.exists(path) else {}
+    out = []
+    for t in tasks:
+        xtr, _, xte, _ = api.load_task(t)
+        got = (D.fingerprint(xtr), D.fingerprint(xte))
+        want = (stats[t]["train_sha"], stats[t]["test_sha"]) if t in stats else None
+        out.append({"task": t, "ok": want == got, "stored": "/".join(want) if want else "(none)",
+                    "new": "/".join(got)})
+    return out
+
+
+def verify(tier: str, part: str = "all", models=None, tasks=None, shots=api.SHOTS, seeds=SEEDS, grid=None,
+           device: str = "cpu", acc_samples: int = 1, rtol: float = 1e-3, log=print) -> bool:
+    """Recompute the selected runs of ``tier`` (nothing is written) and compare them with the stored files; log a
+    table; return whether every run matched. Selection as in generation: ``models`` defaults to the tier's
+    models (fine-tuning) and to ``SGD_MODELS[tier]`` (SGD grid), ``tasks`` to the tier's tasks."""
+    tasks = list(tasks or api.tasks(tier))
+    bad, n, t0 = 0, 0, time.time()
+    log(f"{'part':8} {'model':20} {'task':18} {'run':26} {'stored':>9} {'new':>9}  {'difference':30} ok")
+    for r in check_task_data(tier, tasks):
+        log(f"{'data':8} {'':20} {r['task']:18} {'train/test sha256':26} {'':>9} {'':>9}  "
+            f"{'same' if r['ok'] else 'stored ' + r['stored'] + ' now ' + r['new']:30} {'ok' if r['ok'] else 'FAIL'}")
+        bad += not r["ok"]
+    if part in ("finetune", "all"):
+        ms = list(models or api.models(tier))
+        stored = {(r["model"], r["task"], r["shots"], r["seed"]): r for r in api.finetune_runs(tier)}
+        for m, t, s, seed in itertools.product(ms, tasks, shots, seeds):
+            n += 1
+            row = stored.get((m, t, s, seed))
+            if row is None:
+                log(f"{'finetune':8} {m:20} {t:18} {f'{s}-shot seed {seed}':26} {'(none)':>9} {'':>9}  "
+                    f"{'no stored row':30} FAIL")
+                bad += 1
+                continue
+            c = compare_finetune(row, finetune_one(m, t, s, seed, device), acc_samples)
+            bad += not c["ok"]
+            log(f"{'finetune':8} {m:20} {t:18} {f'{s}-shot seed {seed}':26} {c['stored']:9.4f} {c['new']:9.4f}  "
+                f"{c['diff']:30} {'ok' if c['ok'] else 'FAIL'}")
+    if part in ("sgd", "all"):
+        ms = list(models or SGD_MODELS[tier])
+        runs = api.sgd_runs(tier)
+        key = lambda m, t, lr, b, mo: (m, t, round(float(lr), 12), int(b), round(float(mo), 12))  # noqa: E731
+        stored = {key(r["model"], r["task"], r["lr"], r["batch"], r["momentum"]): r for r in runs}
+        for m, t, (lr, b, mo) in itertools.product(ms, tasks, grid or sgd_grid()):
+            n += 1
+            eff = min(b, SGD_GRID_SHOTS * D.TARGETS[t][0])
+            name = f"lr {lr:g} batch {eff} mom {mo:g}"
+            row = stored.get(key(m, t, lr, eff, mo))
+            if row is None:
+                log(f"{'sgd':8} {m:20} {t:18} {name:26} {'(none)':>9} {'':>9}  {'no stored run':30} FAIL")
+                bad += 1
+                continue
+            c = compare_sgd(row, row["steps"], sgd_one(m, t, lr, b, mo, device), rtol)
+            bad += not c["ok"]
+            log(f"{'sgd':8} {m:20} {t:18} {name:26} {c['stored']:9.4f} {c['new']:9.4f}  {c['diff']:30} "
+                f"{'ok' if c['ok'] else 'FAIL'}")
+    log(f"verify {tier}: {n} runs recomputed in {time.time() - t0:.0f}s, {bad} mismatch(es) "
+        f"(accuracy within {acc_samples} test sample(s), per-step loss within rel {rtol:g})")
+    return bad == 0
 
 
 def describe() -> str:
@@ -230,13 +356,28 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu", help="cpu, cuda or auto (the stored files were made on cpu)")
     ap.add_argument("--report", action="store_true", help="print markdown tables of the stored ground truth and exit")
+    ap.add_argument("--lrs", nargs="*", type=float, help="restrict the SGD grid's learning rates")
+    ap.add_argument("--batches", nargs="*", type=int, help="restrict the SGD grid's batch sizes")
+    ap.add_argument("--momenta", nargs="*", type=float, help="restrict the SGD grid's momenta")
+    ap.add_argument("--verify", action="store_true",
+                    help="recompute the selected runs, compare with the stored files (nothing is written); "
+                         "exit status 1 on a mismatch")
+    ap.add_argument("--acc-samples", type=int, default=1, help="--verify: allowed test-accuracy difference, in samples")
+    ap.add_argument("--rtol", type=float, default=1e-3, help="--verify: allowed relative per-step loss difference")
     args = ap.parse_args(argv)
     if args.report:
         print(describe() + "\n\n" + best_table(args.tier) + "\n" + report(args.tier))
-        return
+        return 0
     torch.set_num_threads(args.threads)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     log = lambda s: print(s, flush=True)  # noqa: E731
+    grid = sgd_grid(args.lrs, args.batches, args.momenta)
+    if not grid:
+        ap.error("--lrs/--batches/--momenta select no configuration of the SGD grid")
+    if args.verify:
+        ok = verify(args.tier, args.part, args.models, args.tasks, args.shots, args.seeds, grid, device,
+                    args.acc_samples, args.rtol, log)
+        return 0 if ok else 1
     os.makedirs(api.DATA_DIR, exist_ok=True)
     models = args.models or api.models(args.tier)
     tasks = args.tasks or api.tasks(args.tier)
@@ -268,7 +409,7 @@ def main(argv=None):
         json.dump(meta, open(meta_path, "w"), indent=1, sort_keys=True)
     if args.part in ("sgd", "all"):
         sgd_models = args.models or [m for m in SGD_MODELS[args.tier]]
-        secs, n = run_sgd(args.tier, sgd_models, tasks, args.resume, device, log)
+        secs, n = run_sgd(args.tier, sgd_models, tasks, args.resume, device, log, grid)
         p = meta["parts"].setdefault("sgd", {"seconds": 0.0, "runs": 0})
         p["seconds"] = round(p["seconds"] * bool(args.resume) + secs, 1)
         p["runs"] = p["runs"] * bool(args.resume) + n
@@ -276,7 +417,8 @@ def main(argv=None):
         p["finished"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         json.dump(meta, open(meta_path, "w"), indent=1, sort_keys=True)
     log("done")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
