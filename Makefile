@@ -40,10 +40,12 @@ bench: build
 # MiniZoo small tier, recomputed and compared with the stored ground truth (nothing is written; fails on a
 # mismatch): the 36 fine-tuning runs of seed 0 (6 models x 3 tasks x 10/50 shots) and 4 SGD-grid runs.
 # A few minutes on 2 CPU cores. The whole small tier: python -m zoo_kernels.zoo.groundtruth --tier small --verify
+# Tolerances absorb another CPU's rounding (this machine reproduces the files exactly); a recipe change is far larger.
+ZOO_TOL ?= --acc-samples 2 --rtol 5e-3
 zoo-small: build
-	$(BIN)/python -m zoo_kernels.zoo.groundtruth --tier small --part finetune --seeds 0 --verify
+	$(BIN)/python -m zoo_kernels.zoo.groundtruth --tier small --part finetune --seeds 0 --verify $(ZOO_TOL)
 	$(BIN)/python -m zoo_kernels.zoo.groundtruth --tier small --part sgd --tasks texture_orient \
-		--lrs 0.003 0.03 --batches 16 --momenta 0.9 --verify
+		--lrs 0.003 0.03 --batches 16 --momenta 0.9 --verify $(ZOO_TOL)
 
 # Compiles (does not run) the CUDA sources with nvcc against torch 2.14.1 + CUDA 13.0.
 cuda-check:

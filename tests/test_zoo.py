@@ -297,22 +297,23 @@ def test_recomputed_runs_match_stored_files():
     stored = ft[key]
     new = G.finetune_one(*key)
     assert new["lr"] == RECIPE.lr and new["steps"] == RECIPE.steps and new["batch"] == RECIPE.batch
-    c = G.compare_finetune(stored, new)
+    # tolerances as `make zoo-small`: small enough to catch any recipe drift, loose enough for another CPU's rounding
+    c = G.compare_finetune(stored, new, acc_samples=2)
     assert c["ok"], c
     # one SGD-grid run, compared step by step (full-train loss before and after every step)
     runs = [r for r in zoo.sgd_runs("small") if r["model"] == "convnet_latin" and r["task"] == "texture_orient"
             and r["lr"] == 0.003 and r["batch"] == 16 and r["momentum"] == 0.9]
     assert len(runs) == 1
     run = G.sgd_one("convnet_latin", "texture_orient", 0.003, 16, 0.9)
-    c = G.compare_sgd(runs[0], runs[0]["steps"], run)
+    c = G.compare_sgd(runs[0], runs[0]["steps"], run, rtol=5e-3)
     assert c["ok"], c
-    # the comparisons are not vacuous: two test samples off, or losses 1% off, are caught
-    assert not G.compare_finetune(stored, dict(new, test_acc=new["test_acc"] + 2 / new["n_test"]))["ok"]
+    # the comparisons are not vacuous: three test samples off, or losses 1% off, are caught
+    assert not G.compare_finetune(stored, dict(new, test_acc=new["test_acc"] + 3 / new["n_test"]), acc_samples=2)["ok"]
     trace = run["steps_trace"]
     drift = dict(run, steps_trace=dict(trace, train_loss=[v * 1.01 for v in trace["train_loss"]]))
-    assert not G.compare_sgd(runs[0], runs[0]["steps"], drift)["ok"]
+    assert not G.compare_sgd(runs[0], runs[0]["steps"], drift, rtol=5e-3)["ok"]
     short = dict(run, steps_trace=dict(trace, train_loss=trace["train_loss"][:-1]))
-    assert not G.compare_sgd(runs[0], runs[0]["steps"], short)["ok"]
+    assert not G.compare_sgd(runs[0], runs[0]["steps"], short, rtol=5e-3)["ok"]
 
 
 def test_verify_cli_exit_status(tmp_path, monkeypatch, capsys):
