@@ -56,8 +56,9 @@ def ntk_eigh(model, inputs, rank, *, method="subspace", oversample=10, iters=2, 
     seed = _check_args(rank, method, oversample, iters, seed)
     rank_, world = (dist.get_rank(group), dist.get_world_size(group)) if dist.is_initialized() else (0, 1)
     idx = shard(len(inputs), rank_, world)
-    if len(idx) == 0:
-        raise ValueError(f"ntk_eigh: {len(inputs)} samples for {world} ranks leaves rank {rank_} without samples; "
+    empty = [r for r in range(world) if len(shard(len(inputs), r, world)) == 0]
+    if empty:  # every rank sees it and raises: none is left waiting in a collective
+        raise ValueError(f"ntk_eigh: {len(inputs)} samples for {world} ranks leave rank(s) {empty} without samples; "
                          "every rank needs at least one")
     comm = TorchDistComm(group) if world > 1 else None
     op = JacobianOperator(model, inputs[idx.start:idx.stop], batch_size=batch_size, cache_bytes=cache_bytes,
