@@ -89,14 +89,23 @@ def check_modules(model, layout, skip_unsupported):
 
 class Recorder:
     """Records, for each call of each hooked module, its input and the output gradients of C backward passes.
-    MultiheadAttention gets a decomposed forward for the duration, which records its four projections."""
+    MultiheadAttention gets a decomposed forward for the duration, which records its four projections.
 
-    def __init__(self, modules, batch):
+    cut_graph=True: a hooked module (not a MultiheadAttention projection) whose input does not require grad
+    has its output replaced by a copy of a fresh leaf (collected in `leaves`, the call indices in `cut_calls`):
+    the backward passes then stop there, and the module's own backward (input or weight gradient, e.g. the
+    first convolution's) is never computed. The forward values are unchanged."""
+
+    def __init__(self, modules, batch, cut_graph=False):
         from .attention import decomposed_mha_forward
 
         self.modules, self.batch = modules, batch
         self.calls = []  # (module name, module or LinearSlice, input, {pass: grad})
         self.pass_index = 0
+        self.cut_graph = cut_graph
+        self.leaves, self.cut_calls = [], set()
+        self.input_requires_grad = []  # per call: whether its input required grad (calls keep a detached input)
+        self.num_passes = None  # set before C > 1 backward passes: the gradients go straight into (N, C, ...)
         self.handles, self.patched = [], []
         for name, m in modules:
             if isinstance(m, nn.MultiheadAttention):
@@ -114,15 +123,38 @@ class Recorder:
                              f"batch of {self.batch} samples; sub-modules must take the sample dimension first")
         grads = {}
         self.calls.append((name, module, x.detach(), grads))
+        self.input_requires_grad.append(bool(x.requires_grad))
+
+        stacked = []
 
         def grad_hook(g):
-            grads[self.pass_index] = g.detach()
+            g = g.detach()
+            C = self.num_passes
+            if C is not None and C > 1:  # one (N, C, ...) buffer per call; _stack_grads then needs no copy
+                if not stacked or stacked[0].shape[2:] != g.shape[1:] or stacked[0].dtype != g.dtype:
+                    stacked[:] = [g.new_empty((g.shape[0], C) + tuple(g.shape[1:]))]
+                view = stacked[0][:, self.pass_index]
+                view.copy_(g)
+                g = view
+            grads[self.pass_index] = g
 
         output.register_hook(grad_hook)
 
     def _forward_hook(self, name):
         def hook(module, inputs, output):
-            self.track(name, module, inputs[0], output)
+            x = inputs[0]
+            if (self.cut_graph and torch.is_tensor(output) and output.requires_grad and torch.is_tensor(x)
+                    and not x.requires_grad):
+                leaf = output.detach().requires_grad_()
+                output = leaf.clone()  # not the leaf itself: later in-place ops (ReLU(inplace=True)) stay legal
+                n = len(self.calls)
+                self.track(name, module, x, output)
+                if len(self.calls) > n:
+                    self.leaves.append(leaf)
+                    self.cut_calls.add(n)
+                return output
+            self.track(name, module, x, output)
+            return None
 
         return hook
 
@@ -144,7 +176,16 @@ class Recorder:
 
 
 def _stack_grads(grads, num_passes, like):
-    """(N, C, *out) from the per-pass gradients; a pass that never reached this output contributes zeros."""
+    """(N, C, *out) from the per-pass gradients; a pass that never reached this output contributes zeros.
+    Gradients that the Recorder already wrote into one (N, C, *out) buffer are returned as that buffer."""
+    base = getattr(like, "_base", None)
+    if (base is not None and base.dim() == like.dim() + 1 and base.shape[0] == like.shape[0]
+            and base.shape[1] == num_passes and base.shape[2:] == like.shape[1:]
+            and all(g._base is base and g.data_ptr() == base[:, c].data_ptr() for c, g in grads.items())):
+        for c in range(num_passes):
+            if c not in grads:
+                base[:, c].zero_()
+        return base
     return torch.stack([grads[c] if c in grads else torch.zeros_like(like) for c in range(num_passes)], dim=1)
 
 

@@ -15,6 +15,102 @@ def _block_key(block):
     return block.param_index, block.row_offset, block.kind
 
 
+def _explicit_cost_ok(block, n_total):
+    """Whether the per-sample gradient G (N, C, o*n) of this block is used explicitly (one Gram over all
+    such blocks): for vectors always (unless they carry one output only), for weights when T > 1 and the
+    kernel's cost model prefers G over the ghost Σ_{t,s} form, and G is no larger than the block's captures."""
+    if block.output is not None:  # Embedding: one block per output; the kernel handles it
+        return False
+    if block.kind == "vector":
+        return True
+    _, C, T, o = block.grads.shape
+    n = block.acts.shape[-1]
+    if T == 1 or C * o * n > T * (C * o + n):
+        return False
+    N = float(n_total)
+    ghost = N * N * T * T * (n + C * o) + N * N * T * C * C * o
+    expl = 2 * N * C * T * o * n + N * C * N * C * o * n
+    return expl <= ghost
+
+
+def _per_sample_grad(block):
+    """The block's per-sample gradient: (N, C, o) for vectors; for weights G[i, c] = Σ_t acts_it ⊗ grads_ict as
+    (N, C, n, o) (the transpose of the weight's (o, n) layout; the Gram only needs the same order on both sides)."""
+    if block.kind == "vector":
+        return block.grads
+    N, C, T, o = block.grads.shape
+    n = block.acts.shape[-1]
+    if block.grads.stride(-2) == 1:  # convolutions: a transposed view of (N, C, o, T), one bmm over the samples
+        B = block.grads.transpose(2, 3).reshape(N, C * o, T)
+        return torch.bmm(block.acts.transpose(1, 2), B.transpose(1, 2)).view(N, n, C, o).permute(0, 2, 1, 3)
+    return torch.matmul(block.acts.transpose(1, 2).unsqueeze(1), block.grads)
+
+
+def _explicit_layout(blocks, n_total):
+    """{key: (column offset, width)} of the blocks used explicitly, and the total width D."""
+    by_key = defaultdict(list)
+    for b in blocks:
+        by_key[_block_key(b)].append(b)
+    layout, D = {}, 0
+    for key in sorted(by_key):
+        group = by_key[key]
+        if all(_explicit_cost_ok(b, n_total) for b in group):
+            width = group[0].grads.shape[-1] * (1 if group[0].kind == "vector" else group[0].acts.shape[-1])
+            layout[key] = (D, width)
+            D += width
+    return layout, D
+
+
+def _explicit_features(side, layout, D, dtype):
+    """F (N, C, D): the per-sample gradients of the explicit blocks of all chunks, side by side (blocks of the
+    same parameter, e.g. a module called twice, are summed)."""
+    N = sum(n for n, _, _ in side)
+    C = side[0][1]
+    first = side[0][2][0].grads
+    F = torch.zeros(N, C, D, dtype=dtype, device=first.device)
+    i0 = 0
+    for n, _, blocks in side:
+        for b in blocks:
+            key = _block_key(b)
+            if key in layout:
+                c0, w = layout[key]
+                G = _per_sample_grad(b)
+                F[i0:i0 + n, :, c0:c0 + w].view(G.shape).add_(G.to(dtype))
+        i0 += n
+    return F
+
+
+def _use_onednn(t):
+    return t.device.type == "cpu" and t.dtype == torch.float32 and torch.backends.mkldnn.is_available()
+
+
+def _mm_nt(a, b):
+    """a @ b^T. float32 on CPU goes through oneDNN's matmul (its AVX-512 kernels also run on AMD CPUs, where
+    MKL's sgemm takes an AVX2 path: about 2x faster there); everything else through torch.mm."""
+    if _use_onednn(a):
+        try:
+            return torch.ops.aten.mkldnn_linear(a.contiguous().to_mkldnn(), b.contiguous().to_mkldnn(), None).to_dense()
+        except RuntimeError:  # a oneDNN build without this primitive: the plain GEMM
+            pass
+    return a @ b.T
+
+
+def _gram_into(out2d, F1, F2):
+    """out2d = F1 F2^T; F2 None: the symmetric F1 F1^T, computed as an upper block triangle and mirrored."""
+    if F2 is not None:
+        out2d.copy_(_mm_nt(F1, F2))
+        return
+    R = F1.shape[0]
+    nb = max(1, min(8, R // 512))  # row blocks: (nb + 1) / (2 nb) of the full GEMM's work
+    step = -(-R // nb)
+    for r0 in range(0, R, step):
+        r1 = min(R, r0 + step)
+        K = _mm_nt(F1[r0:r1], F1[r0:])  # (r1 - r0, R - r0)
+        out2d[r0:r1, r0:].copy_(K)
+        if r1 < R:
+            out2d[r1:, r0:r1].copy_(K[:, r1 - r0:].T)
+
+
 def _pair(b1, b2, trace):
     """NTK contribution of one parameter block between two chunks: (n1, C1, n2, C2), or (n1, n2) for trace."""
     if b1.kind == "vector":
@@ -22,8 +118,9 @@ def _pair(b1, b2, trace):
     return ops.ntk_block(b1.acts, b1.grads, b2.acts, b2.grads, trace)
 
 
-def _accumulate(out, i0, j0, blocks1, blocks2, trace):
-    """Adds the NTK between two chunks into out (N1, C, N2, C) or (N1, N2)."""
+def _accumulate(out, i0, j0, blocks1, blocks2, trace, mirror):
+    """Adds the NTK between two chunks into out (N1, C, N2, C) or (N1, N2); `mirror`: also its transpose at
+    (j0, i0) (symmetric NTK, chunk pairs above the diagonal)."""
     by_key = defaultdict(list)
     for b in blocks2:
         by_key[_block_key(b)].append(b)
@@ -36,10 +133,16 @@ def _accumulate(out, i0, j0, blocks1, blocks2, trace):
             n1, n2 = K.shape[0], K.shape[2 if K.dim() == 4 else 1]
             if trace:
                 out[i0:i0 + n1, j0:j0 + n2] += K
+                if mirror:
+                    out[j0:j0 + n2, i0:i0 + n1] += K.T
             elif c1 is None:
                 out[i0:i0 + n1, :, j0:j0 + n2, :] += K
+                if mirror:
+                    out[j0:j0 + n2, :, i0:i0 + n1, :] += K.permute(2, 3, 0, 1)
             else:
                 out[i0:i0 + n1, c1, j0:j0 + n2, c2] += K[:, 0, :, 0]
+                if mirror:
+                    out[j0:j0 + n2, c2, i0:i0 + n1, c1] += K[:, 0, :, 0].T
 
 
 def _exact(model, x1, x2, trace, batch_size, progress, skip_unsupported):
@@ -50,26 +153,34 @@ def _exact(model, x1, x2, trace, batch_size, progress, skip_unsupported):
     dtype = side1[0][2][0].grads.dtype
     dtype = torch.float64 if dtype == torch.float64 else torch.float32
     device = side1[0][2][0].grads.device
-    out = torch.zeros((N1, N2) if trace else (N1, C, N2, C), dtype=dtype, device=device)
+    out = torch.empty((N1, N2) if trace else (N1, C, N2, C), dtype=dtype, device=device)
+
+    # 1. Blocks whose per-sample gradients are cheap to form (biases, norms, convolutions with T^2 > o*n):
+    #    one Gram F1 F2^T over all of them, all samples at once.
+    layout, D = _explicit_layout(side1[0][2], max(N1, N2))
+    if D:
+        F1 = _explicit_features(side1, layout, D, dtype)
+        F2 = None if x2 is None else _explicit_features(side2, layout, D, dtype)
+        rows = (lambda F: F.view(F.shape[0], -1)) if trace else (lambda F: F.view(-1, D))
+        _gram_into(out.view(N1, N2) if trace else out.view(N1 * C, N2 * C), rows(F1), None if F2 is None else rows(F2))
+        del F1, F2
+    else:
+        out.zero_()
+
+    # 2. The other blocks through ntk_block (ghost identity) per chunk pair; symmetric: the upper chunk
+    #    triangle, each pair added with its transpose.
+    rest1 = [[b for b in blocks if _block_key(b) not in layout] for _, _, blocks in side1]
+    rest2 = rest1 if x2 is None else [[b for b in blocks if _block_key(b) not in layout] for _, _, blocks in side2]
     i0 = 0
-    for a, (n1, _, blocks1) in enumerate(side1):
+    for a, (n1, _, _) in enumerate(side1):
         j0 = 0
-        for b, (n2, _, blocks2) in enumerate(side2):
-            if x2 is not None or b >= a:  # symmetric: the upper chunk triangle, mirrored below
-                _accumulate(out, i0, j0, blocks1, blocks2, trace)
+        for b, (n2, _, _) in enumerate(side2):
+            if x2 is not None or b >= a:
+                _accumulate(out, i0, j0, rest1[a], rest2[b], trace, mirror=x2 is None and b > a)
             j0 += n2
         i0 += n1
-    if x2 is None:
-        starts = [0]
-        for n, _, _ in side1:
-            starts.append(starts[-1] + n)
-        for a in range(len(side1)):
-            for b in range(a):
-                rows, cols = slice(starts[a], starts[a + 1]), slice(starts[b], starts[b + 1])
-                if trace:
-                    out[rows, cols] = out[cols, rows].T
-                else:
-                    out[rows, :, cols, :] = out[cols, :, rows, :].permute(2, 3, 0, 1)
+    if not (torch.isfinite(out.sum()) or torch.isfinite(out).all()):  # one reduction unless it overflows
+        raise ValueError("ntk: the NTK is not finite; the model's parameters or activations contain NaN or Inf")
     return out if trace else out.permute(0, 2, 1, 3)
 
 

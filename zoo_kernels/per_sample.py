@@ -19,19 +19,29 @@ def check_model_inputs(model, inputs, batch_size, name="inputs"):
         raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}")
 
 
-def _backward_passes(model, x, recorder, output, params):
-    """Forward once, then one backward per model output (or one for their sum); returns C."""
-    x_in = x.detach().requires_grad_() if x.is_floating_point() else x
+def _backward_passes(model, x, recorder, output, params, others):
+    """Forward once, then one backward per model output (or one for their sum); returns C.
+
+    The recorder cuts the graph at the outputs of the hooked modules whose input needs no gradient (the first
+    layers): the passes are differentiated w.r.t. those leaves, so that neither the input gradient nor any
+    weight gradient is computed. `others` are trainable parameters outside the hooked modules (left out with
+    skip_unsupported), through which captured layers may be reached without a leaf."""
     with torch.enable_grad():
-        out = model(x_in)
+        out = model(x)
     if not torch.is_tensor(out) or out.shape[0] != x.shape[0]:
         raise ValueError(f"the model must return a tensor of shape (N,) or (N, C); got {getattr(out, 'shape', type(out))}")
     out = out.reshape(out.shape[0], -1)
     recorder.check_called()
+    num_targets = 1 if output == "sum" else out.shape[1]
+    if not out.requires_grad:  # no trainable parameter reaches the output: nothing is captured
+        return num_targets
     targets = [out.sum()] if output == "sum" else [out[:, c].sum() for c in range(out.shape[1])]
-    # Differentiate w.r.t. the input where every captured call depends on it: weight gradients are then skipped.
-    x_reaches_all = x_in.requires_grad and all(inp.requires_grad for _, _, inp, _ in recorder.calls)
-    wrt = [x_in] if x_reaches_all else params
+    # A captured call whose input needs no gradient but was not cut (a MultiheadAttention projection) is only
+    # reached through its weights: then differentiate w.r.t. all parameters (weight gradients are computed).
+    uncut_bottom = any(not needs_grad for i, needs_grad in enumerate(recorder.input_requires_grad)
+                       if i not in recorder.cut_calls)
+    wrt = recorder.leaves + (params if uncut_bottom or not (recorder.leaves or others) else others)
+    recorder.num_passes = len(targets)
     for c, t in enumerate(targets):
         recorder.pass_index = c
         torch.autograd.grad(t, wrt, retain_graph=c + 1 < len(targets), allow_unused=True)
@@ -55,13 +65,14 @@ def chunk_blocks(model, inputs, batch_size, output, skip_unsupported, progress, 
         warnings.warn(f"{desc}: the model is in training mode; call model.eval() for a deterministic "
                       "Jacobian (dropout)", stacklevel=3)
     params = [p for p in model.parameters() if id(p) in layout]
+    others = [p for p in model.parameters() if p.requires_grad and id(p) not in layout]
     device = params[0].device
     with tqdm(total=inputs.shape[0], desc=desc, unit="sample", disable=not progress) as bar:
         for start in range(0, inputs.shape[0], batch_size):
             x = inputs[start:start + batch_size].to(device)
-            recorder = Recorder(modules, x.shape[0])
+            recorder = Recorder(modules, x.shape[0], cut_graph=True)
             try:
-                num_outputs = _backward_passes(model, x, recorder, output, params)
+                num_outputs = _backward_passes(model, x, recorder, output, params, others)
             finally:
                 recorder.remove()
             blocks = [block for _, m, x_call, grads in recorder.calls if grads  # calls that reach the outputs
