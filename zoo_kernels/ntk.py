@@ -67,15 +67,21 @@ def _explicit_features(side, layout, D, dtype):
     N = sum(n for n, _, _ in side)
     C = side[0][1]
     first = side[0][2][0].grads
-    F = torch.zeros(N, C, D, dtype=dtype, device=first.device)
+    F = torch.empty(N, C, D, dtype=dtype, device=first.device)
     i0 = 0
     for n, _, blocks in side:
+        written = set()
         for b in blocks:
             key = _block_key(b)
             if key in layout:
                 c0, w = layout[key]
                 G = _per_sample_grad(b)
-                F[i0:i0 + n, :, c0:c0 + w].view(G.shape).add_(G.to(dtype))
+                dst = F[i0:i0 + n, :, c0:c0 + w].view(G.shape)
+                dst.add_(G) if key in written else dst.copy_(G)
+                written.add(key)
+        for key in layout.keys() - written:  # a parameter this chunk never used
+            c0, w = layout[key]
+            F[i0:i0 + n, :, c0:c0 + w] = 0
         i0 += n
     return F
 
@@ -89,7 +95,9 @@ def _mm_nt(a, b):
     MKL's sgemm takes an AVX2 path: about 2x faster there); everything else through torch.mm."""
     if _use_onednn(a):
         try:
-            return torch.ops.aten.mkldnn_linear(a.contiguous().to_mkldnn(), b.contiguous().to_mkldnn(), None).to_dense()
+            am = a.contiguous().to_mkldnn()
+            bm = am if b is a else b.contiguous().to_mkldnn()
+            return torch.ops.aten.mkldnn_linear(am, bm, None).to_dense()
         except RuntimeError:  # a oneDNN build without this primitive: the plain GEMM
             pass
     return a @ b.T
@@ -105,7 +113,7 @@ def _gram_into(out2d, F1, F2):
     step = -(-R // nb)
     for r0 in range(0, R, step):
         r1 = min(R, r0 + step)
-        K = _mm_nt(F1[r0:r1], F1[r0:])  # (r1 - r0, R - r0)
+        K = _mm_nt(F1, F1) if nb == 1 else _mm_nt(F1[r0:r1], F1[r0:])  # (r1 - r0, R - r0)
         out2d[r0:r1, r0:].copy_(K)
         if r1 < R:
             out2d[r1:, r0:r1].copy_(K[:, r1 - r0:].T)
@@ -191,8 +199,12 @@ def ntk(model, x1, x2=None, mode="full", method="exact", k=None, batch_size=64, 
     mode="full": (N1, N2, C, C), Θ[i, j, c, d] = <∂f_c(x1_i)/∂w, ∂f_d(x2_j)/∂w>.
     mode="trace": (N1, N2), the sum over the diagonal output pairs c = d.
     x2=None gives Θ(x1, x1) (computed once per chunk pair and mirrored).
-    method="exact": per layer from activation and output-gradient captures (the ghost identity), never
-      forming per-sample gradients unless cheaper; memory O(N * activations * C) for the captures of x1, x2.
+    method="exact": from activation and output-gradient captures. Biases, norm parameters and the weights
+      whose per-sample gradients are cheaper than the ghost form (convolutions with T^2 > o*n) are formed
+      explicitly for all samples and contracted in one Gram (float32 on CPU: oneDNN; x2=None: an upper block
+      triangle, mirrored); the other weights go through ops.ntk_block per chunk pair (the ghost identity
+      (A A^T) * (B B^T) for T = 1, the tiled sum over t, s otherwise). Memory O(N * activations * C) for the
+      captures of x1, x2 (an explicit block is never larger than its captures) plus the result.
     method="sketch": S1 S2^T from sketch_jacobian with k columns (`sketch_method` "dense" or "kronecker").
     Same module coverage as sketch_jacobian; frozen parameters are left out. float64 models give float64.
     """
