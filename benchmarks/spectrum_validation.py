@@ -26,7 +26,7 @@ curve has decayed 1000x): max relative error over the first 100 / 1,000 / 10,000
 error of the number of steps
 to reach L_t/L_0 = 0.5, 0.1, 0.01; the seconds of the subset estimate against the full one.
 
-Tail trust: the library keeps the top `trust` fraction of measured modes (default 0.5) and fits the power law
+Tail trust: the library keeps the top `trust` fraction of measured modes (default 0.25) and fits the power law
 on modes t/4..t. The same measured eigenvalues are re-extrapolated with other trust values (--trusts) by
 `retrust` (zoo_kernels.spectrum.spectrum_from_measurement, estimate_spectrum's last step); the reference is
 re-extrapolated with the same trust.
@@ -221,17 +221,17 @@ def run_sketch(args, seed, log):
     S, delta = sketch_all(model, x, y, args.k, seed, args.batch, args.sketch_method)
     full_seconds = time.perf_counter() - start
     perm = torch.randperm(args.n, generator=torch.Generator().manual_seed(seed))  # estimate_spectrum's subsets
-    full = measured_spectrum(S, delta, torch.arange(args.n), args.n, 0.5, full_seconds)
+    full = measured_spectrum(S, delta, torch.arange(args.n), args.n, zspec.DEFAULT_TRUST, full_seconds)
     log(f"[seed {seed}] full N={args.n}: {full_seconds:.1f} s; top eigenvalues "
         + ", ".join(f"{v:.4g}" for v in full.eigenvalues[:5]) + f"; alpha={full.alpha:.3f}")
     M20 = args.n // 20  # the library itself on N/20: same numbers as the fast path, and its time
     lib = zk.estimate_spectrum(model, (x, y), subset=M20, **kw)
-    fast = measured_spectrum(S, delta, perm[:M20].sort().values, args.n, 0.5)
+    fast = measured_spectrum(S, delta, perm[:M20].sort().values, args.n, zspec.DEFAULT_TRUST)
     np.testing.assert_allclose(fast.subset_eigenvalues[:50], lib.subset_eigenvalues[:50], rtol=1e-4)
     subsets = {}
     for f in FRACTIONS:
         M = args.n // f
-        subsets[M] = measured_spectrum(S, delta, perm[:M].sort().values, args.n, 0.5,
+        subsets[M] = measured_spectrum(S, delta, perm[:M].sort().values, args.n, zspec.DEFAULT_TRUST,
                                        lib.seconds * M / M20)  # estimate_spectrum's cost is linear in M
     rows = {}
     for tr in args.trusts:
@@ -349,7 +349,7 @@ def trust_table(runs, key, trusts, n_label):
         for name in TRUST_METRICS:
             xs = [row[name] for r in runs for row in r[key][str(tr)] if row.get(name) is not None]
             vals.append(_f(float(np.mean(xs))) if xs else "n/a")
-        lines.append(f"| {tr}{' (default)' if tr == 0.5 else ''} | " + " | ".join(vals) + " |")
+        lines.append(f"| {tr}{' (default)' if tr == zspec.DEFAULT_TRUST else ''} | " + " | ".join(vals) + " |")
     return lines + [""]
 
 
@@ -375,7 +375,7 @@ def summary(paths):
             for tr in a["trusts"]:
                 rows = _mean_rows([dict(rows=r["rows"][str(tr)]) for r in runs], "rows")
                 full_s = float(np.mean([r["info"]["full_seconds"] for r in runs]))
-                lines += [f"Sketch subsets vs full sketch, trust = {tr}{' (default)' if tr == 0.5 else ''} "
+                lines += [f"Sketch subsets vs full sketch, trust = {tr}{' (default)' if tr == zspec.DEFAULT_TRUST else ''} "
                           "(mean over seeds; max columns: worst seed):", "", table(rows, full_s), ""]
         if res["exact"]:
             runs = res["exact"]
@@ -397,7 +397,7 @@ def summary(paths):
                                    ("rows_sketch", "sketch subsets vs exact full")):
                     rows = _mean_rows([dict(rows=r[key][str(tr)]) for r in runs], "rows")
                     full_s = float(np.mean([r["info"]["full_seconds"] for r in runs]))
-                    lines += [f"{label}, trust = {tr}{' (default)' if tr == 0.5 else ''} (mean over seeds; max "
+                    lines += [f"{label}, trust = {tr}{' (default)' if tr == zspec.DEFAULT_TRUST else ''} (mean over seeds; max "
                               "columns: worst seed; seconds vs the full exact):", "", table(rows, full_s), ""]
     print("\n".join(lines))
 
@@ -426,8 +426,8 @@ def main(argv=None):
         summary(args.summary)
         return
     args.trusts = [float(t) for t in args.trusts.split(",")]
-    if 0.5 not in args.trusts:
-        args.trusts.insert(0, 0.5)
+    if zspec.DEFAULT_TRUST not in args.trusts:
+        args.trusts.insert(0, zspec.DEFAULT_TRUST)
     seeds = [int(s) for s in args.seeds.split(",")]
     torch.set_num_threads(args.threads)
 
@@ -451,7 +451,7 @@ def main(argv=None):
                     + "energy fraction in the top modes of the full sketch: " + ", ".join(
                         f"{i}: {v:.3f}" for i, v in info["full_spectrum_head"]["energy_fraction_top"].items()), ""]
             for tr, r in rows.items():
-                out += [f"trust = {tr}{' (library default)' if tr == 0.5 else ''}:", "", table(r, info["full_seconds"]),
+                out += [f"trust = {tr}{' (library default)' if tr == zspec.DEFAULT_TRUST else ''}:", "", table(r, info["full_seconds"]),
                         "", target_line(r, f"trust {tr}"), ""]
     if not args.skip_exact:
         for seed in seeds:

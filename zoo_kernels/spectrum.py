@@ -7,7 +7,7 @@ each eigenvector. `estimate_spectrum` returns both, for all N·C modes, from M �
 1. Θ_M on a random subset of M samples: exact (ghost NTK, eigh of the M·C × M·C matrix) or sketched
    (the k × k Gram Sᵀ S, accumulated in float64 while streaming over the subset: O(k² + batch) memory).
 2. Eigenvalues: λ_j ≈ (N/M) λ_j^(M) (the eigenvalues of Θ/N converge to those of the kernel operator).
-   The subset resolves only its leading modes (`trust`, by default the top half); beyond them a power law
+   The subset resolves only its leading modes (`trust`, by default the top quarter); beyond them a power law
    λ_j ∝ j^(−α), fitted on the trusted modes, extends the spectrum to all N·C modes.
 3. Energies: signal plus white noise. The part of δ₀ that is a smooth function of x puts energy ∝ N in
    each leading mode; the rest (label noise, everything the kernel cannot resolve) spreads evenly, σ² per
@@ -32,6 +32,7 @@ from .per_sample import check_model_inputs
 from .sketch import sketch_jacobian
 
 LOSSES = ("mse", "ce")
+DEFAULT_TRUST = 0.25  # benchmarks/results/ntk-spectrum-cpu-2026-11-26.md: best density and loss curve
 
 
 class SketchGram:
@@ -186,7 +187,7 @@ def initial_residual(model, inputs, labels, loss="mse", batch_size=256):
 
 
 def estimate_spectrum(model, data, subset=None, k=None, method=None, *, loss="mse", seed=0, batch_size=64,
-                      n_total=None, trust=0.5, diag_reg=0.0, sketch_method="dense", chunk=1024, progress=False):
+                      n_total=None, trust=DEFAULT_TRUST, diag_reg=0.0, sketch_method="dense", chunk=1024, progress=False):
     """Eigenvalues of the NTK Θ_N and the initial residual's energy along them, from a random subset.
 
     data: (inputs, labels), labels integer classes (one-hot targets) or float targets (N, C).
@@ -245,7 +246,7 @@ def estimate_spectrum(model, data, subset=None, k=None, method=None, *, loss="ms
                                      trust=trust, method=method, seconds=time.perf_counter() - start)
 
 
-def spectrum_from_measurement(eigenvalues, energies, residual_norm2, subset, n_total, n_outputs, *, trust=0.5,
+def spectrum_from_measurement(eigenvalues, energies, residual_norm2, subset, n_total, n_outputs, *, trust=DEFAULT_TRUST,
                               method="sketch", seconds=0.0):
     """The Spectrum of Θ_N from what was measured on M = `subset` samples (estimate_spectrum's last step).
 
