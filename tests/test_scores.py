@@ -392,6 +392,17 @@ def test_logme_evidence_closed_form(gen, shape):
         assert float(ev[j]) == pytest.approx(float(ref), abs=1e-10)
 
 
+@pytest.mark.parametrize("shape", [(30, 5), (10, 20)], ids=["N>D", "N<D"])
+def test_logme_projections_without_left_singular_vectors(gen, shape):
+    """(U^T y)^2 from V^T (F^T y) / sqrt(s) (the fast path) = the explicit left singular vectors' projections."""
+    f = torch.randn(*shape, generator=gen, dtype=torch.float64)
+    t = torch.randn(shape[0], 3, generator=gen, dtype=torch.float64)
+    s, u = probabilistic._spectrum(f)
+    s2, z2 = probabilistic._spectral_projections(f, t)
+    torch.testing.assert_close(s2, s)
+    torch.testing.assert_close(z2, (u.T @ t) ** 2, rtol=1e-9, atol=1e-12)
+
+
 def test_logme_invariances(gen):
     f, y = clustered(gen, 60, 8, 3)
     base = S.logme(f, y, max_iter=10000, tol=1e-13)
@@ -524,6 +535,56 @@ def test_linear_probe(gen):
         S.linear_probe_accuracy(f2, y2, folds=1)
 
 
+def test_linear_probe_closed_form_gradient_equals_autograd(gen):
+    from zoo_kernels.scores.linear_probe import objective_and_gradient
+    x = torch.randn(40, 7, generator=gen, dtype=torch.float64)
+    y = torch.randint(4, (40,), generator=gen)
+    params = torch.randn(8, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    loss_ref = (torch.nn.functional.cross_entropy(x @ params[:7] + params[7], y)
+                + 0.5 * 0.3 * (params[:7] ** 2).sum())
+    loss_ref.backward()
+    loss, grad = objective_and_gradient(x, torch.nn.functional.one_hot(y, 4).double(), params.detach(), 0.3)
+    assert float(loss) == pytest.approx(float(loss_ref.detach()), rel=1e-12)
+    torch.testing.assert_close(grad, params.grad, rtol=1e-10, atol=1e-12)
+
+
+def _probe_autograd_reference(f, y, folds=5, seed=0):
+    """The probe with an autograd closure (the implementation before the closed-form gradient), float32."""
+    f = torch.as_tensor(f).float()
+    y = torch.unique(torch.as_tensor(y), return_inverse=True)[1]
+    c = int(y.max()) + 1
+    fold = stratified_folds(y, folds, seed)
+    correct = 0
+    for k in range(folds):
+        te, tr = fold == k, fold != k
+        x_tr, x_te = f[tr], f[te]
+        mean, std = x_tr.mean(0, keepdim=True), x_tr.std(0, keepdim=True)
+        std = torch.where(std > 0, std, torch.ones_like(std))
+        x_tr, x_te = (x_tr - mean) / std, (x_te - mean) / std
+        w = torch.zeros(f.shape[1], c, requires_grad=True)
+        b = torch.zeros(c, requires_grad=True)
+        opt = torch.optim.LBFGS([w, b], lr=1, max_iter=100, history_size=10, tolerance_grad=1e-6,
+                                tolerance_change=1e-9, line_search_fn="strong_wolfe")
+        lam = 1.0 / int(tr.sum())
+
+        def closure():
+            opt.zero_grad()
+            loss = torch.nn.functional.cross_entropy(x_tr @ w + b, y[tr]) + 0.5 * lam * (w * w).sum()
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        with torch.no_grad():
+            correct += int(((x_te @ w + b).argmax(1) == y[te]).sum())
+    return correct / f.shape[0]
+
+
+@pytest.mark.parametrize("sep", [0.3, 0.8, 2.0])
+def test_linear_probe_equals_autograd_reference(gen, sep):
+    f, y = clustered(gen, 150, 12, 4, sep=sep)
+    assert S.linear_probe_accuracy(f, y) == pytest.approx(_probe_autograd_reference(f, y), abs=1.5 / 150)
+
+
 # ------------------------------------------------------------------------------------------------ N-LEEP, GMM, PCA
 
 
@@ -577,11 +638,40 @@ def test_zoo_scores(gen):
     assert set(res) == {"good", "bad"} and all(0 <= v <= 1 for v in res.values())
 
 
+def test_model_size_does_not_depend_on_the_source_head():
+    """Two models with the same backbone and 142-way vs 10-way source heads have the same size."""
+    def net(classes):
+        return torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                                   torch.nn.Linear(4 * 6 * 6, 16), torch.nn.ReLU(), torch.nn.Linear(16, classes))
+    small, big = net(10), net(142)
+    assert S.model_size(small) == S.model_size(big) == 1 * 4 * 9 + 4 + 144 * 16 + 16
+    assert S.model_size(big, include_head=True) > S.model_size(small, include_head=True)
+
+
+def test_model_size_of_minizoo_models_is_the_backbone():
+    from zoo_kernels import zoo
+    multi, latin = zoo.load_model("convnet_multi"), zoo.load_model("convnet_latin")  # 142-way vs 26-way heads
+    assert S.model_size(multi) == S.model_size(latin) == zoo.model_info("convnet_multi")["params"]
+    assert S.model_size(multi, include_head=True) > S.model_size(latin, include_head=True)
+
+
 def test_priors():
     m = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
-    assert S.model_size(m) == 3 * 4 + 4 + 4 * 2 + 2
+    assert S.model_size(m, include_head=True) == 3 * 4 + 4 + 4 * 2 + 2
+    assert S.model_size(m) == 3 * 4 + 4  # the backbone: the last nn.Linear (the head) is left out
+    assert S.model_size(m, head="0") == 4 * 2 + 2 and S.model_size(m, head=m[0]) == 4 * 2 + 2
     m[0].weight.requires_grad_(False)
-    assert S.model_size(m, trainable_only=True) == 4 + 4 * 2 + 2
+    assert S.model_size(m, trainable_only=True, include_head=True) == 4 + 4 * 2 + 2
+    assert S.model_size(m, trainable_only=True) == 4
+    assert S.model_size(torch.nn.Conv1d(2, 3, 1)) == 2 * 3 + 3  # no nn.Linear: no head to leave out
+    with pytest.raises(ValueError, match="head"):
+        S.model_size(m, head="fc")
+    with pytest.raises(ValueError, match="head"):
+        S.model_size(m, head=torch.nn.Linear(1, 1))
+    with pytest.raises(ValueError, match="not both"):
+        S.model_size(m, head="0", include_head=True)
+    with pytest.raises(TypeError, match="model"):
+        S.model_size("resnet")
     assert S.source_accuracy(value=76.13) == 76.13
     lin = torch.nn.Linear(2, 2, bias=False)
     with torch.no_grad():
@@ -668,3 +758,54 @@ def test_probability_scores_bad_inputs():
         S.lfc(torch.randn(4, 2), y, centering="triple")
     with pytest.raises(ValueError, match="labels.*NaN"):
         S.lfc(torch.randn(4, 2), torch.tensor([0.0, 1.0, float("nan"), 2.0]), regression=True)
+
+
+# ------------------------------------------------------------------------------------------------ rank aggregation
+
+def test_ranks_match_scipy_rankdata():
+    from scipy.stats import rankdata
+    vals = {"a": 0.3, "b": -1.0, "c": 0.3, "d": 7.0, "e": 0.3}
+    r = S.ranks(vals)
+    assert [r[k] for k in vals] == list(rankdata(list(vals.values())))
+    with pytest.raises(ValueError, match="non-finite"):
+        S.ranks({"a": 1.0, "b": float("nan")})
+
+
+def test_rank_average_hand_computed_and_invariances():
+    knn = {"m1": 0.5, "m2": 0.9, "m3": 0.7}            # ranks 1, 3, 2
+    logme = {"m1": -3.0, "m2": -1.0, "m3": -1.0}       # ranks 1, 2.5, 2.5
+    assert S.rank_average({"knn": knn, "logme": logme}) == pytest.approx({"m1": 1.0, "m2": 2.75, "m3": 2.25})
+    assert S.rank_average({"knn": knn, "logme": logme}, {"knn": 3.0, "logme": 1.0}) == pytest.approx(
+        {"m1": 1.0, "m2": (9 + 2.5) / 4, "m3": (6 + 2.5) / 4})
+    # any increasing transform of a score leaves the aggregate unchanged; a weight on one score only selects it
+    moved = S.rank_average({"knn": {k: math.exp(10 * v) for k, v in knn.items()},
+                            "logme": {k: 100 * v + 3 for k, v in logme.items()}})
+    assert moved == pytest.approx(S.rank_average({"knn": knn, "logme": logme}))
+    assert S.rank_average({"knn": knn, "logme": logme}, {"knn": 1.0}) == S.ranks(knn)
+    with pytest.raises(ValueError, match="covers models"):
+        S.rank_average({"knn": knn, "logme": {"m1": 1.0, "m2": 2.0}})
+    with pytest.raises(ValueError, match="positive"):
+        S.rank_average({"knn": knn}, {"knn": 0.0})
+    with pytest.raises(ValueError, match="no entry"):
+        S.rank_average({"knn": knn}, {"lfc": 1.0})
+
+
+def test_standardize_and_group_prior_hand_computed():
+    z = S.standardize({"a": 1.0, "b": 3.0})
+    assert z == pytest.approx({"a": -1.0, "b": 1.0})
+    assert S.standardize({"a": 2.0, "b": 2.0}) == {"a": 0.0, "b": 0.0}
+    # target t1: z = (-1, 1) for (conv_a, mob_a); target t2: accuracies (10, 20, 30) -> z = (-1.2247, 0, 1.2247)
+    acc = {"t1": {"conv_a": 50.0, "mob_a": 70.0},
+           "t2": {"conv_a": 30.0, "conv_b": 20.0, "mob_a": 10.0}}
+    s = math.sqrt(1.5)
+    prior = S.group_prior(acc, lambda m: m.split("_")[0])
+    assert prior == pytest.approx({"conv": (-1 + s + 0) / 3, "mob": (1 - s) / 2})
+    assert S.group_prior(acc, {"conv_a": "c", "conv_b": "c", "mob_a": "m"}) == pytest.approx(
+        {"c": prior["conv"], "m": prior["mob"]})
+    # a constant shift or positive scale of one target's accuracies does not change the prior
+    acc2 = {"t1": {k: 2 * v + 5 for k, v in acc["t1"].items()}, "t2": acc["t2"]}
+    assert S.group_prior(acc2, lambda m: m.split("_")[0]) == pytest.approx(prior)
+    with pytest.raises(ValueError, match="no group"):
+        S.group_prior(acc, {"conv_a": "c"})
+    with pytest.raises(ValueError, match="at least 2"):
+        S.group_prior({"t": {"conv_a": 1.0}}, lambda m: "c")

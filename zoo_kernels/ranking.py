@@ -278,7 +278,8 @@ def rank(models, data, scores=DEFAULT_SCORES, *, features_fn=None, source_accura
         gradients: lgc (sketch of the trace NTK with a target head: score_kwargs["lgc"]["head"] = "random"
                    (default), "zero" (LGC = LFC) or "source" (the model's own outputs); other keys go to
                    scores.lgc, e.g. k, sketch, layers, output, method)
-        priors:   num_params, source_accuracy (needs source_accuracy={name: value})
+        priors:   num_params (backbone parameters, prior.model_size: the last nn.Linear is left out),
+                  source_accuracy (needs source_accuracy={name: value})
     features_fn: f(model, x) -> features (B, D), or (features, logits); default: a forward hook on the input of
         the model's last nn.Linear (the classifier), whose outputs are the logits.
     score_kwargs: {score name: {keyword: value}} passed to the score functions.

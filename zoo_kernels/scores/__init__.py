@@ -11,12 +11,13 @@ from .linear_probe import linear_probe_accuracy
 from .prior import model_size, source_accuracy
 from .probabilistic import gmm_posteriors, leep, logme, nce, nleep, pca
 from .transrate import transrate
-from .zoo import combine, energy_score, etran, lda_score, minmax
+from .zoo import (combine, energy_score, etran, group_prior, lda_score, minmax, rank_average, ranks,
+                  standardize)
 
 __all__ = [
     "lfc", "lgc", "lgc_from_kernel", "lgc_from_sketch", "gradient_kernel", "label_matrix", "with_target_head",
     "leep", "nce", "nleep", "logme", "hscore", "hscore_shrinkage", "transrate", "gbc", "knn_accuracy",
     "linear_probe_accuracy", "model_size", "source_accuracy",
-    "etran", "lda_score", "energy_score", "minmax", "combine",
+    "etran", "lda_score", "energy_score", "minmax", "combine", "ranks", "rank_average", "standardize", "group_prior",
     "ledoit_wolf", "pca", "gmm_posteriors",
 ]

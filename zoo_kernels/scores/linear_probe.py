@@ -3,7 +3,7 @@ import torch
 
 from ._common import check_features, check_labels
 
-__all__ = ["linear_probe_accuracy", "stratified_folds"]
+__all__ = ["linear_probe_accuracy", "stratified_folds", "objective_and_gradient"]
 
 
 def stratified_folds(labels, folds, seed=0):
@@ -25,27 +25,45 @@ def stratified_folds(labels, folds, seed=0):
     return fold
 
 
+def _standardize(x_tr, x_te):
+    mean = x_tr.mean(0, keepdim=True)
+    std = x_tr.std(0, keepdim=True)
+    std = torch.where(std > 0, std, torch.ones_like(std))
+    return (x_tr - mean) / std, (x_te - mean) / std
+
+
+def objective_and_gradient(x, onehot, params, l2):
+    """(loss, gradient) of mean cross-entropy(x W + b) + l2/2 ||W||^2 at params = [W; b] ((D+1, C)), in closed
+    form: dL/dW = x^T (softmax - onehot) / N + l2 W, dL/db = sum_i (softmax - onehot)_i / N. No autograd."""
+    n, d = x.shape
+    w, b = params[:d], params[d]
+    logits = torch.addmm(b, x, w)
+    lse = torch.logsumexp(logits, 1)
+    loss = (lse - (logits * onehot).sum(1)).mean() + 0.5 * l2 * (w * w).sum()
+    resid = torch.exp(logits - lse[:, None]).sub_(onehot).div_(n)
+    grad = torch.empty_like(params)
+    torch.addmm(w, x.T, resid, beta=l2, out=grad[:d])
+    grad[d] = resid.sum(0)
+    return loss, grad
+
+
 def _fit_predict(x_tr, y_tr, x_te, c, l2, max_iter, standardize):
     if standardize:
-        mean = x_tr.mean(0, keepdim=True)
-        std = x_tr.std(0, keepdim=True)
-        std = torch.where(std > 0, std, torch.ones_like(std))
-        x_tr, x_te = (x_tr - mean) / std, (x_te - mean) / std
-    w = torch.zeros(x_tr.shape[1], c, dtype=x_tr.dtype, device=x_tr.device, requires_grad=True)
-    b = torch.zeros(c, dtype=x_tr.dtype, device=x_tr.device, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], lr=1, max_iter=max_iter, history_size=10, tolerance_grad=1e-6,
+        x_tr, x_te = _standardize(x_tr, x_te)
+    d = x_tr.shape[1]
+    params = torch.zeros(d + 1, c, dtype=x_tr.dtype, device=x_tr.device, requires_grad=True)  # [W; b]
+    onehot = torch.nn.functional.one_hot(y_tr, c).to(x_tr.dtype)
+    opt = torch.optim.LBFGS([params], lr=1, max_iter=max_iter, history_size=10, tolerance_grad=1e-6,
                             tolerance_change=1e-9, line_search_fn="strong_wolfe")
 
-    def closure():
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(x_tr @ w + b, y_tr) + 0.5 * l2 * (w * w).sum()
-        loss.backward()
+    def closure():  # the gradient in closed form: about 1.5x faster than autograd here (benchmarks/test_bench_scores)
+        loss, grad = objective_and_gradient(x_tr, onehot, params.detach(), l2)
+        params.grad = grad
         return loss
 
-    with torch.enable_grad():
-        opt.step(closure)
-    with torch.no_grad():
-        return (x_te @ w + b).argmax(1)
+    opt.step(closure)
+    w = params.detach()
+    return torch.addmm(w[d], x_te, w[:d]).argmax(1)
 
 
 def linear_probe_accuracy(features, labels, *, folds=5, l2=None, max_iter=100, seed=0, standardize=True,
@@ -55,7 +73,8 @@ def linear_probe_accuracy(features, labels, *, folds=5, l2=None, max_iter=100, s
 
     Objective: mean cross-entropy + l2/2 ||W||^2 (bias not penalized), l2 = 1/N_train by default (the objective
     of scikit-learn's LogisticRegression(C=1)), minimized by L-BFGS (strong Wolfe line search, at most max_iter
-    iterations) from zero. Features standardized with the training fold's statistics (standardize=True).
+    iterations, gradient in closed form) from zero. Features standardized with the training fold's statistics
+    (standardize=True).
     Deterministic for a seed (the fold assignment). In [0, 1]; higher is better. O(folds * iters * N D C).
     """
     f = check_features(features, dtype=torch.float64)

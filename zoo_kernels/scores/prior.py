@@ -1,5 +1,7 @@
 """No-target-data priors: rank the zoo by what is known before seeing the target data.
 
+model_size counts the backbone's parameters (the classifier head is left out by default).
+
 Ranking torchvision's ImageNet models by their ImageNet top-1 accuracy gives a mean weighted Kendall tau of
 0.654 on the 11 x 11 fine-tuning table that LogME/SFDA/NCTI/ETran evaluate against, above several published
 scores (tests/fixtures): any zoo benchmark should report these priors as baselines.
@@ -11,11 +13,45 @@ from ._common import _integer_labels, as_tensor
 __all__ = ["model_size", "source_accuracy"]
 
 
-def model_size(model, *, trainable_only=False):
-    """Number of parameters of `model` (an nn.Module), as a float score (bigger = ranked higher)."""
+def _last_linear(model):
+    last = None
+    for m in model.modules():
+        if isinstance(m, torch.nn.Linear):
+            last = m
+    return last
+
+
+def model_size(model, *, trainable_only=False, include_head=False, head=None):
+    """Number of parameters of the **backbone** of `model` (an nn.Module), as a float score (bigger = ranked
+    higher).
+
+    The classifier head is left out by default, because it depends on the source task's number of classes (a
+    142-way multi-domain head would otherwise make a model look bigger) and is replaced before fine-tuning.
+    The head is `head` (an nn.Module inside `model`, or the name of one, e.g. "fc"); by default the model's last
+    nn.Linear, the layer whose input rank() uses as the features. A model without any nn.Linear has no head to
+    leave out: all its parameters are counted. include_head=True counts every parameter. trainable_only=True
+    counts only parameters with requires_grad. Shared (tied) parameters are counted once.
+    """
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
-    return float(sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only))
+    if head is not None and include_head:
+        raise ValueError("pass `head` or include_head=True, not both")
+    if isinstance(head, str):
+        modules = dict(model.named_modules())
+        if head not in modules:
+            raise ValueError(f"`head` {head!r} is not a submodule of the model; submodules: "
+                             f"{[n for n in modules if n][:20]}")
+        head = modules[head]
+    elif head is not None:
+        if not isinstance(head, torch.nn.Module):
+            raise TypeError(f"`head` must be an nn.Module or a submodule name, got {type(head).__name__}")
+        if not any(m is head for m in model.modules()):
+            raise ValueError("`head` is not a submodule of `model`")
+    elif not include_head:
+        head = _last_linear(model)
+    skip = set() if head is None else {id(p) for p in head.parameters()}
+    return float(sum(p.numel() for p in model.parameters()
+                     if id(p) not in skip and (p.requires_grad or not trainable_only)))
 
 
 def source_accuracy(model=None, inputs=None, labels=None, *, value=None, batch_size=256):

@@ -221,6 +221,19 @@ def _spectrum(f):
     return s, u
 
 
+def _spectral_projections(f, y):
+    """(s, z2): the nonzero eigenvalues s (r,) of F^T F and z2 = (U^T y)^2 (r, T), U the matching left singular
+    vectors. For D <= N, U^T y = V^T (F^T y) / sqrt(s) needs only F^T y (O(N D T)), not U itself (O(N D^2))."""
+    n, d = f.shape
+    if d <= n:
+        s, v = torch.linalg.eigh(f.T @ f)
+        keep = s > s.max().clamp_min(0) * 1e-12 * max(n, d)
+        s, v = s[keep], v[:, keep]
+        return s, (v.T @ (f.T @ y)) ** 2 / s[:, None]
+    s, u = _spectrum(f)
+    return s, (u.T @ y) ** 2
+
+
 def _logme_evidence(s, z2, y2, n, d, max_iter, tol):
     """Per-target log evidence / N. s: (r,) eigenvalues; z2: (r, T) squared projections U^T y; y2: (T,) ||y||^2.
 
@@ -283,7 +296,6 @@ def logme(features, labels, *, regression=False, max_iter=LOGME_MAX_ITER, tol=LO
     else:
         yl, c = check_labels(labels, n, device=f.device)
         y = one_hot(yl, c)
-    s, u = _spectrum(f)
-    z2 = (u.T @ y) ** 2
+    s, z2 = _spectral_projections(f, y)
     y2 = (y * y).sum(0)
     return float(_logme_evidence(s, z2, y2, n, d, int(max_iter), float(tol)).mean())

@@ -5,6 +5,9 @@ a label-free energy score and an LDA classification score after min-max normaliz
     ETran(m) = 0.85 * minmax(LDA)(m) + 0.15 * minmax(energy)(m).
 Such a score of one model depends on the other models, hence the whole-zoo calls here: they take a dict
 {model name: features} (or {model name: {score name: value}}) and return {model name: value}.
+
+Rank aggregation (`rank_average`) and a prior learned from other targets' ground truth (`group_prior`) are the
+pieces of the documented selection strategies evaluated in benchmarks/selection_eval.py (docs/SCORES.md).
 """
 import math
 
@@ -13,7 +16,8 @@ import torch
 from ._common import check_features, check_labels, class_stats
 from .hscore import ledoit_wolf
 
-__all__ = ["minmax", "combine", "energy_score", "lda_score", "etran"]
+__all__ = ["minmax", "combine", "ranks", "rank_average", "standardize", "group_prior", "energy_score", "lda_score",
+           "etran"]
 
 
 def minmax(values):
@@ -47,6 +51,94 @@ def combine(scores, weights):
             raise ValueError(f"score {s!r} covers models {sorted(scores[s])}, expected {sorted(models)}")
     normed = {s: minmax(scores[s]) for s in weights}
     return {m: sum(w * normed[s][m] for s, w in weights.items()) for m in sorted(models)}
+
+
+def _finite_dict(values, name):
+    if not isinstance(values, dict) or not values:
+        raise ValueError(f"`{name}` must be a non-empty dict {{model name: value}}")
+    vals = {k: float(v) for k, v in values.items()}
+    bad = [k for k, v in vals.items() if not math.isfinite(v)]
+    if bad:
+        raise ValueError(f"`{name}` has non-finite values for {bad}")
+    return vals
+
+
+def ranks(values):
+    """{name: rank} with rank 1 = the lowest value and M = the highest; ties share their average rank.
+    Non-finite values raise."""
+    vals = _finite_dict(values, "values")
+    order = sorted(vals, key=vals.get)
+    out, i = {}, 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and vals[order[j + 1]] == vals[order[i]]:
+            j += 1
+        for k in order[i:j + 1]:
+            out[k] = (i + j) / 2 + 1
+        i = j + 1
+    return out
+
+
+def rank_average(scores, weights=None):
+    """Rank aggregation (Borda count) across the zoo: sum_s w_s rank_s(m) / sum_s w_s, rank 1 = the lowest
+    score; higher = better. Invariant to any increasing transform of each score, so scores on different scales
+    (kNN accuracy, LogME evidence, LFC) combine without calibration.
+
+    scores: {score name: {model name: value}} over the same models; weights: {score name: weight > 0}
+    (default: equal weights over every score given).
+    """
+    if not isinstance(scores, dict) or not scores:
+        raise ValueError("`scores` must be a non-empty dict {score name: {model name: value}}")
+    weights = {s: 1.0 for s in scores} if weights is None else dict(weights)
+    if not weights:
+        raise ValueError("`weights` is empty")
+    missing = [s for s in weights if s not in scores]
+    if missing:
+        raise ValueError(f"`scores` has no entry for {missing}")
+    if any(not (float(w) > 0 and math.isfinite(float(w))) for w in weights.values()):
+        raise ValueError(f"`weights` must be positive and finite, got {weights}")
+    models = set(scores[next(iter(weights))])
+    for s in weights:
+        if set(scores[s]) != models:
+            raise ValueError(f"score {s!r} covers models {sorted(scores[s])}, expected {sorted(models)}")
+    r = {s: ranks(scores[s]) for s in weights}
+    total = sum(float(w) for w in weights.values())
+    return {m: sum(float(w) * r[s][m] for s, w in weights.items()) / total for m in sorted(models)}
+
+
+def standardize(values):
+    """{name: (v - mean) / std} across the zoo (population std); all 0 when the values are equal."""
+    vals = _finite_dict(values, "values")
+    v = list(vals.values())
+    mean = sum(v) / len(v)
+    std = math.sqrt(sum((x - mean) ** 2 for x in v) / len(v))
+    return {k: ((x - mean) / std if std > 0 else 0.0) for k, x in vals.items()}
+
+
+def group_prior(accuracy, group_of):
+    """A no-target-data prior learned from **other** targets: {group: mean over those targets of the
+    within-target standardized fine-tuning accuracy of the group's models}.
+
+    accuracy: {target: {model: accuracy}}, ground truth of targets other than the one being ranked (passing the
+    ranked target's own accuracies would leak its answer); group_of: {model: group} (e.g. the architecture) or a
+    callable model -> group. A group that is in no target is absent from the result. Positive = that group's
+    models fine-tune better than the zoo average.
+    """
+    if not isinstance(accuracy, dict) or not accuracy:
+        raise ValueError("`accuracy` must be a non-empty dict {target: {model: accuracy}}")
+    group = group_of if callable(group_of) else (lambda m: group_of[m])
+    sums, counts = {}, {}
+    for target, acc in accuracy.items():
+        if len(acc) < 2:
+            raise ValueError(f"target {target!r} has {len(acc)} model(s); standardizing needs at least 2")
+        for m, zv in standardize(acc).items():
+            try:
+                g = group(m)
+            except KeyError:
+                raise ValueError(f"`group_of` has no group for model {m!r}") from None
+            sums[g] = sums.get(g, 0.0) + zv
+            counts[g] = counts.get(g, 0) + 1
+    return {g: sums[g] / counts[g] for g in sorted(sums)}
 
 
 def energy_score(features, *, tail=0.5):
