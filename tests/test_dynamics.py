@@ -157,6 +157,33 @@ def test_predict_training_time_end_to_end_and_subset():
     assert zk.predict_training_time(model.float(), ds, lr=0.5, batch_size=16, max_steps=5, k=64).loss_curve.shape == (6,)
 
 
+def test_subset_noise_correction_tracks_the_full_prediction():
+    # Noisy labels: M samples fit the label noise faster than N do (it sits in M·C modes instead of N·C); the
+    # correction of Predictor.predict removes most of that bias (benchmarks/predict_subset.py at N = 10,000).
+    g = torch.Generator().manual_seed(0)
+    n, C, d = 1000, 10, 32
+    scale = torch.arange(1, d + 1).pow(-0.5)
+    means = torch.randn(C, d, generator=g) * 1.5 * scale
+    y = torch.randint(C, (n,), generator=g)
+    x = means[y] + torch.randn(n, d, generator=g) * scale
+    y = torch.where(torch.rand(n, generator=g) < 0.1, torch.randint(C, (n,), generator=g), y)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(d, 128), nn.ReLU(), nn.Linear(128, C)).eval()  # P = 5,514
+    kw = dict(loss="mse", k=256)
+    settings = dict(lr=0.1, batch_size=32, max_steps=150, measure_time=False, paths=2)
+    full = zk.Predictor(model, (x, y), **kw).predict(**settings).loss_curve
+    sub = zk.Predictor(model, (x, y), subset=100, **kw)
+    corrected = sub.predict(**settings).loss_curve
+    plain = sub.predict(**settings, subset_correction=False).loss_curve
+    assert corrected[0] == plain[0] and np.all(corrected >= plain - 1e-12)  # it only slows the decrease
+    err, err_plain = np.abs(corrected / full - 1).max(), np.abs(plain / full - 1).max()
+    assert err < 0.5 * err_plain, (err, err_plain)
+    # without a subset there is nothing to correct
+    whole = zk.Predictor(model, (x[:200], y[:200]), **kw)
+    np.testing.assert_array_equal(whole.predict(**settings).loss_curve,
+                                  whole.predict(**settings, subset_correction=False).loss_curve)
+
+
 @pytest.mark.parametrize("kwargs, err, match", [
     (dict(lr=0.0), ValueError, "`lr`"), (dict(lr=-1.0), ValueError, "`lr`"), (dict(batch_size=500), ValueError, "`batch_size`"),
     (dict(loss="hinge"), ValueError, "`loss`"), (dict(momentum=1.0), ValueError, "`momentum`"),

@@ -15,6 +15,7 @@ import torch
 from .dynamics import LOSSES, SGD, KernelOperator, simulate_sgd
 from .ntk import ntk
 from .sketch import sketch_jacobian
+from .spectrum import spectrum_from_measurement
 
 
 @dataclass
@@ -121,6 +122,10 @@ class Predictor:
     subset=M: the dynamics are integrated on M random samples with the batch size that keeps the per-step
     SGD noise of the full set (1/B_M − 1/M = 1/B − 1/N); per-step rates are N-independent under the
     spectral rescaling λ_N ≈ (N/M) λ_M, so the curves estimate the full set's at M/N of the cost.
+    What M samples get wrong is the noise: the part of the residual no smooth function fits (σ² per mode,
+    zoo_kernels.spectrum) sits in M·C modes instead of N·C, so the subset learns it too fast. `predict`
+    corrects the loss decrease by the linearized (MSE) ratio of the full set's to the subset's decrease,
+    exact for MSE and gradient descent, a first-order correction for cross-entropy and SGD noise.
     """
 
     def __init__(self, model, data, *, loss="ce", k=1024, method="sketch", subset=None, seed=0,
@@ -146,8 +151,42 @@ class Predictor:
                                 progress=progress)
             self.op = KernelOperator(M, C, sketch=S.flatten(0, 1).double())
         self.method, self.k = method, k
+        self._subset_modes = self._measure_subset_modes() if M < self.n_samples else None
         self.setup_seconds = time.perf_counter() - start
         self._step_seconds = {}
+
+    def _measure_subset_modes(self):
+        """Eigenvalues, energies and the noise floor σ² of the subset's operator for the initial residual
+        (softmax(f₀) − y for cross-entropy), for the subset correction."""
+        onehot = torch.nn.functional.one_hot(self.y, self.f0.shape[1]).double()
+        delta = (torch.softmax(self.f0, 1) if self.loss == "ce" else self.f0) - onehot
+        if self.op.K is not None:
+            lam, U = torch.linalg.eigh(self.op.K)
+            e = (U.T @ delta.reshape(-1)).square()
+        else:
+            lam, V = torch.linalg.eigh(self.op.S.T @ self.op.S)
+            proj = V.T @ (self.op.S.T @ delta.reshape(-1))
+            e = torch.where(lam > 0, proj.square() / lam.clamp_min(torch.finfo(lam.dtype).tiny), 0.0)
+        lam, e = lam.flip(0).clamp_min(0).numpy(), e.flip(0).numpy()
+        spec = spectrum_from_measurement(lam, e, float(delta.square().sum()), self.subset, self.n_samples,
+                                         self.f0.shape[1], method=self.method, trust=1.0)
+        return lam, e, spec.noise_energy
+
+    def _subset_correction(self, sgd, max_steps):
+        """Ratio (t = 0..max_steps) of the full set's to the subset's linearized loss decrease (see the class),
+        for gradient descent at the effective learning rate η_t / (1 − momentum)."""
+        lam, e, sigma2 = self._subset_modes
+        N, M = self.n_samples, self.subset
+        decay = np.zeros((max_steps + 1, len(lam)))  # 1 − ρ_j(t)², ρ_j(t) = Π_s (1 − η_s λ_j / M)
+        log_rho2 = np.zeros(len(lam))
+        for t in range(max_steps):
+            eta = sgd.lr_at(t, max_steps) / (1.0 - sgd.momentum)
+            log_rho2 += 2 * np.log(np.abs(1.0 - eta * lam / M).clip(min=1e-300))
+            decay[t + 1] = -np.expm1(log_rho2)
+        dec_m = decay @ e / (2 * M)  # the subset's decrease
+        corr = sigma2 * (1.0 / M - 1.0 / N) / 2 * decay.sum(1)  # the noise it learns that the full set does not
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(dec_m > 0, np.clip((dec_m - corr) / dec_m, 0.0, 1.0), 1.0)
 
     def step_seconds(self, batch_size, steps=3):
         """Measured wall time of one real SGD step (forward, backward, update) at this batch size."""
@@ -177,11 +216,14 @@ class Predictor:
         return self._step_seconds[batch_size]
 
     def predict(self, *, lr, batch_size, max_steps, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0,
-                schedule="constant", paths=4, seed=None, measure_time=True, sampling="epoch", **schedule_kwargs):
+                schedule="constant", paths=4, seed=None, measure_time=True, sampling="epoch", subset_correction=True,
+                **schedule_kwargs):
         """Prediction of the expected training curves for one hyper-parameter setting.
 
         sampling: "epoch" (DataLoader(shuffle=True): shuffled epochs, last batch smaller) or "stream" (full batches
         sliced from a stream of random permutations, as the MiniZoo recipe).
+        subset_correction: with subset=M < N, correct the loss curve for the noise the subset learns too fast
+        (see the class); False gives the plain subset dynamics.
         """
         start = time.perf_counter()
         if not isinstance(max_steps, int) or max_steps < 1:
@@ -189,12 +231,16 @@ class Predictor:
         sgd = SGD(lr=lr, batch_size=batch_size, momentum=momentum, dampening=dampening, nesterov=nesterov,
                   weight_decay=weight_decay, schedule=schedule, **schedule_kwargs).check(self.n_samples)
         N, M = self.n_samples, self.subset
+        ratio = self._subset_correction(sgd, max_steps) if M < N and subset_correction else None
         if M < N:  # same per-step noise as batch_size out of N
             b = 1.0 / (1.0 / batch_size - 1.0 / N + 1.0 / M)
             sgd.batch_size = int(min(M, max(1, round(b))))
         loss_curve, acc_curve, per_path = simulate_sgd(self.op, self.f0, self.y, self.loss, sgd, max_steps,
                                                        paths=paths, seed=self.seed if seed is None else seed,
                                                        sampling=sampling)
+        if ratio is not None:  # L_t = L_0 − ratio_t (L_0 − L_t^subset)
+            loss_curve = loss_curve[0] - ratio * (loss_curve[0] - loss_curve)
+            per_path = per_path[:, :1] - ratio[None, :] * (per_path[:, :1] - per_path)
         step_s = self.step_seconds(batch_size) if measure_time else float("nan")
         return Prediction(loss_curve=loss_curve, accuracy_curve=acc_curve, n_samples=N, batch_size=batch_size,
                           lr=lr, momentum=momentum, step_seconds=step_s,
