@@ -27,8 +27,9 @@ def jacobian(model, x):
     return torch.cat([J[n].flatten(2) for n in params], 2)  # (N, C, P)
 
 
-def weight_space_sgd(J, f0, y, loss, sgd, steps, seed):
-    """torch.optim.SGD on the linear model f = f0 + J (w - w0), same minibatch order as simulate_sgd."""
+def weight_space_sgd(J, f0, y, loss, sgd, steps, seed, sampling="epoch"):
+    """torch.optim.SGD on the linear model f = f0 + J (w - w0), same minibatch order as simulate_sgd
+    ("epoch": shuffled epochs, the last batch smaller; "stream": full batches cut from concatenated permutations)."""
     N, C, P = J.shape
     w = torch.zeros(P, dtype=torch.float64, requires_grad=True)  # w - w0
     opt = torch.optim.SGD([w], lr=sgd.lr, momentum=sgd.momentum, dampening=sgd.dampening, nesterov=sgd.nesterov)
@@ -41,10 +42,16 @@ def weight_space_sgd(J, f0, y, loss, sgd, steps, seed):
                                else 0.5 * (f - nn.functional.one_hot(y, C)).square().sum(1).mean()))
         if t == steps:
             break
-        if pos >= N:
-            order, pos = torch.randperm(N, generator=gen), 0
-        b = order[pos:pos + sgd.batch_size]
-        pos += sgd.batch_size
+        if sampling == "epoch":
+            if pos >= N:
+                order, pos = torch.randperm(N, generator=gen), 0
+            b = order[pos:pos + sgd.batch_size]
+            pos += sgd.batch_size
+        else:
+            while len(order) - pos < sgd.batch_size:
+                order, pos = torch.cat([order[pos:], torch.randperm(N, generator=gen)]), 0
+            b = order[pos:pos + sgd.batch_size]
+            pos += sgd.batch_size
         fb = f0[b] + J[b] @ w
         lb = nn.functional.cross_entropy(fb, y[b]) if loss == "ce" else \
             0.5 * (fb - nn.functional.one_hot(y[b], C)).square().sum(1).mean()
@@ -81,6 +88,22 @@ def test_function_space_sgd_equals_weight_space_sgd(loss, hp):
     S = J.reshape(120, -1) @ Q
     got_s, _, _ = simulate_sgd(KernelOperator(40, 3, sketch=S), f0, y, loss, sgd, 30, paths=1, seed=7)
     np.testing.assert_allclose(got_s, ref, rtol=1e-9)
+
+
+@pytest.mark.parametrize("hp", [dict(batch_size=7), dict(batch_size=16, momentum=0.9, nesterov=True)])
+def test_stream_sampling_equals_weight_space_sgd(hp):
+    """sampling="stream" (the MiniZoo recipe: every batch full, straddling two permutations)."""
+    model, x, y = problem()
+    J = jacobian(model, x)
+    with torch.no_grad():
+        f0 = model(x)
+    sgd = SGD(lr=0.3, **hp).check(40)
+    ref = weight_space_sgd(J, f0, y, "ce", sgd, 30, seed=3, sampling="stream")
+    op = KernelOperator(40, 3, kernel=torch.einsum("icp,jdp->icjd", J, J).reshape(120, 120))
+    got, _, _ = simulate_sgd(op, f0, y, "ce", sgd, 30, paths=1, seed=3, sampling="stream")
+    np.testing.assert_allclose(got, ref, rtol=1e-10)
+    epoch, _, _ = simulate_sgd(op, f0, y, "ce", sgd, 30, paths=1, seed=3, sampling="epoch")
+    assert np.abs(epoch - got).max() > 1e-6  # the two samplings really differ (40 is not a multiple of 7 or 16)
 
 
 @pytest.mark.parametrize("hp", [dict(), dict(momentum=0.9), dict(momentum=0.7, nesterov=True),
@@ -155,6 +178,20 @@ def test_predict_training_time_end_to_end_and_subset():
     assert abs(sub.loss_curve[-1] / p.loss_curve[-1] - 1) < 0.3
     ds = torch.utils.data.TensorDataset(x.float(), y)
     assert zk.predict_training_time(model.float(), ds, lr=0.5, batch_size=16, max_steps=5, k=64).loss_curve.shape == (6,)
+
+
+def test_recommend_grid_and_predict_kwargs():
+    model, x, y = problem(n=60, d=5, C=3, seed=1)
+    pred = zk.Predictor(model, (x, y), method="exact")
+    rows = pred.recommend(lrs=[0.5, 2.0], batch_sizes=[8, 30], max_steps=60, by="steps", fraction=0.9,
+                          predict_kwargs=dict(sampling="stream", paths=1))
+    assert len(rows) == 4 and {(r["lr"], r["batch_size"]) for r in rows} == {(0.5, 8), (0.5, 30), (2.0, 8), (2.0, 30)}
+    reached = [r["steps"] for r in rows if r["steps"] is not None]
+    assert reached == sorted(reached) and rows[0]["steps"] is not None
+    best = rows[0]
+    direct = pred.predict(lr=best["lr"], batch_size=best["batch_size"], max_steps=60, sampling="stream", paths=1,
+                          measure_time=False)
+    assert direct.steps_to(fraction=0.9) == best["steps"]  # the kwargs reached predict()
 
 
 def test_subset_noise_correction_tracks_the_full_prediction():

@@ -247,9 +247,10 @@ class Predictor:
                           cost_seconds=self.setup_seconds + time.perf_counter() - start, loss=self.loss,
                           path_losses=per_path)
 
-    def recommend(self, *, lrs, batch_sizes, max_steps, momentum=0.0, by="seconds", **target):
+    def recommend(self, *, lrs, batch_sizes, max_steps, momentum=0.0, by="seconds", predict_kwargs=None, **target):
         """Grid search of (lr, batch size) minimizing the predicted time to a target (see Prediction.steps_to).
 
+        predict_kwargs: further arguments of predict() for every setting (sampling, weight_decay, schedule, ...).
         Returns rows sorted best first: dicts with lr, batch_size, steps, epochs, seconds (None when not reached).
         """
         if by not in ("seconds", "steps", "epochs"):
@@ -259,7 +260,7 @@ class Predictor:
             for bs in batch_sizes:
                 try:
                     p = self.predict(lr=lr, batch_size=bs, max_steps=max_steps, momentum=momentum,
-                                     measure_time=by == "seconds")
+                                     measure_time=by == "seconds", **(predict_kwargs or {}))
                     rows.append({"lr": lr, "batch_size": bs, **p.time_to(**target)})
                 except FloatingPointError:
                     rows.append({"lr": lr, "batch_size": bs, "steps": None, "epochs": None, "seconds": None,
