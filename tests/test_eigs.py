@@ -35,7 +35,8 @@ def test_cases_cover_both_paths():
 
 def make(gen, N, T, C, n, o, b, dtype, device):
     a = randn(*((N, n) if T is None else (N, T, n)), gen=gen, dtype=dtype, device=device)
-    g = randn(*((N,) + (() if C is None else (C,)) + (() if T is None else (T,)) + (o,)), gen=gen, dtype=dtype, device=device)
+    g_shape = (N,) + (() if C is None else (C,)) + (() if T is None else (T,)) + (o,)
+    g = randn(*g_shape, gen=gen, dtype=dtype, device=device)
     acc = torch.float64 if dtype == torch.float64 else torch.float32
     V = randn(*((N, b) if C is None else (N, C, b)), gen=gen, dtype=acc, device=device)
     W = randn(b, o, n, gen=gen, dtype=acc, device=device)
