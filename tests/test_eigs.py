@@ -106,6 +106,17 @@ def test_opcheck_and_no_grad(device, gen):
     assert not ops.jacobian_matmul(a, g, W).requires_grad
 
 
+def test_torch_compile_fullgraph(device, gen):
+    def f(acts, grads, V):
+        W = ops.jacobian_t_matmul(acts, grads, V)
+        return ops.jacobian_matmul(acts, grads, W * 2.0)  # J (2 Jᵀ V)
+
+    cf = torch.compile(f, fullgraph=True, backend="aot_eager")
+    for N in (4, 7):  # a second batch size (recompiles or runs the dynamic graph)
+        a, g, V, _ = make(gen, N, 3, 2, 6, 5, 3, torch.float32, device)
+        torch.testing.assert_close(cf(a, g, V), f(a, g, V), rtol=1e-5, atol=1e-5)
+
+
 def test_half_inputs_give_float32_and_v_is_converted(gen):
     a, g, V, W = make(gen, 5, 3, 2, 4, 3, 2, torch.bfloat16, "cpu")
     out = ops.jacobian_t_matmul(a, g, V.double())  # float64 V is converted to the float32 accumulation
