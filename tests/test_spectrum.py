@@ -145,6 +145,17 @@ def test_nested_subsets_approach_the_full_spectrum():
     assert errs[1] < errs[0] and errs[1] < 0.15
 
 
+def test_subspace_method_gives_the_exact_top_modes():
+    model, x, y = problem(n=150, d=4, C=2)
+    exact = estimate_spectrum(model, (x, y), subset=100, n_total=150, seed=2, trust=1.0)
+    sub = estimate_spectrum(model, (x, y), subset=100, n_total=150, seed=2, method="subspace", k=12, trust=1.0)
+    np.testing.assert_allclose(sub.subset_eigenvalues[:8], exact.subset_eigenvalues[:8], rtol=1e-6)
+    np.testing.assert_allclose(sub.subset_energies[:8], exact.subset_energies[:8], rtol=1e-4, atol=1e-10)
+    R = sub.residual_norm2 * 100 / 150
+    assert sub.noise_energy == pytest.approx((R - sub.subset_energies.sum()) / (200 - 12), rel=1e-9)
+    assert sub.modes()[2].sum() == pytest.approx(exact.residual_norm2, rel=1e-9)
+
+
 def test_sketch_spectrum_close_to_exact_for_large_k():
     model, x, y = problem(n=150, d=4, C=2)
     exact = estimate_spectrum(model, (x, y))

@@ -68,7 +68,8 @@ assert ops.cuda_version() >= 13000, ops.cuda_version()
 out = torch.empty(3, 200)
 ops.fill_random(out, 1, 5, 7, "rademacher")
 assert out.abs().eq(1).all()
-for op in ("fill_random", "project_dense", "project_kron"):
+for op in ("fill_random", "project_dense", "project_kron", "ntk_block", "gram_accumulate_", "jacobian_t_matmul",
+           "jacobian_matmul"):
     for key in ("CPU", "CUDA"):
         assert torch._C._dispatch_has_kernel_for_dispatch_key("zoo_kernels::" + op, key), (op, key)
 print("loaded, CPU+CUDA kernels registered, cuda_version=%d, GPU available=%s" % (ops.cuda_version(), torch.cuda.is_available()))

@@ -5,7 +5,8 @@ only on Θ's eigenvalues λ_j and on the energy e_j = (u_jᵀ δ₀)² of the in
 each eigenvector. `estimate_spectrum` returns both, for all N·C modes, from M ≪ N samples:
 
 1. Θ_M on a random subset of M samples: exact (ghost NTK, eigh of the M·C × M·C matrix) or sketched
-   (the k × k Gram Sᵀ S, accumulated in float64 while streaming over the subset: O(k² + batch) memory).
+   (the k × k Gram Sᵀ S, accumulated in float64 while streaming over the subset: O(k² + batch) memory), or
+   its top k eigenpairs by randomized subspace iteration on Θ_M = J Jᵀ (method="subspace").
 2. Eigenvalues: λ_j ≈ (N/M) λ_j^(M) (the eigenvalues of Θ/N converge to those of the kernel operator).
    The subset resolves only its leading modes (`trust`, by default the top quarter); beyond them a power law
    λ_j ∝ j^(−α), fitted on the trusted modes, extends the spectrum to all N·C modes.
@@ -27,11 +28,13 @@ import torch
 import torch.nn.functional as F
 
 from . import ops
+from .eigs import ntk_eigh
 from .ntk import ntk
 from .per_sample import check_model_inputs
 from .sketch import sketch_jacobian
 
 LOSSES = ("mse", "ce")
+METHODS = ("exact", "sketch", "subspace")
 DEFAULT_TRUST = 0.25  # benchmarks/results/ntk-spectrum-cpu-2026-11-26.md: best density and loss curve
 
 
@@ -192,7 +195,9 @@ def estimate_spectrum(model, data, subset=None, k=None, method=None, *, loss="ms
 
     data: (inputs, labels), labels integer classes (one-hot targets) or float targets (N, C).
     subset: M samples (default: all). n_total: the N to extrapolate to (default len(inputs)).
-    method: "exact" (ghost NTK, (M·C)² memory) or "sketch" (k × k streaming Gram; default when k is given).
+    method: "exact" (ghost NTK, (M·C)² memory), "sketch" (k × k streaming Gram of sketch_jacobian; default when k
+      is given) or "subspace" (the top k eigenpairs of the exact Θ_M by randomized subspace iteration,
+      zoo_kernels.ntk_eigh: O(M·C·k) memory, never forms Θ_M; the modes beyond k are the measured remainder).
     trust: fraction of the measured modes kept as measured; the rest is the fitted power-law tail.
     Returns a Spectrum.
     """
@@ -208,10 +213,10 @@ def estimate_spectrum(model, data, subset=None, k=None, method=None, *, loss="ms
     if loss not in LOSSES:
         raise ValueError(f"`loss` must be one of {LOSSES}, got {loss!r}")
     method = method or ("sketch" if k is not None else "exact")
-    if method not in ("exact", "sketch"):
-        raise ValueError(f"`method` must be 'exact' or 'sketch', got {method!r}")
-    if method == "sketch" and (not isinstance(k, int) or k <= 0):
-        raise ValueError(f"`k` must be a positive int for method='sketch', got {k!r}")
+    if method not in METHODS:
+        raise ValueError(f"`method` must be one of {METHODS}, got {method!r}")
+    if method != "exact" and (not isinstance(k, int) or k <= 0):
+        raise ValueError(f"`k` must be a positive int for method={method!r}, got {k!r}")
     if not 0 < trust <= 1:
         raise ValueError(f"`trust` must be in (0, 1], got {trust}")
     N = len(inputs)
@@ -229,6 +234,12 @@ def estimate_spectrum(model, data, subset=None, k=None, method=None, *, loss="ms
         K = ntk(model, x, batch_size=batch_size, progress=progress).permute(0, 2, 1, 3).reshape(M * C, M * C)
         lam, U = _eigh(K, diag_reg)
         energies = (U.T @ delta.reshape(-1).to(U.device)).square()
+        residual_norm2 = float(delta.square().sum())
+    elif method == "subspace":
+        delta = initial_residual(model, x, y, loss, batch_size)
+        C = delta.shape[1]
+        lam, U = ntk_eigh(model, x, min(k, M * C), seed=seed, batch_size=batch_size, progress=progress)
+        energies = (U.reshape(M * C, -1).T @ delta.reshape(-1).to(U)).square()
         residual_norm2 = float(delta.square().sum())
     else:
         acc = None
