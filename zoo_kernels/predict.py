@@ -182,7 +182,7 @@ class Predictor:
         for t in range(max_steps):
             eta = sgd.lr_at(t, max_steps) / (1.0 - sgd.momentum)
             log_rho2 += 2 * np.log(np.abs(1.0 - eta * lam / M).clip(min=1e-300))
-            decay[t + 1] = -np.expm1(log_rho2)
+            decay[t + 1] = -np.expm1(np.minimum(log_rho2, 50.0))  # unstable modes: the simulation raises
         dec_m = decay @ e / (2 * M)  # the subset's decrease
         corr = sigma2 * (1.0 / M - 1.0 / N) / 2 * decay.sum(1)  # the noise it learns that the full set does not
         with np.errstate(divide="ignore", invalid="ignore"):
