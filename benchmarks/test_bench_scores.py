@@ -1,23 +1,35 @@
 """Transferability scores on a zoo of 20 random feature sets (N = 1000 samples, D = 512, 10 classes), as rank()
-would see them after feature extraction: each benchmark scores all 20 models with one score.
+would see them after feature extraction.
 
-The issue's target: all feature-based scores on 20 models x 1,000 samples in seconds on 2 CPU cores.
-extra_info: "seconds" for the 20 models, "per_model_ms". test_all_scores_20_models times every score once.
-test_speedup_vs_reference times the library's linear probe, LogME and H-score against straightforward reference
-implementations of the same formulas (below: autograd probe, LogME with explicit left singular vectors and a
-per-class fixed-point loop, H-score with the explicit D x D between-class covariance), interleaved model by model
-in the same run so that both see the same machine load; it checks that the values agree and records the
-"speedup" (reference seconds / library seconds).
+The issue's target (issue 5, item 5): all feature-based scores on 20 models x 1,000 samples in seconds on 2 CPU
+cores. extra_info: "seconds" (wall) for the 20 models, "cpu_seconds" (process user + system time, all threads),
+"load_before" / "load_after" (1-minute load average), "per_model_ms".
 
-  ZK_BENCH_QUICK=1: 4 models, N = 200, D = 64.
+* test_feature_score: one score on the 20 models, the shared per-features cache cleared before each model, so each
+  score pays its own Gram / eigendecomposition (its cost when called alone).
+* test_all_scores_20_models: every feature score plus LEEP/NCE, model by model as rank() calls them (the scores of
+  one model share its float64 copy, centered Gram and eigendecompositions through the cache): the time rank()
+  spends scoring; per-score seconds in extra_info.
+* test_batch_vs_previous: the same batch, the library against the previous implementation (per-fold
+  torch.optim.LBFGS probe, no sharing between scores: every score recomputes its Gram / eigendecomposition),
+  interleaved model by model so that both see the same machine load; values checked equal; "speedup" recorded.
+* test_speedup_vs_reference: single scores against straightforward reference implementations of the same formulas
+  (autograd probe, per-fold torch L-BFGS probe, LogME with explicit left singular vectors and a per-class loop,
+  H-score with the explicit D x D between-class covariance), interleaved model by model.
+
+  ZK_BENCH_QUICK=1: 4 models, N = 200, D = 64.   ZK_BENCH_THREADS=1: one intra-op thread (default 2).
 """
 import math
+import os
+import resource
 import time
 
 import pytest
 import torch
 
 from zoo_kernels import scores as S
+from zoo_kernels.scores import _common
+from zoo_kernels.scores.linear_probe import objective_and_gradient, stratified_folds
 
 from . import common
 
@@ -54,13 +66,31 @@ FEATURE_SCORES = {
 }
 
 
+def cpu_seconds():
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def load():
+    return round(os.getloadavg()[0], 2)
+
+
+def _cold(fn, f, y):
+    _common.clear_feature_cache()
+    return fn(f, y)
+
+
 @pytest.mark.parametrize("name", list(FEATURE_SCORES))
 def test_feature_score(benchmark, zoo, record, name):
     feats, _, y = zoo
     fn = FEATURE_SCORES[name]
-    out = benchmark.pedantic(lambda: [fn(f, y) for f in feats], rounds=2, warmup_rounds=0)
+    info = {"load_before": load()}
+    c0 = cpu_seconds()
+    out = benchmark.pedantic(lambda: [_cold(fn, f, y) for f in feats], rounds=2, warmup_rounds=0)
+    info.update(cpu_seconds=(cpu_seconds() - c0) / 2, load_after=load())
     assert len(out) == MODELS
-    record(benchmark, models=MODELS, N=N, D=D, C=C, per_model_ms=common.mean_seconds(benchmark) / MODELS * 1e3)
+    record(benchmark, models=MODELS, N=N, D=D, C=C, per_model_ms=common.mean_seconds(benchmark) / MODELS * 1e3,
+           **info)
 
 
 @pytest.mark.parametrize("name", ["leep", "nce", "energy", "etran"])
@@ -76,25 +106,116 @@ def test_other_score(benchmark, zoo, record, name):
     record(benchmark, models=MODELS, N=N, D=D, C=C, Cs=CS)
 
 
+def _score_model(f, p, y, fns, times=None, cpu=None):
+    """Every score of one model (features f, source probabilities p), as rank() calls them: {name: value}."""
+    out = {}
+    for name, fn in fns.items():
+        t0, c0 = time.perf_counter(), cpu_seconds()
+        out[name] = fn(f, y)
+        if times is not None:
+            times[name] = times.get(name, 0.0) + time.perf_counter() - t0
+            cpu[name] = cpu.get(name, 0.0) + cpu_seconds() - c0
+    t0, c0 = time.perf_counter(), cpu_seconds()
+    out["leep"], out["nce"] = S.leep(p, y), S.nce(p.argmax(1), y)
+    if times is not None:
+        times["leep+nce"] = times.get("leep+nce", 0.0) + time.perf_counter() - t0
+        cpu["leep+nce"] = cpu.get("leep+nce", 0.0) + cpu_seconds() - c0
+    return out
+
+
 def test_all_scores_20_models(benchmark, zoo, record):
-    """Every feature-based score plus LEEP/NCE on every model, once: the time rank() spends scoring."""
+    """Every feature-based score plus LEEP/NCE on every model, once, model by model: the time rank() spends
+    scoring."""
     feats, probs, y = zoo
-    per_score = {}
+    per_score, per_score_cpu, info = {}, {}, {}
 
     def run():
-        for name, fn in FEATURE_SCORES.items():
-            t0 = time.perf_counter()
-            for f in feats:
-                fn(f, y)
-            per_score[name] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        for p in probs:
-            S.leep(p, y)
-            S.nce(p.argmax(1), y)
-        per_score["leep+nce"] = time.perf_counter() - t0
+        _common.clear_feature_cache()
+        info["load_before"] = load()
+        c0 = cpu_seconds()
+        for f, p in zip(feats, probs):
+            _score_model(f, p, y, FEATURE_SCORES, per_score, per_score_cpu)
+        info["cpu_seconds"] = cpu_seconds() - c0
+        info["load_after"] = load()
 
     benchmark.pedantic(run, rounds=1, warmup_rounds=0)
-    record(benchmark, models=MODELS, N=N, D=D, C=C, **{f"{k}_s": v for k, v in per_score.items()})
+    record(benchmark, models=MODELS, N=N, D=D, C=C, threads=torch.get_num_threads(), **info,
+           **{f"{k}_s": v for k, v in per_score.items()}, **{f"{k}_cpu_s": v for k, v in per_score_cpu.items()})
+
+
+def _previous_probe(f, y, folds=5, seed=0):
+    """The previous linear probe: one torch.optim.LBFGS (strong Wolfe, closed-form gradient, float32) per fold,
+    on the fold's own standardized copy of the features."""
+    f = f.double().float()
+    c = int(y.max()) + 1
+    fold = stratified_folds(y, folds, seed)
+    correct = 0
+    for k in range(folds):
+        te, tr = fold == k, fold != k
+        x_tr, x_te = f[tr], f[te]
+        mean, std = x_tr.mean(0, keepdim=True), x_tr.std(0, keepdim=True)
+        std = torch.where(std > 0, std, torch.ones_like(std))
+        x_tr, x_te = (x_tr - mean) / std, (x_te - mean) / std
+        d = f.shape[1]
+        params = torch.zeros(d + 1, c, requires_grad=True)
+        onehot = torch.nn.functional.one_hot(y[tr], c).float()
+        lam = 1.0 / int(tr.sum())
+        opt = torch.optim.LBFGS([params], lr=1, max_iter=100, history_size=10, tolerance_grad=1e-6,
+                                tolerance_change=1e-9, line_search_fn="strong_wolfe")
+
+        def closure():
+            loss, grad = objective_and_gradient(x_tr, onehot, params.detach(), lam)
+            params.grad = grad
+            return loss
+
+        opt.step(closure)
+        w = params.detach()
+        correct += int(((x_te @ w[:d] + w[d]).argmax(1) == y[te]).sum())
+    return correct / f.shape[0]
+
+
+PREVIOUS_SCORES = dict(FEATURE_SCORES, linear_probe=_previous_probe)
+
+
+def test_batch_vs_previous(benchmark, zoo, record):
+    """The whole batch, library vs the previous implementation (per-fold probe, no sharing between the scores),
+    model by model in the same run; the values must agree (probe: <= 1 sample; the others: 1e-9 relative)."""
+    feats, probs, y = zoo
+    wall = {"library": 0.0, "previous": 0.0}
+    cpu = {"library": 0.0, "previous": 0.0}
+    worst = {}
+    info = {}
+
+    def run():
+        info["load_before"] = load()
+        for f, p in zip(feats, probs):
+            _common.clear_feature_cache()
+            t0, c0 = time.perf_counter(), cpu_seconds()
+            new = _score_model(f, p, y, FEATURE_SCORES)
+            t1, c1 = time.perf_counter(), cpu_seconds()
+            old_bound = _common.set_feature_cache(0)          # previous: every score computes its own Gram / eigh
+            try:
+                old = _score_model(f, p, y, PREVIOUS_SCORES)
+            finally:
+                _common.set_feature_cache(old_bound)
+            t2, c2 = time.perf_counter(), cpu_seconds()
+            wall["library"] += t1 - t0
+            wall["previous"] += t2 - t1
+            cpu["library"] += c1 - c0
+            cpu["previous"] += c2 - c1
+            for k in new:
+                scale = 1.0 if k in ("linear_probe", "knn") else max(1.0, abs(old[k]))
+                worst[k] = max(worst.get(k, 0.0), abs(new[k] - old[k]) / scale)
+        info["load_after"] = load()
+
+    benchmark.pedantic(run, rounds=1, warmup_rounds=0)
+    assert worst["linear_probe"] <= 1.5 / N, worst
+    assert max(v for k, v in worst.items() if k != "linear_probe") <= 1e-9, worst
+    record(benchmark, models=MODELS, N=N, D=D, C=C, threads=torch.get_num_threads(), **info,
+           library_seconds=wall["library"], previous_seconds=wall["previous"],
+           library_cpu_seconds=cpu["library"], previous_cpu_seconds=cpu["previous"],
+           speedup=wall["previous"] / wall["library"], cpu_speedup=cpu["previous"] / cpu["library"],
+           max_difference={k: float(v) for k, v in worst.items()})
 
 
 # ------------------------------------------------------------------------------------------------ references
@@ -182,6 +303,7 @@ def _hscore_reference(f, y):
 
 REFERENCES = {
     "linear_probe": (S.linear_probe_accuracy, _probe_reference, 1.5 / N),  # <= 1 sample (float32 rounding)
+    "linear_probe_per_fold": (S.linear_probe_accuracy, _previous_probe, 1.5 / N),
     "logme": (S.logme, _logme_reference, 1e-8),
     "hscore": (S.hscore, _hscore_reference, 1e-7),
 }
@@ -194,21 +316,29 @@ def test_speedup_vs_reference(benchmark, zoo, record, name):
     fast, ref, tol = REFERENCES[name]
     fast(feats[0][:50], y[:50]), ref(feats[0][:50], y[:50])  # warm up
     times = {"library": 0.0, "reference": 0.0}
+    cpu = {"library": 0.0, "reference": 0.0}
     worst = []
+    info = {}
 
     def run():
+        info["load_before"] = load()
         for f in feats:
-            t0 = time.perf_counter()
+            _common.clear_feature_cache()                  # the library pays its own Gram / eigendecomposition
+            t0, c0 = time.perf_counter(), cpu_seconds()
             a = fast(f, y)
-            t1 = time.perf_counter()
+            t1, c1 = time.perf_counter(), cpu_seconds()
             b = ref(f, y)
-            t2 = time.perf_counter()
+            t2, c2 = time.perf_counter(), cpu_seconds()
             times["library"] += t1 - t0
             times["reference"] += t2 - t1
-            worst.append(abs(a - b) / (1.0 if name == "linear_probe" else max(1.0, abs(b))))
+            cpu["library"] += c1 - c0
+            cpu["reference"] += c2 - c1
+            worst.append(abs(a - b) / (1.0 if name.startswith("linear_probe") else max(1.0, abs(b))))
+        info["load_after"] = load()
 
     benchmark.pedantic(run, rounds=1, warmup_rounds=0)
     assert max(worst) <= tol, f"{name}: library and reference differ by {max(worst):.3g}"
     record(benchmark, models=MODELS, N=N, D=D, C=C, library_seconds=times["library"],
            reference_seconds=times["reference"], speedup=times["reference"] / times["library"],
-           max_difference=max(worst))
+           library_cpu_seconds=cpu["library"], reference_cpu_seconds=cpu["reference"],
+           cpu_speedup=cpu["reference"] / cpu["library"], max_difference=max(worst), **info)

@@ -3,6 +3,7 @@
 Every score takes features / probabilities / labels as torch tensors or numpy arrays and returns a Python
 float (higher = better model for the target). See docs/SCORES.md for the formulas, costs and caveats.
 """
+from ._common import clear_feature_cache, feature_stats, set_feature_cache
 from .correlation import gradient_kernel, label_matrix, lfc, lgc, lgc_from_kernel, lgc_from_sketch, with_target_head
 from .gbc import gbc
 from .hscore import hscore, hscore_shrinkage, ledoit_wolf
@@ -19,5 +20,5 @@ __all__ = [
     "leep", "nce", "nleep", "logme", "hscore", "hscore_shrinkage", "transrate", "gbc", "knn_accuracy",
     "linear_probe_accuracy", "model_size", "source_accuracy",
     "etran", "lda_score", "energy_score", "minmax", "combine", "ranks", "rank_average", "standardize", "group_prior",
-    "ledoit_wolf", "pca", "gmm_posteriors",
+    "ledoit_wolf", "pca", "gmm_posteriors", "feature_stats", "clear_feature_cache", "set_feature_cache",
 ]

@@ -8,11 +8,21 @@ message naming the argument:
 * labels: N integers in [0, C) (integer dtype, or floats that are whole numbers), at least two classes
   present; classes with no sample are left out (the labels are remapped to 0..C'-1 over the present classes);
 * regression targets: N floats, (N,) or (N, T).
+
+`feature_stats(features)` checks the features once and shares what several scores compute from them (the float64
+copy, the centered features, the centered and uncentered D x D Grams and their eigendecompositions) between the
+scores of the same features tensor, as rank() calls them one after the other on one model's features. Each
+quantity is always computed the same way, so a score's value does not depend on which score ran first.
 """
+import threading
+import weakref
+from collections import OrderedDict
+
 import numpy as np
 import torch
 
-__all__ = ["as_tensor", "check_features", "check_labels", "check_targets", "check_probs", "one_hot"]
+__all__ = ["as_tensor", "check_features", "check_labels", "check_targets", "check_probs", "one_hot",
+           "feature_stats", "FeatureStats", "clear_feature_cache", "set_feature_cache"]
 
 
 def as_tensor(x, name):
@@ -139,3 +149,109 @@ def class_stats(f, y, num_classes):
     counts = torch.bincount(y, minlength=num_classes).to(f.dtype)
     sums = torch.zeros(num_classes, f.shape[1], dtype=f.dtype, device=f.device).index_add_(0, y, f)
     return counts, sums
+
+
+# ------------------------------------------------------------------------------------------------ shared work
+
+
+class FeatureStats:
+    """What the feature scores share for one (N, D) features tensor, computed on first use:
+    f (float64, checked), mean (1, D), centered (N, D), gram_c = F~^T F~ (centered, D x D), gram_u = F^T F
+    (= gram_c + N mu^T mu), eigh_c / eigh_u: (eigenvalues ascending, eigenvectors) of gram_c / gram_u."""
+
+    def __init__(self, f):
+        self.f = f
+        self.n, self.d = f.shape
+        self._memo = {}
+
+    def _get(self, key, fn):
+        out = self._memo.get(key)
+        if out is None:
+            out = self._memo[key] = fn()
+        return out
+
+    @property
+    def mean(self):
+        return self._get("mean", lambda: self.f.mean(0, keepdim=True))
+
+    @property
+    def centered(self):
+        return self._get("centered", lambda: self.f - self.mean)
+
+    @property
+    def gram_c(self):
+        return self._get("gram_c", lambda: self.centered.T @ self.centered)
+
+    @property
+    def gram_u(self):
+        return self._get("gram_u", lambda: torch.addmm(self.gram_c, self.mean.T, self.mean, alpha=float(self.n)))
+
+    @property
+    def eigh_c(self):
+        return self._get("eigh_c", lambda: torch.linalg.eigh(self.gram_c))
+
+    @property
+    def eigh_u(self):
+        return self._get("eigh_u", lambda: torch.linalg.eigh(self.gram_u))
+
+    def nbytes(self):
+        total = self.f.numel() * self.f.element_size()
+        for v in self._memo.values():
+            for t in (v if isinstance(v, tuple) else (v,)):
+                total += t.numel() * t.element_size()
+        return total
+
+
+_CACHE = OrderedDict()          # id(tensor) -> (weakref, version, signature, FeatureStats)
+_CACHE_LOCK = threading.Lock()
+_CACHE_MAX_BYTES = [256 * 2 ** 20]
+
+
+def set_feature_cache(max_bytes):
+    """Bound (bytes) of the shared per-features cache (default 256 MiB; the most recent entry is always kept);
+    0 disables it. Returns the previous bound."""
+    old = _CACHE_MAX_BYTES[0]
+    _CACHE_MAX_BYTES[0] = int(max_bytes)
+    if max_bytes <= 0:
+        clear_feature_cache()
+    return old
+
+
+def clear_feature_cache():
+    with _CACHE_LOCK:
+        _CACHE.clear()
+
+
+def _signature(t):
+    try:
+        return (t._version, tuple(t.shape), tuple(t.stride()), t.dtype, t.device, t.data_ptr())
+    except (RuntimeError, NotImplementedError):  # e.g. inference tensors have no version counter: not cached
+        return None
+
+
+def feature_stats(features, name="features"):
+    """FeatureStats of `features` (checked as check_features does). A torch tensor's stats are cached while the
+    tensor lives and is not modified in place (its version counter), so the scores of one model's features share
+    one float64 copy, Gram and eigendecomposition; numpy arrays and lists are not cached."""
+    sig = _signature(features) if torch.is_tensor(features) and _CACHE_MAX_BYTES[0] > 0 else None
+    if sig is not None:
+        with _CACHE_LOCK:
+            hit = _CACHE.get(id(features))
+            if hit is not None and hit[0]() is features and hit[1] == sig:
+                _CACHE.move_to_end(id(features))
+                return hit[2]
+    stats = FeatureStats(check_features(features, name))
+    if sig is not None:
+        try:
+            ref = weakref.ref(features)
+        except TypeError:
+            return stats
+        with _CACHE_LOCK:
+            _CACHE[id(features)] = (ref, sig, stats)
+            _CACHE.move_to_end(id(features))
+            dead = [k for k, v in _CACHE.items() if v[0]() is None]
+            for k in dead:
+                del _CACHE[k]
+            while len(_CACHE) > 1 and sum(v[2].nbytes() for v in _CACHE.values()) > _CACHE_MAX_BYTES[0]:
+                _CACHE.popitem(last=False)
+    return stats

@@ -27,7 +27,7 @@ import importlib
 
 import torch
 
-from ._common import as_tensor, check_features, check_labels, check_targets, one_hot
+from ._common import as_tensor, check_features, check_labels, check_targets, feature_stats, one_hot
 
 __all__ = ["lfc", "lgc", "lgc_from_kernel", "lgc_from_sketch", "gradient_kernel", "label_matrix", "with_target_head",
            "CENTERINGS"]
@@ -75,16 +75,22 @@ def _corr_from_sums(s_ks, s_k, s_k2, s_s, s_s2, m):
     return float(cov / torch.sqrt(var_k * var_s))
 
 
-def _feature_correlation(phi, y_factor, centering):
-    """corr(Phi Phi^T, Y Y^T) without N x N matrices."""
-    n = phi.shape[0]
+def _feature_correlation(phi, y_factor, centering, stats=None):
+    """corr(Phi Phi^T, Y Y^T) without N x N matrices. stats: FeatureStats of phi (its Grams are reused)."""
+    n, d = phi.shape
+    gram = None
     if centering == "double":
-        phi = phi - phi.mean(0, keepdim=True)
+        if stats is not None:
+            phi, gram = stats.centered, (stats.gram_c if d <= n else None)
+        else:
+            phi = phi - phi.mean(0, keepdim=True)
         y_factor = y_factor - y_factor.mean(0, keepdim=True)
+    elif stats is not None and d <= n:
+        gram = stats.gram_u
     s_k = (phi.sum(0) ** 2).sum()
     s_s = (y_factor.sum(0) ** 2).sum()
     s_ks = ((phi.T @ y_factor) ** 2).sum()
-    s_k2 = _gram_sumsq(phi)
+    s_k2 = (gram * gram).sum() if gram is not None else _gram_sumsq(phi)
     s_s2 = _gram_sumsq(y_factor)
     return _corr_from_sums(s_ks, s_k, s_k2, s_s, s_s2, float(n) * n)
 
@@ -98,9 +104,9 @@ def lfc(features, labels, *, centering="global", regression=False):
     O(N D min(N, D)) time, no N x N matrix.
     """
     _check_centering(centering)
-    f = check_features(features)
-    y = _label_factor(labels, f.shape[0], regression, f.device)
-    return _feature_correlation(f, y, centering)
+    st = feature_stats(features)
+    y = _label_factor(labels, st.n, regression, st.f.device)
+    return _feature_correlation(st.f, y, centering, st)
 
 
 def label_matrix(labels, *, regression=False, signed=True):

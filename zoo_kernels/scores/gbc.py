@@ -2,7 +2,7 @@
 Bhattacharyya Class Separability")."""
 import torch
 
-from ._common import check_features, check_labels, class_stats
+from ._common import check_labels, class_stats, feature_stats
 from .probabilistic import pca
 
 __all__ = ["gbc", "GAUSSIANS"]
@@ -22,7 +22,7 @@ def gbc(features, labels, *, gaussian="spherical", pca_dim=None):
     """
     if gaussian not in GAUSSIANS:
         raise ValueError(f"`gaussian` must be one of {GAUSSIANS}, got {gaussian!r}")
-    f = check_features(features)
+    f = feature_stats(features).f
     y, c = check_labels(labels, f.shape[0], device=f.device)
     if pca_dim is not None:
         f = pca(f, variance=1.0, max_dim=int(pca_dim))

@@ -4,15 +4,16 @@ transferability metrics, their peculiarities, stability and performance", ECML-P
 """
 import torch
 
-from ._common import check_features, check_labels, class_stats
+from ._common import check_labels, class_stats, feature_stats
 
 __all__ = ["hscore", "hscore_shrinkage", "ledoit_wolf"]
 
 
-def _pinv_trace(cov, between, rcond, factor=None):
+def _pinv_trace(cov, between, rcond, factor=None, eig=None):
     """tr(pinv(cov) @ between) for symmetric PSD cov, with eigenvalues <= rcond * max eigenvalue dropped.
-    Pass between=None and factor=M (k, D) for between = M^T M (cheaper: O(k D^2) instead of O(D^3))."""
-    evals, evecs = torch.linalg.eigh(cov)
+    Pass between=None and factor=M (k, D) for between = M^T M (cheaper: O(k D^2) instead of O(D^3)); eig: the
+    (eigenvalues, eigenvectors) of cov if known."""
+    evals, evecs = torch.linalg.eigh(cov) if eig is None else eig
     cutoff = rcond * evals.max().clamp_min(0)
     keep = evals > cutoff
     if not keep.any():
@@ -49,22 +50,27 @@ def hscore(features, labels, *, rcond=None):
     implementation uses 1e-15, which lets round-off eigenvalues of a rank-deficient covariance, N <= D,
     dominate). Unstable for N < D or nearly collinear features: use hscore_shrinkage there.
     """
-    f = check_features(features)
-    y, c = check_labels(labels, f.shape[0], device=f.device)
-    n, d = f.shape
-    f = f - f.mean(0, keepdim=True)
-    cov = f.T @ f / (n - 1)
-    return _pinv_trace(cov, None, _default_rcond(d) if rcond is None else rcond, factor=_between_factor(f, y, c, 1))
+    st = feature_stats(features)
+    y, c = check_labels(labels, st.n, device=st.f.device)
+    n, d = st.f.shape
+    f = st.centered
+    evals, evecs = st.eigh_c  # cov = gram_c / (N - 1): the same eigenvectors (shared with PCA / N-LEEP)
+    return _pinv_trace(None, None, _default_rcond(d) if rcond is None else rcond, factor=_between_factor(f, y, c, 1),
+                       eig=(evals / (n - 1), evecs))
 
 
 def ledoit_wolf(features):
     """(covariance, shrinkage): the Ledoit-Wolf (2004) shrunk covariance (1 - a) S + a mu I of the centered
     features, S = X^T X / N, mu = tr(S) / D, a = min(b2, d2) / d2 with d2 = ||S - mu I||_F^2 / D and
     b2 = (sum_i ||x_i||^4 - N ||S||_F^2) / (N^2 D) (the same estimator as scikit-learn's LedoitWolf)."""
-    x = check_features(features)
-    x = x - x.mean(0, keepdim=True)
+    st = feature_stats(features)
+    return _ledoit_wolf(st.centered, st.gram_c)
+
+
+def _ledoit_wolf(x, gram):
+    """ledoit_wolf from the centered features x (N, D) and their Gram x^T x."""
     n, d = x.shape
-    s = x.T @ x / n
+    s = gram / n
     mu = s.diagonal().sum() / d
     s_fro2 = (s * s).sum()
     d2 = (s_fro2 - 2 * mu * s.diagonal().sum() + d * mu * mu) / d
@@ -82,10 +88,10 @@ def hscore_shrinkage(features, labels, *, rcond=1e-15):
     Both covariances are normalized by N (so the score equals hscore when a = 0); TLlib's
     regularized_h_score normalizes the class-mean covariance by N - 1, a constant factor N / (N - 1) that
     does not change rankings at a fixed N. O(N D^2 + D^3)."""
-    f = check_features(features)
-    y, c = check_labels(labels, f.shape[0], device=f.device)
-    f = f - f.mean(0, keepdim=True)
-    cov, a = ledoit_wolf(f)
+    st = feature_stats(features)
+    y, c = check_labels(labels, st.n, device=st.f.device)
+    f = st.centered
+    cov, a = _ledoit_wolf(f, st.gram_c)
     between = (1 - a) * _between(f, y, c, 0)
     if a > 0:  # shrinkage makes cov positive definite (eigenvalues >= a mu): a Cholesky solve is exact and cheaper
         chol, info = torch.linalg.cholesky_ex(cov)

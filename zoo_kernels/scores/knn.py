@@ -2,7 +2,7 @@
 NeurIPS 2021; k-NN as a transferability estimator, Sorkhei et al. 2025)."""
 import torch
 
-from ._common import check_features, check_labels
+from ._common import check_labels, feature_stats
 
 __all__ = ["knn_accuracy", "METRICS"]
 
@@ -19,7 +19,7 @@ def knn_accuracy(features, labels, *, k=1, metric="euclidean"):
     """
     if metric not in METRICS:
         raise ValueError(f"`metric` must be one of {METRICS}, got {metric!r}")
-    f = check_features(features)
+    f = feature_stats(features).f
     y, c = check_labels(labels, f.shape[0], device=f.device)
     n = f.shape[0]
     if not isinstance(k, int) or not 1 <= k <= n - 1:

@@ -10,7 +10,8 @@ import math
 
 import torch
 
-from ._common import _integer_labels, as_tensor, check_features, check_labels, check_probs, check_targets, one_hot
+from ._common import (_integer_labels, as_tensor, check_features, check_labels, check_probs, check_targets,
+                      feature_stats, one_hot)
 
 __all__ = ["leep", "nce", "nleep", "logme", "pca", "gmm_posteriors", "LOGME_MAX_ITER", "LOGME_TOL"]
 
@@ -72,11 +73,14 @@ def nce(source_labels, labels):
 def pca(features, variance=0.8, max_dim=None):
     """Centered features projected on their top principal axes: the fewest that explain >= `variance` of the
     total variance (variance=1.0 keeps all non-degenerate axes), at most max_dim. Returns (N, d)."""
-    f = check_features(features)
-    f = f - f.mean(0, keepdim=True)
+    return _pca(feature_stats(features), variance, max_dim)
+
+
+def _pca(st, variance, max_dim):
+    f = st.centered
     n, d = f.shape
     if d <= n:
-        evals, evecs = torch.linalg.eigh(f.T @ f)
+        evals, evecs = st.eigh_c  # shared with the H-score
         evals, evecs = evals.flip(0).clamp_min(0), evecs.flip(1)
     else:
         evals, u = torch.linalg.eigh(f @ f.T)
@@ -125,12 +129,15 @@ def _kmeans_pp(x, k, gen, iters=20):
     return assign
 
 
-def _gmm_log_prob(x, weights, means, cov, kind):
-    """log(w_k N(x_i | mu_k, Sigma_k)): (N, K)."""
+def _gmm_log_prob(x, weights, means, cov, kind, xx=None):
+    """log(w_k N(x_i | mu_k, Sigma_k)): (N, K). xx: [x, x * x] (N, 2d) for the diagonal case, if known."""
     d = x.shape[1]
     if kind == "diag":
         prec = 1.0 / cov                                                    # (K, d)
-        maha = (x * x) @ prec.T - 2 * x @ (means * prec).T + (means * means * prec).sum(1)[None]
+        if xx is None:
+            xx = torch.cat([x, x * x], 1)
+        # one GEMM: sum_j x_j^2 prec_kj - 2 x_j mu_kj prec_kj, plus sum_j mu_kj^2 prec_kj
+        maha = xx @ torch.cat([-2 * means * prec, prec], 1).T + (means * means * prec).sum(1)[None]
         logdet = torch.log(cov).sum(1)
     else:
         chol = torch.linalg.cholesky(cov)                                   # (K, d, d)
@@ -141,13 +148,18 @@ def _gmm_log_prob(x, weights, means, cov, kind):
     return torch.log(weights)[None] - 0.5 * (d * math.log(2 * math.pi) + logdet[None] + maha)
 
 
-def _gmm_m_step(x, resp, kind, reg):
+def _gmm_m_step(x, resp, kind, reg, xx=None):
     nk = resp.sum(0) + 10 * torch.finfo(x.dtype).eps
-    means = (resp.T @ x) / nk[:, None]
+    d = x.shape[1]
     if kind == "diag":
-        cov = (resp.T @ (x * x)) / nk[:, None] - means * means
+        if xx is None:
+            xx = torch.cat([x, x * x], 1)
+        moments = (resp.T @ xx) / nk[:, None]                               # one GEMM: sum resp x, sum resp x^2
+        means = moments[:, :d]
+        cov = moments[:, d:] - means * means
         cov = cov.clamp_min(0) + reg
     else:
+        means = (resp.T @ x) / nk[:, None]
         diff = x[None] - means[:, None]                                     # (K, N, d)
         cov = torch.einsum("kn,kni,knj->kij", resp.T, diff, diff) / nk[:, None, None]
         cov = cov + reg * torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
@@ -168,17 +180,18 @@ def gmm_posteriors(x, n_components, *, covariance="diag", seed=0, max_iter=100, 
     gen = torch.Generator().manual_seed(int(seed))
     assign = _kmeans_pp(x, k, gen)
     resp = one_hot(assign, k)
-    weights, means, cov = _gmm_m_step(x, resp, covariance, reg)
+    xx = torch.cat([x, x * x], 1) if covariance == "diag" else None   # [x, x^2], shared by every E and M step
+    weights, means, cov = _gmm_m_step(x, resp, covariance, reg, xx)
     prev = -math.inf
     for _ in range(max_iter):
-        logp = _gmm_log_prob(x, weights, means, cov, covariance)
+        logp = _gmm_log_prob(x, weights, means, cov, covariance, xx)
         norm = torch.logsumexp(logp, 1, keepdim=True)
         resp = torch.exp(logp - norm)
         ll = float(norm.mean())
         if abs(ll - prev) < tol:
             break
         prev = ll
-        weights, means, cov = _gmm_m_step(x, resp, covariance, reg)
+        weights, means, cov = _gmm_m_step(x, resp, covariance, reg, xx)
     return resp
 
 
@@ -191,9 +204,9 @@ def nleep(features, labels, *, variance=0.8, max_dim=None, components_per_class=
     axes. The GMM is our own seeded EM (diagonal covariances by default; "full" as in the scikit-learn
     setup of SFDA is available). <= 0; higher is better.
     """
-    f = check_features(features)
-    y, c = check_labels(labels, f.shape[0], device=f.device)
-    z = pca(f, variance, max_dim)
+    st = feature_stats(features)
+    y, c = check_labels(labels, st.n, device=st.f.device)
+    z = _pca(st, variance, max_dim)
     post = gmm_posteriors(z, components_per_class * c, covariance=covariance, seed=seed, max_iter=max_iter,
                           tol=tol)
     return _leep_from_probs(post, y, c)
@@ -221,12 +234,13 @@ def _spectrum(f):
     return s, u
 
 
-def _spectral_projections(f, y):
+def _spectral_projections(f, y, eig=None):
     """(s, z2): the nonzero eigenvalues s (r,) of F^T F and z2 = (U^T y)^2 (r, T), U the matching left singular
-    vectors. For D <= N, U^T y = V^T (F^T y) / sqrt(s) needs only F^T y (O(N D T)), not U itself (O(N D^2))."""
+    vectors. For D <= N, U^T y = V^T (F^T y) / sqrt(s) needs only F^T y (O(N D T)), not U itself (O(N D^2)).
+    eig: eigh(F^T F) if known."""
     n, d = f.shape
     if d <= n:
-        s, v = torch.linalg.eigh(f.T @ f)
+        s, v = torch.linalg.eigh(f.T @ f) if eig is None else eig
         keep = s > s.max().clamp_min(0) * 1e-12 * max(n, d)
         s, v = s[keep], v[:, keep]
         return s, (v.T @ (f.T @ y)) ** 2 / s[:, None]
@@ -289,13 +303,14 @@ def logme(features, labels, *, regression=False, max_iter=LOGME_MAX_ITER, tol=LO
     (O(N D min(N, D))), then the fixed-point iteration vectorized over targets (max_iter iterations,
     relative tolerance tol on alpha/beta). Higher is better.
     """
-    f = check_features(features)
+    st = feature_stats(features)
+    f = st.f
     n, d = f.shape
     if regression:
         y = check_targets(labels, n, device=f.device)
     else:
         yl, c = check_labels(labels, n, device=f.device)
         y = one_hot(yl, c)
-    s, z2 = _spectral_projections(f, y)
+    s, z2 = _spectral_projections(f, y, st.eigh_u if d <= n else None)
     y2 = (y * y).sum(0)
     return float(_logme_evidence(s, z2, y2, n, d, int(max_iter), float(tol)).mean())

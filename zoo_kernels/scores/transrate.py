@@ -1,15 +1,19 @@
 """TransRate (Huang et al., ICML 2022, "Frustratingly Easy Transferability Estimation")."""
 import torch
 
-from ._common import check_features, check_labels
+from ._common import check_labels, feature_stats
 
 __all__ = ["transrate", "coding_rate"]
 
 
-def coding_rate(z, eps=1e-4):
-    """R(Z, eps) = 1/2 logdet(I_D + Z^T Z / (N eps)) for Z (N, D), from the eigenvalues of the smaller Gram."""
+def coding_rate(z, eps=1e-4, gram=None):
+    """R(Z, eps) = 1/2 logdet(I_D + Z^T Z / (N eps)) for Z (N, D), from the eigenvalues of the smaller Gram
+    (gram: Z^T Z if known and D <= N)."""
     n, d = z.shape
-    g = z.T @ z if d <= n else z @ z.T
+    if gram is not None and d <= n:
+        g = gram
+    else:
+        g = z.T @ z if d <= n else z @ z.T
     m = g / (n * eps)
     m.diagonal().add_(1.0)
     chol, info = torch.linalg.cholesky_ex(m)  # I + G/(N eps) is positive definite (eigenvalues >= 1)
@@ -28,9 +32,9 @@ def transrate(features, labels, *, eps=1e-4):
     O(N D min(N, D))."""
     if not eps > 0:
         raise ValueError(f"`eps` must be > 0, got {eps!r}")
-    f = check_features(features)
-    y, c = check_labels(labels, f.shape[0], device=f.device)
-    f = f - f.mean(0, keepdim=True)
-    total = coding_rate(f, eps)
+    st = feature_stats(features)
+    y, c = check_labels(labels, st.n, device=st.f.device)
+    f = st.centered
+    total = coding_rate(f, eps, gram=st.gram_c if st.d <= st.n else None)
     per_class = sum(coding_rate(f[y == k], eps) for k in range(c))
     return float(total - per_class / c)

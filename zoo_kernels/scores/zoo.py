@@ -13,8 +13,8 @@ import math
 
 import torch
 
-from ._common import check_features, check_labels, class_stats
-from .hscore import ledoit_wolf
+from ._common import check_features, check_labels, class_stats, feature_stats
+from .hscore import _ledoit_wolf, ledoit_wolf
 
 __all__ = ["minmax", "combine", "ranks", "rank_average", "standardize", "group_prior", "energy_score", "lda_score",
            "etran"]
@@ -156,12 +156,17 @@ def lda_score(features, labels):
     """Mean posterior of the true class under a linear discriminant analysis fitted to the same samples
     (class means, pooled within-class covariance with Ledoit-Wolf shrinkage, class priors n_c / N).
     In (0, 1]; higher is better. O(N D^2 + D^3)."""
-    f = check_features(features)
+    st = feature_stats(features)
+    f = st.f
     y, c = check_labels(labels, f.shape[0], device=f.device)
     counts, sums = class_stats(f, y, c)
     mu = sums / counts[:, None]
     within = f - mu[y]
-    cov, a = ledoit_wolf(within)
+    if st.d <= st.n:  # within^T within = F~^T F~ - sum_c n_c (mu_c - mu)(mu_c - mu)^T, from the shared centered Gram
+        delta = (mu - st.mean) * counts.sqrt()[:, None]
+        cov, a = _ledoit_wolf(within, st.gram_c - delta.T @ delta)
+    else:
+        cov, a = ledoit_wolf(within)
     chol, info = torch.linalg.cholesky_ex(cov)
     if a > 0 and int(info) == 0:  # shrunk: positive definite
         prec_mu = torch.cholesky_solve(mu.T.contiguous(), chol)          # (D, C) Sigma^-1 mu_c
