@@ -125,7 +125,7 @@ class Predictor:
     What M samples get wrong is the noise: the part of the residual no smooth function fits (σ² per mode,
     zoo_kernels.spectrum) sits in M·C modes instead of N·C, so the subset learns it too fast. `predict`
     corrects the loss decrease by the linearized (MSE) ratio of the full set's to the subset's decrease,
-    exact for MSE and gradient descent, a first-order correction for cross-entropy and SGD noise.
+    exact for MSE and full-batch (momentum) SGD, a first-order correction for cross-entropy and SGD noise.
     """
 
     def __init__(self, model, data, *, loss="ce", k=1024, method="sketch", subset=None, seed=0,
@@ -173,16 +173,19 @@ class Predictor:
         return lam, e, spec.noise_energy
 
     def _subset_correction(self, sgd, max_steps):
-        """Ratio (t = 0..max_steps) of the full set's to the subset's linearized loss decrease (see the class),
-        for gradient descent at the effective learning rate η_t / (1 − momentum)."""
+        """Ratio (t = 0..max_steps) of the full set's to the subset's linearized loss decrease (see the class):
+        full-batch SGD with the same momentum, dampening, Nesterov and schedule on the MSE proxy, mode by mode."""
         lam, e, sigma2 = self._subset_modes
         N, M = self.n_samples, self.subset
-        decay = np.zeros((max_steps + 1, len(lam)))  # 1 − ρ_j(t)², ρ_j(t) = Π_s (1 − η_s λ_j / M)
-        log_rho2 = np.zeros(len(lam))
+        rate = lam / M
+        x, buf = np.ones(len(lam)), None  # each mode's residual amplitude, relative to its start
+        decay = np.zeros((max_steps + 1, len(lam)))  # 1 − x_j(t)²
         for t in range(max_steps):
-            eta = sgd.lr_at(t, max_steps) / (1.0 - sgd.momentum)
-            log_rho2 += 2 * np.log(np.abs(1.0 - eta * lam / M).clip(min=1e-300))
-            decay[t + 1] = -np.expm1(np.minimum(log_rho2, 50.0))  # unstable modes: the simulation raises
+            g = rate * x
+            buf = g if buf is None or sgd.momentum == 0 else sgd.momentum * buf + (1 - sgd.dampening) * g
+            x = x - sgd.lr_at(t, max_steps) * (g + sgd.momentum * buf if sgd.nesterov else buf)
+            x = np.clip(x, -1e6, 1e6)  # unstable modes: the simulation itself raises
+            decay[t + 1] = 1.0 - x * x
         dec_m = decay @ e / (2 * M)  # the subset's decrease
         corr = sigma2 * (1.0 / M - 1.0 / N) / 2 * decay.sum(1)  # the noise it learns that the full set does not
         with np.errstate(divide="ignore", invalid="ignore"):
