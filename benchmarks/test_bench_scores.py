@@ -222,33 +222,8 @@ def test_batch_vs_previous(benchmark, zoo, record):
 
 def _probe_reference(f, y, folds=5, seed=0):
     """The linear probe with an autograd closure (the library's implementation before the closed-form gradient)."""
-    from zoo_kernels.scores.linear_probe import stratified_folds
-    f = f.float()
-    c = int(y.max()) + 1
-    fold = stratified_folds(y, folds, seed)
-    correct = 0
-    for k in range(folds):
-        te, tr = fold == k, fold != k
-        x_tr, x_te = f[tr], f[te]
-        mean, std = x_tr.mean(0, keepdim=True), x_tr.std(0, keepdim=True)
-        std = torch.where(std > 0, std, torch.ones_like(std))
-        x_tr, x_te = (x_tr - mean) / std, (x_te - mean) / std
-        w = torch.zeros(f.shape[1], c, requires_grad=True)
-        b = torch.zeros(c, requires_grad=True)
-        opt = torch.optim.LBFGS([w, b], lr=1, max_iter=100, history_size=10, tolerance_grad=1e-6,
-                                tolerance_change=1e-9, line_search_fn="strong_wolfe")
-        lam = 1.0 / int(tr.sum())
-
-        def closure():
-            opt.zero_grad()
-            loss = torch.nn.functional.cross_entropy(x_tr @ w + b, y[tr]) + 0.5 * lam * (w * w).sum()
-            loss.backward()
-            return loss
-
-        opt.step(closure)
-        with torch.no_grad():
-            correct += int(((x_te @ w + b).argmax(1) == y[te]).sum())
-    return correct / f.shape[0]
+    from zoo_kernels.scores.linear_probe import reference_linear_probe_accuracy
+    return reference_linear_probe_accuracy(f, y, folds, seed)
 
 
 def _logme_reference(f, y, max_iter=11, tol=1e-3):

@@ -9,7 +9,7 @@ import torch
 from zoo_kernels import scores as S
 from zoo_kernels.scores import correlation, probabilistic
 from zoo_kernels.scores import knn as knn_module
-from zoo_kernels.scores.linear_probe import stratified_folds
+from zoo_kernels.scores.linear_probe import reference_linear_probe_accuracy, stratified_folds
 from zoo_kernels.scores.transrate import coding_rate
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -549,34 +549,7 @@ def test_linear_probe_closed_form_gradient_equals_autograd(gen):
 
 
 def _probe_autograd_reference(f, y, folds=5, seed=0):
-    """The probe with an autograd closure (the implementation before the closed-form gradient), float32."""
-    f = torch.as_tensor(f).float()
-    y = torch.unique(torch.as_tensor(y), return_inverse=True)[1]
-    c = int(y.max()) + 1
-    fold = stratified_folds(y, folds, seed)
-    correct = 0
-    for k in range(folds):
-        te, tr = fold == k, fold != k
-        x_tr, x_te = f[tr], f[te]
-        mean, std = x_tr.mean(0, keepdim=True), x_tr.std(0, keepdim=True)
-        std = torch.where(std > 0, std, torch.ones_like(std))
-        x_tr, x_te = (x_tr - mean) / std, (x_te - mean) / std
-        w = torch.zeros(f.shape[1], c, requires_grad=True)
-        b = torch.zeros(c, requires_grad=True)
-        opt = torch.optim.LBFGS([w, b], lr=1, max_iter=100, history_size=10, tolerance_grad=1e-6,
-                                tolerance_change=1e-9, line_search_fn="strong_wolfe")
-        lam = 1.0 / int(tr.sum())
-
-        def closure():
-            opt.zero_grad()
-            loss = torch.nn.functional.cross_entropy(x_tr @ w + b, y[tr]) + 0.5 * lam * (w * w).sum()
-            loss.backward()
-            return loss
-
-        opt.step(closure)
-        with torch.no_grad():
-            correct += int(((x_te @ w + b).argmax(1) == y[te]).sum())
-    return correct / f.shape[0]
+    return reference_linear_probe_accuracy(f, y, folds, seed)
 
 
 @pytest.mark.parametrize("sep", [0.3, 0.8, 2.0])

@@ -171,21 +171,13 @@ def _materialize(data):
     return x, y
 
 
-def _last_linear(model):
-    last = None
-    for m in model.modules():
-        if isinstance(m, torch.nn.Linear):
-            last = m
-    return last
-
-
 def _extract(model, x, features_fn, batch_size, device, need_logits):
     """(features (N, D), logits (N, Cs) or None), float32 on the CPU, in eval mode without gradients."""
     feats, outs = [], []
     captured = {}
     hook = None
     if features_fn is None:
-        head = _last_linear(model)
+        head = prior._last_linear(model)
         if head is None:
             raise ValueError("the model has no nn.Linear layer to hook; pass `features_fn(model, x)`")
         hook = head.register_forward_hook(lambda mod, inp, out: captured.__setitem__("f", inp[0]))

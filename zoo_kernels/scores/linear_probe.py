@@ -195,3 +195,35 @@ def linear_probe_accuracy(features, labels, *, folds=5, l2=None, max_iter=100, s
     *_, logits, _ = batched_lbfgs(evaluate, p0, max_iter=max_iter)
     pred = logits[torch.arange(n, device=f.device), fold].argmax(1)
     return float((pred == y).sum()) / n
+
+
+def reference_linear_probe_accuracy(features, labels, folds=5, seed=0):
+    """Pure-torch reference: the same probe fold by fold with torch L-BFGS (strong Wolfe) and an autograd
+    closure, float32 (the implementation before the closed-form gradient and the batched folds)."""
+    f = torch.as_tensor(features).float()
+    y = torch.unique(torch.as_tensor(labels), return_inverse=True)[1]
+    c = int(y.max()) + 1
+    fold = stratified_folds(y, folds, seed)
+    correct = 0
+    for k in range(folds):
+        te, tr = fold == k, fold != k
+        x_tr, x_te = f[tr], f[te]
+        mean, std = x_tr.mean(0, keepdim=True), x_tr.std(0, keepdim=True)
+        std = torch.where(std > 0, std, torch.ones_like(std))
+        x_tr, x_te = (x_tr - mean) / std, (x_te - mean) / std
+        w = torch.zeros(f.shape[1], c, requires_grad=True)
+        b = torch.zeros(c, requires_grad=True)
+        opt = torch.optim.LBFGS([w, b], lr=1, max_iter=100, history_size=10, tolerance_grad=1e-6,
+                                tolerance_change=1e-9, line_search_fn="strong_wolfe")
+        lam = 1.0 / int(tr.sum())
+
+        def closure():
+            opt.zero_grad()
+            loss = torch.nn.functional.cross_entropy(x_tr @ w + b, y[tr]) + 0.5 * lam * (w * w).sum()
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        with torch.no_grad():
+            correct += int(((x_te @ w + b).argmax(1) == y[te]).sum())
+    return correct / f.shape[0]
