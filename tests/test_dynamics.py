@@ -195,8 +195,8 @@ def test_recommend_grid_and_predict_kwargs():
 
 
 def test_subset_noise_correction_tracks_the_full_prediction():
-    # Noisy labels: M samples fit the label noise faster than N do (it sits in M·C modes instead of N·C); the
-    # correction of Predictor.predict removes most of that bias (benchmarks/predict_subset.py at N = 10,000).
+    # Noisy labels, M·C = k: M samples fit the label noise faster than N do (it sits in M·C modes instead of
+    # N·C); predict(subset_correction=True) removes most of that bias in the curve.
     g = torch.Generator().manual_seed(0)
     n, C, d = 1000, 10, 32
     scale = torch.arange(1, d + 1).pow(-0.5)
@@ -210,15 +210,15 @@ def test_subset_noise_correction_tracks_the_full_prediction():
     settings = dict(lr=0.1, batch_size=32, max_steps=150, measure_time=False, paths=2)
     full = zk.Predictor(model, (x, y), **kw).predict(**settings).loss_curve
     sub = zk.Predictor(model, (x, y), subset=100, **kw)
-    corrected = sub.predict(**settings).loss_curve
-    plain = sub.predict(**settings, subset_correction=False).loss_curve
+    corrected = sub.predict(**settings, subset_correction=True).loss_curve
+    plain = sub.predict(**settings).loss_curve  # the default
     assert corrected[0] == plain[0] and np.all(corrected >= plain - 1e-12)  # it only slows the decrease
     err, err_plain = np.abs(corrected / full - 1).max(), np.abs(plain / full - 1).max()
     assert err < 0.5 * err_plain, (err, err_plain)
     # without a subset there is nothing to correct
     whole = zk.Predictor(model, (x[:200], y[:200]), **kw)
-    np.testing.assert_array_equal(whole.predict(**settings).loss_curve,
-                                  whole.predict(**settings, subset_correction=False).loss_curve)
+    np.testing.assert_array_equal(whole.predict(**settings, subset_correction=True).loss_curve,
+                                  whole.predict(**settings).loss_curve)
 
 
 @pytest.mark.parametrize("kwargs, err, match", [
