@@ -29,7 +29,7 @@ import torch
 
 from zoo_kernels import scores as S
 from zoo_kernels.scores import _common
-from zoo_kernels.scores.linear_probe import objective_and_gradient, stratified_folds
+from zoo_kernels.scores.linear_probe import reference_per_fold_probe_accuracy
 
 from . import common
 
@@ -144,34 +144,8 @@ def test_all_scores_20_models(benchmark, zoo, record):
 
 
 def _previous_probe(f, y, folds=5, seed=0):
-    """The previous linear probe: one torch.optim.LBFGS (strong Wolfe, closed-form gradient, float32) per fold,
-    on the fold's own standardized copy of the features."""
-    f = f.double().float()
-    c = int(y.max()) + 1
-    fold = stratified_folds(y, folds, seed)
-    correct = 0
-    for k in range(folds):
-        te, tr = fold == k, fold != k
-        x_tr, x_te = f[tr], f[te]
-        mean, std = x_tr.mean(0, keepdim=True), x_tr.std(0, keepdim=True)
-        std = torch.where(std > 0, std, torch.ones_like(std))
-        x_tr, x_te = (x_tr - mean) / std, (x_te - mean) / std
-        d = f.shape[1]
-        params = torch.zeros(d + 1, c, requires_grad=True)
-        onehot = torch.nn.functional.one_hot(y[tr], c).float()
-        lam = 1.0 / int(tr.sum())
-        opt = torch.optim.LBFGS([params], lr=1, max_iter=100, history_size=10, tolerance_grad=1e-6,
-                                tolerance_change=1e-9, line_search_fn="strong_wolfe")
-
-        def closure():
-            loss, grad = objective_and_gradient(x_tr, onehot, params.detach(), lam)
-            params.grad = grad
-            return loss
-
-        opt.step(closure)
-        w = params.detach()
-        correct += int(((x_te @ w[:d] + w[d]).argmax(1) == y[te]).sum())
-    return correct / f.shape[0]
+    """The previous linear probe: one torch.optim.LBFGS per fold (closed-form gradient, float32)."""
+    return reference_per_fold_probe_accuracy(f, y, folds, seed)
 
 
 PREVIOUS_SCORES = dict(FEATURE_SCORES, linear_probe=_previous_probe)

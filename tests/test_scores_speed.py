@@ -16,7 +16,7 @@ import torch
 
 from zoo_kernels import scores as S
 from zoo_kernels.scores import _common, probabilistic
-from zoo_kernels.scores.linear_probe import batched_lbfgs, objective_and_gradient, stratified_folds
+from zoo_kernels.scores.linear_probe import batched_lbfgs, reference_per_fold_probe_accuracy
 
 
 
@@ -120,36 +120,7 @@ def test_shared_pca_and_hscore_match_direct_eigh(gen):
 
 
 def _previous_probe(f, y, folds=5, seed=0, dtype=torch.float32):
-    """The previous implementation: one torch.optim.LBFGS (strong Wolfe, closed-form gradient) per fold."""
-    f = torch.as_tensor(f).double()
-    y = torch.unique(torch.as_tensor(y), return_inverse=True)[1]
-    c = int(y.max()) + 1
-    fold = stratified_folds(y, folds, seed)
-    x = f.to(dtype)
-    correct = 0
-    for k in range(folds):
-        te, tr = fold == k, fold != k
-        x_tr, x_te = x[tr], x[te]
-        mean, std = x_tr.mean(0, keepdim=True), x_tr.std(0, keepdim=True)
-        std = torch.where(std > 0, std, torch.ones_like(std))
-        x_tr, x_te = (x_tr - mean) / std, (x_te - mean) / std
-        d = x.shape[1]
-        params = torch.zeros(d + 1, c, dtype=dtype, requires_grad=True)
-        onehot = torch.nn.functional.one_hot(y[tr], c).to(dtype)
-        lam = 1.0 / int(tr.sum())
-        opt = torch.optim.LBFGS([params], lr=1, max_iter=100 if dtype == torch.float32 else 1000, history_size=10,
-                                tolerance_grad=1e-6 if dtype == torch.float32 else 1e-11, tolerance_change=1e-9
-                                if dtype == torch.float32 else 1e-15, line_search_fn="strong_wolfe")
-
-        def closure():
-            loss, grad = objective_and_gradient(x_tr, onehot, params.detach(), lam)
-            params.grad = grad
-            return loss
-
-        opt.step(closure)
-        w = params.detach()
-        correct += int(((x_te @ w[:d] + w[d]).argmax(1) == y[te]).sum())
-    return correct / f.shape[0]
+    return reference_per_fold_probe_accuracy(f, y, folds, seed, dtype)
 
 
 @pytest.mark.parametrize("sep", [0.2, 0.4, 0.8, 2.0])

@@ -227,3 +227,38 @@ def reference_linear_probe_accuracy(features, labels, folds=5, seed=0):
         with torch.no_grad():
             correct += int(((x_te @ w + b).argmax(1) == y[te]).sum())
     return correct / f.shape[0]
+
+
+def reference_per_fold_probe_accuracy(features, labels, folds=5, seed=0, dtype=torch.float32):
+    """Pure-torch reference: the probe fold by fold with torch L-BFGS (strong Wolfe) on the closed-form gradient
+    (the implementation before the batched folds); float64 with tight tolerances gives the exact optimum."""
+    f = torch.as_tensor(features).double()
+    y = torch.unique(torch.as_tensor(labels), return_inverse=True)[1]
+    c = int(y.max()) + 1
+    fold = stratified_folds(y, folds, seed)
+    x = f.to(dtype)
+    tight = dtype != torch.float32
+    correct = 0
+    for k in range(folds):
+        te, tr = fold == k, fold != k
+        x_tr, x_te = x[tr], x[te]
+        mean, std = x_tr.mean(0, keepdim=True), x_tr.std(0, keepdim=True)
+        std = torch.where(std > 0, std, torch.ones_like(std))
+        x_tr, x_te = (x_tr - mean) / std, (x_te - mean) / std
+        d = x.shape[1]
+        params = torch.zeros(d + 1, c, dtype=dtype, requires_grad=True)
+        onehot = torch.nn.functional.one_hot(y[tr], c).to(dtype)
+        lam = 1.0 / int(tr.sum())
+        opt = torch.optim.LBFGS([params], lr=1, max_iter=1000 if tight else 100, history_size=10,
+                                tolerance_grad=1e-11 if tight else 1e-6, tolerance_change=1e-15 if tight else 1e-9,
+                                line_search_fn="strong_wolfe")
+
+        def closure():
+            loss, grad = objective_and_gradient(x_tr, onehot, params.detach(), lam)
+            params.grad = grad
+            return loss
+
+        opt.step(closure)
+        w = params.detach()
+        correct += int(((x_te @ w[:d] + w[d]).argmax(1) == y[te]).sum())
+    return correct / f.shape[0]
