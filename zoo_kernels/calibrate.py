@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from .dynamics import SGD, _batch_stream, _loss_and_grad
-from .predict import Prediction, Predictor, _load_data, _outputs
+from .predict import Prediction, Predictor, _load_data, _outputs, subset_batch_size
 from .sketch import sketch_jacobian
 
 __all__ = ["HeadAwarePredictor", "calibrate_time", "fit_time_scale", "rescale_curve", "calibration_cost"]
@@ -154,9 +154,8 @@ class HeadAwarePredictor(Predictor):
         sgd = SGD(lr=lr, batch_size=batch_size, momentum=momentum, dampening=dampening, nesterov=nesterov,
                   weight_decay=weight_decay, schedule=schedule, **schedule_kwargs).check(self.n_samples)
         N, M = self.n_samples, self.subset
-        if M < N:  # same per-step noise as batch_size out of N
-            bm = 1.0 / (1.0 / batch_size - 1.0 / N + 1.0 / M)
-            sgd.batch_size = int(min(M, max(1, round(bm))))
+        if M < N:
+            sgd.batch_size = subset_batch_size(batch_size, N, M)
         if sampling not in ("epoch", "stream"):
             raise ValueError(f"`sampling` must be 'epoch' or 'stream', got {sampling!r}")
         loss_curve, acc_curve, per_path = self._simulate(sgd, max_steps, paths,

@@ -226,27 +226,26 @@ class JacobianOperator:
 
     def theta_matmul(self, V, gram=False):
         """Θ V = J Jᵀ V (N, C, b); with gram=True also Vᵀ Θ V = (Jᵀ V)ᵀ (Jᵀ V) (b, b) in float64 (global)."""
-        V = self._check_v(V)
-        out = torch.zeros(V.shape, dtype=self.dtype, device=self.device)
-        G = torch.zeros(V.shape[-1], V.shape[-1], dtype=torch.float64, device=self.device)
-        for keys in ([[k] for k in self.keys] if self._layerwise else [self.keys]):
-            W = self._rmat(V, keys)
-            for k in keys:
-                Wk = W[k].reshape(V.shape[-1], -1).double()
-                G += Wk @ Wk.T
-            self._mat(W, keys, out)
+        out, G = self._passes(V, apply_j=True)
         return (out, G) if gram else out
 
     def gram(self, V):
         """Vᵀ Θ V = (Jᵀ V)ᵀ (Jᵀ V) (b, b) in float64: one Jᵀ pass."""
+        return self._passes(V, apply_j=False)[1]
+
+    def _passes(self, V, apply_j):
+        """(Θ V or None, Vᵀ Θ V): Jᵀ V layer group by layer group, its Gram, and J (Jᵀ V) when apply_j."""
         V = self._check_v(V)
+        out = torch.zeros(V.shape, dtype=self.dtype, device=self.device) if apply_j else None
         G = torch.zeros(V.shape[-1], V.shape[-1], dtype=torch.float64, device=self.device)
         for keys in ([[k] for k in self.keys] if self._layerwise else [self.keys]):
             W = self._rmat(V, keys)
             for k in keys:
                 Wk = W[k].reshape(V.shape[-1], -1).double()
                 G += Wk @ Wk.T
-        return G
+            if apply_j:
+                self._mat(W, keys, out)
+        return out, G
 
     # -- eigenpairs -----------------------------------------------------------------------------------------
     def eigh(self, rank, *, method="subspace", oversample=10, iters=2, seed=0, progress=None):

@@ -15,7 +15,7 @@ import torch
 from .dynamics import LOSSES, SGD, KernelOperator, simulate_sgd
 from .ntk import ntk
 from .sketch import sketch_jacobian
-from .spectrum import spectrum_from_measurement
+from .spectrum import SketchGram, _eigh, spectrum_from_measurement
 
 
 @dataclass
@@ -90,6 +90,11 @@ def _outputs(model, x, batch_size):
                       for s in range(0, len(x), batch_size)]).double()
 
 
+def subset_batch_size(batch_size, n, m):
+    """The batch size on M of N samples with the same per-step SGD noise: 1/B_M − 1/M = 1/B − 1/N."""
+    return int(min(m, max(1, round(1.0 / (1.0 / batch_size - 1.0 / n + 1.0 / m)))))
+
+
 def _load_data(pred, model, data, loss, subset, seed):
     """Checks (model, data, loss, subset) and sets the data attributes shared by the predictors."""
     if not isinstance(model, torch.nn.Module):
@@ -153,7 +158,7 @@ class Predictor:
                                 progress=progress)
             self.op = KernelOperator(M, C, sketch=S.flatten(0, 1).double())
         self.method, self.k = method, k
-        self._subset_modes = self._measure_subset_modes() if M < self.n_samples else None
+        self._subset_modes = None  # measured on the first predict(subset_correction=True)
         self.setup_seconds = time.perf_counter() - start
         self._step_seconds = {}
 
@@ -161,15 +166,15 @@ class Predictor:
         """Eigenvalues, energies and the noise floor σ² of the subset's operator for the initial residual
         (softmax(f₀) − y for cross-entropy), for the subset correction."""
         onehot = torch.nn.functional.one_hot(self.y, self.f0.shape[1]).double()
-        delta = (torch.softmax(self.f0, 1) if self.loss == "ce" else self.f0) - onehot
+        delta = ((torch.softmax(self.f0, 1) if self.loss == "ce" else self.f0) - onehot).reshape(-1)
         if self.op.K is not None:
-            lam, U = torch.linalg.eigh(self.op.K)
-            e = (U.T @ delta.reshape(-1)).square()
+            lam, U = _eigh(self.op.K, 0.0)
+            e = (U.T @ delta).square()
         else:
-            lam, V = torch.linalg.eigh(self.op.S.T @ self.op.S)
-            proj = V.T @ (self.op.S.T @ delta.reshape(-1))
-            e = torch.where(lam > 0, proj.square() / lam.clamp_min(torch.finfo(lam.dtype).tiny), 0.0)
-        lam, e = lam.flip(0).clamp_min(0).numpy(), e.flip(0).numpy()
+            acc = SketchGram(self.op.S.shape[1])
+            acc.update(self.op.S, delta)
+            lam, e = acc.eigh()
+        lam, e = lam.numpy(), e.numpy()
         spec = spectrum_from_measurement(lam, e, float(delta.square().sum()), self.subset, self.n_samples,
                                          self.f0.shape[1], method=self.method, trust=1.0)
         return lam, e, spec.noise_energy
@@ -177,6 +182,8 @@ class Predictor:
     def _subset_correction(self, sgd, max_steps):
         """Ratio (t = 0..max_steps) of the full set's to the subset's linearized loss decrease (see the class):
         full-batch SGD with the same momentum, dampening, Nesterov and schedule on the MSE proxy, mode by mode."""
+        if self._subset_modes is None:
+            self._subset_modes = self._measure_subset_modes()
         lam, e, sigma2 = self._subset_modes
         N, M = self.n_samples, self.subset
         rate = lam / M
@@ -237,9 +244,8 @@ class Predictor:
                   weight_decay=weight_decay, schedule=schedule, **schedule_kwargs).check(self.n_samples)
         N, M = self.n_samples, self.subset
         ratio = self._subset_correction(sgd, max_steps) if M < N and subset_correction else None
-        if M < N:  # same per-step noise as batch_size out of N
-            b = 1.0 / (1.0 / batch_size - 1.0 / N + 1.0 / M)
-            sgd.batch_size = int(min(M, max(1, round(b))))
+        if M < N:
+            sgd.batch_size = subset_batch_size(batch_size, N, M)
         loss_curve, acc_curve, per_path = simulate_sgd(self.op, self.f0, self.y, self.loss, sgd, max_steps,
                                                        paths=paths, seed=self.seed if seed is None else seed,
                                                        sampling=sampling)

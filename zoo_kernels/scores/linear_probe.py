@@ -197,6 +197,14 @@ def linear_probe_accuracy(features, labels, *, folds=5, l2=None, max_iter=100, s
     return float((pred == y).sum()) / n
 
 
+def _standardized_split(x, tr, te):
+    """Train and test rows, standardized with the train rows' mean and std (the references' per-fold step)."""
+    x_tr, x_te = x[tr], x[te]
+    mean, std = x_tr.mean(0, keepdim=True), x_tr.std(0, keepdim=True)
+    std = torch.where(std > 0, std, torch.ones_like(std))
+    return (x_tr - mean) / std, (x_te - mean) / std
+
+
 def reference_linear_probe_accuracy(features, labels, folds=5, seed=0):
     """Pure-torch reference: the same probe fold by fold with torch L-BFGS (strong Wolfe) and an autograd
     closure, float32 (the implementation before the closed-form gradient and the batched folds)."""
@@ -207,10 +215,7 @@ def reference_linear_probe_accuracy(features, labels, folds=5, seed=0):
     correct = 0
     for k in range(folds):
         te, tr = fold == k, fold != k
-        x_tr, x_te = f[tr], f[te]
-        mean, std = x_tr.mean(0, keepdim=True), x_tr.std(0, keepdim=True)
-        std = torch.where(std > 0, std, torch.ones_like(std))
-        x_tr, x_te = (x_tr - mean) / std, (x_te - mean) / std
+        x_tr, x_te = _standardized_split(f, tr, te)
         w = torch.zeros(f.shape[1], c, requires_grad=True)
         b = torch.zeros(c, requires_grad=True)
         opt = torch.optim.LBFGS([w, b], lr=1, max_iter=100, history_size=10, tolerance_grad=1e-6,
@@ -241,10 +246,7 @@ def reference_per_fold_probe_accuracy(features, labels, folds=5, seed=0, dtype=t
     correct = 0
     for k in range(folds):
         te, tr = fold == k, fold != k
-        x_tr, x_te = x[tr], x[te]
-        mean, std = x_tr.mean(0, keepdim=True), x_tr.std(0, keepdim=True)
-        std = torch.where(std > 0, std, torch.ones_like(std))
-        x_tr, x_te = (x_tr - mean) / std, (x_te - mean) / std
+        x_tr, x_te = _standardized_split(x, tr, te)
         d = x.shape[1]
         params = torch.zeros(d + 1, c, dtype=dtype, requires_grad=True)
         onehot = torch.nn.functional.one_hot(y[tr], c).to(dtype)
