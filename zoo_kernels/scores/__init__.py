@@ -9,8 +9,10 @@ from .gbc import gbc
 from .hscore import hscore, hscore_shrinkage, ledoit_wolf
 from .knn import knn_accuracy
 from .linear_probe import linear_probe_accuracy
+from .ncti import ncti, ncti_combine, ncti_terms
 from .prior import model_size, source_accuracy
 from .probabilistic import gmm_posteriors, leep, logme, nce, nleep, pca
+from .sfda import fisher_lda, sfda
 from .transrate import transrate
 from .zoo import (combine, energy_score, etran, group_prior, lda_score, minmax, rank_average, ranks,
                   standardize)
@@ -18,7 +20,8 @@ from .zoo import (combine, energy_score, etran, group_prior, lda_score, minmax, 
 __all__ = [
     "lfc", "lgc", "lgc_from_kernel", "lgc_from_sketch", "gradient_kernel", "label_matrix", "with_target_head",
     "leep", "nce", "nleep", "logme", "hscore", "hscore_shrinkage", "transrate", "gbc", "knn_accuracy",
-    "linear_probe_accuracy", "model_size", "source_accuracy",
-    "etran", "lda_score", "energy_score", "minmax", "combine", "ranks", "rank_average", "standardize", "group_prior",
+    "linear_probe_accuracy", "model_size", "source_accuracy", "sfda", "fisher_lda",
+    "etran", "ncti", "ncti_terms", "ncti_combine", "lda_score", "energy_score", "minmax", "combine", "ranks",
+    "rank_average", "standardize", "group_prior",
     "ledoit_wolf", "pca", "gmm_posteriors", "feature_stats", "clear_feature_cache", "set_feature_cache",
 ]
