@@ -180,6 +180,18 @@ def test_predict_training_time_end_to_end_and_subset():
     assert zk.predict_training_time(model.float(), ds, lr=0.5, batch_size=16, max_steps=5, k=64).loss_curve.shape == (6,)
 
 
+def test_predict_training_time_head_aware_method():
+    from zoo_kernels.calibrate import HeadAwarePredictor
+    model, x, y = problem(n=40, d=5, C=3, seed=4)
+    args = dict(lr=0.1, batch_size=8, max_steps=12, momentum=0.9, paths=2)
+    p = zk.predict_training_time(model, (x, y), method="head-aware", k=64, **args)
+    q = HeadAwarePredictor(model, (x, y), k=64).predict(**args)
+    np.testing.assert_allclose(p.loss_curve, q.loss_curve, rtol=1e-12)
+    np.testing.assert_allclose(p.accuracy_curve, q.accuracy_curve, rtol=1e-12)
+    with pytest.raises(ValueError, match="`method` must be"):
+        zk.predict_training_time(model, (x, y), method="ntk", **args)
+
+
 def test_recommend_grid_and_predict_kwargs():
     model, x, y = problem(n=60, d=5, C=3, seed=1)
     pred = zk.Predictor(model, (x, y), method="exact")

@@ -280,15 +280,27 @@ class Predictor:
 
 
 def predict_training_time(model, data, *, lr, batch_size, max_steps, momentum=0.0, weight_decay=0.0, loss="ce",
-                          seed=0, subset=None, k=1024, method="sketch", dampening=0.0, nesterov=False,
+                          seed=0, subset=None, k=None, method="sketch", dampening=0.0, nesterov=False,
                           schedule="constant", paths=4, progress=False, **schedule_kwargs):
     """Expected training loss/accuracy curves of SGD fine-tuning, predicted from the linearized model.
 
     data: (inputs, labels) tensors or a torch Dataset. Returns a Prediction: loss_curve and accuracy_curve
     (length max_steps + 1), steps_to(loss=|fraction=|accuracy=|epsilon=), epochs(), seconds() from a measured
     step time, and cost_seconds. For several settings, build one Predictor and call predict() repeatedly.
+
+    method: "sketch" (the paper's linearization, dense JL sketch of width k), "exact" (exact NTK) or "head-aware"
+    (zoo_kernels.calibrate.HeadAwarePredictor: linearized backbone, exact last linear layer; the better choice
+    when fine-tuning starts from a new random head, see docs/PREDICT.md; k defaults to 512 there).
     """
-    pred = Predictor(model, data, loss=loss, k=k, method=method, subset=subset, seed=seed, progress=progress)
+    if method not in ("sketch", "exact", "head-aware"):
+        raise ValueError(f"`method` must be 'sketch', 'exact' or 'head-aware', got {method!r}")
+    if method == "head-aware":
+        from .calibrate import HeadAwarePredictor  # noqa: PLC0415 (calibrate imports this module)
+        pred = HeadAwarePredictor(model, data, loss=loss, k=512 if k is None else k, subset=subset, seed=seed,
+                                  progress=progress)
+    else:
+        pred = Predictor(model, data, loss=loss, k=1024 if k is None else k, method=method, subset=subset,
+                         seed=seed, progress=progress)
     return pred.predict(lr=lr, batch_size=batch_size, max_steps=max_steps, momentum=momentum,
                         weight_decay=weight_decay, dampening=dampening, nesterov=nesterov, schedule=schedule,
                         paths=paths, **schedule_kwargs)

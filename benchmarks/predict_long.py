@@ -1,0 +1,329 @@
+"""Training-time prediction at the paper's scale: long fine-tuning runs on thousands of samples, subset mode.
+
+    python -m benchmarks.predict_long                       # 3 pairs x 5 settings, ~25 min on 1 thread
+    python -m benchmarks.predict_long --pairs resnet_multi:pendigits_inverted --settings 0.003,64,0.9 --quick
+
+MiniZoo's SGD grid (benchmarks/predict_validation.py) has 10-shot runs of 100 steps on N <= 260 samples: there a
+prediction cannot be much cheaper than the run it predicts. Here the MiniZoo experts are fine-tuned with the
+MiniZoo recipe (all parameters, new head of seed 0, CE, stream minibatches, no weight decay) on --per-class
+samples per class of a target task (N = 3,900-4,000) for --epochs epochs, and the full-training-set loss is
+measured at ~90 steps of each run (every step up to 10, then geometrically; crossings interpolated in log-loss).
+The predictions use the subset mode the issue asks for: M = N/20 random samples.
+
+  linear-sketch  Predictor(method="sketch", k=1024, subset=M): the paper's linearization around w0
+  head-aware     HeadAwarePredictor(k=512, subset=M): linearized backbone, exact new head
+  head-aware+calib  head-aware rescaled in time (calibrate_time) to the first --calib-steps real steps, their
+                 losses measured on the same M samples (cost: those real steps + M-sample evaluations)
+
+Errors: |T_pred - T_real| / T_real of the steps to L0/2, L0/4, L0/10, L0/30 and to --accuracy, over the pairs the
+real run reaches. Cost: the prediction's seconds (setup shared by a pair's settings, plus the integration of one
+setting) against the recorded optimization seconds of the real run (evaluation excluded), same process.
+Writes benchmarks/results/predict-long-cpu-<date>.{json,md,png}.
+"""
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from zoo_kernels import zoo
+from zoo_kernels.calibrate import HeadAwarePredictor, calibrate_time
+from zoo_kernels.predict import Predictor
+from zoo_kernels.zoo import data as D
+from zoo_kernels.zoo.finetune import _batches, evaluate
+
+FRACTIONS = (0.5, 0.25, 0.1, 1 / 30)
+PAIRS = (("resnet_multi", "pendigits_inverted"), ("convnet_latin", "pendigits_inverted"),
+         ("resnet_multi", "latin_heldout"))
+SETTINGS = ((0.001, 64, 0.9), (0.003, 64, 0.9), (0.01, 32, 0.0), (0.03, 128, 0.0), (0.01, 64, 0.9))
+METHODS = ("linear-sketch", "head-aware", "head-aware+calib")
+
+
+def eval_steps(steps):
+    """Every step up to 10, then geometric (x1.06), and the last step."""
+    out, t = list(range(11)), 10
+    while t < steps:
+        t = min(steps, max(t + 1, round(t * 1.06)))
+        out.append(t)
+    return out
+
+
+def real_run(model, x, y, lr, batch, momentum, steps, seed=0):
+    """The recipe's SGD run (head already reset); (eval steps, losses, accuracies, optimization wall seconds)."""
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    order = _batches(len(x), batch, steps, torch.Generator().manual_seed(seed))
+    at = set(eval_steps(steps))
+    ts, ls, acc = [0], *map(list, zip(evaluate(model, x, y)))
+    wall = 0.0
+    model.train()
+    for s in range(steps):
+        t0 = time.perf_counter()
+        idx = order[s]
+        loss = F.cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        wall += time.perf_counter() - t0
+        if not math.isfinite(float(loss.detach())):
+            break
+        if s + 1 in at:
+            lo, ac = evaluate(model, x, y)
+            ts.append(s + 1), ls.append(lo), acc.append(ac)
+    return np.asarray(ts), np.asarray(ls), np.asarray(acc), wall
+
+
+def crossing(ts, values, threshold, below=True):
+    """First (interpolated) step where values cross threshold (log-interpolated for losses); None if never."""
+    v = np.asarray(values, dtype=np.float64)
+    hit = v <= threshold if below else v >= threshold
+    w = np.flatnonzero(hit)
+    if not w.size:
+        return None
+    i = int(w[0])
+    if i == 0:
+        return float(ts[0])
+    a, b = (np.log(v[i - 1]), np.log(v[i])) if below else (v[i - 1], v[i])
+    c = np.log(threshold) if below else threshold
+    frac = 0.0 if a == b else (a - c) / (a - b)
+    return float(ts[i - 1] + frac * (ts[i] - ts[i - 1]))
+
+
+def targets(ts, loss, acc, accuracy):
+    out = {f"loss<={f:.3g}L0": crossing(ts, loss, f * loss[0]) for f in FRACTIONS}
+    out[f"acc>={accuracy:g}"] = crossing(ts, acc, accuracy, below=False)
+    return out
+
+
+def run_pair(model_name, task, settings, args, log):
+    C = D.TARGETS[task][0]
+    x, y = D.make_target(task, "train", args.per_class)
+    N = len(x)
+    M = N // args.subset_div
+    model = zoo.load_model(model_name, num_classes=C, seed=0)
+    preds = {"linear-sketch": Predictor(model, (x, y), method="sketch", k=args.k, subset=M, seed=0),
+             "head-aware": HeadAwarePredictor(model, (x, y), k=args.head_k, subset=M, seed=0)}
+    setup = {k: p.setup_seconds for k, p in preds.items()}
+    log(f"{model_name} -> {task}: N={N}, C={C}, M={M}; setup " + ", ".join(f"{k} {v:.1f}s" for k, v in setup.items()))
+    sub_x, sub_y = preds["head-aware"].x, preds["head-aware"].y
+    records = []
+    for lr, batch, momentum in settings:
+        steps = int(round(args.epochs * N / batch))
+        m = zoo.load_model(model_name, num_classes=C, seed=0)
+        ts, ls, acc, wall = real_run(m, x, y, lr, batch, momentum, steps)
+        rec = {"model": model_name, "task": task, "N": N, "C": C, "M": M, "lr": lr, "batch": batch,
+               "momentum": momentum, "steps": steps, "epochs": args.epochs, "train_wall_s": wall,
+               "real": targets(ts, ls, acc, args.accuracy), "real_t": ts.tolist(),
+               "real_loss": [round(float(v), 5) for v in ls], "setup_s": setup, "methods": {}}
+        horizon = int(steps * args.horizon)
+        curves = {}
+        for name, p in preds.items():
+            t0 = time.perf_counter()
+            try:
+                pr = p.predict(lr=lr, batch_size=batch, momentum=momentum, max_steps=horizon, sampling="stream",
+                               paths=args.paths, seed=1, measure_time=False)
+                curves[name] = pr
+            except FloatingPointError:
+                pr = None
+            rec["methods"][name] = {"integrate_s": time.perf_counter() - t0, "diverged": pr is None}
+        # calibration: K real steps of a copy, losses on the M subset samples
+        K = args.calib_steps
+        if "head-aware" in curves:
+            m = zoo.load_model(model_name, num_classes=C, seed=0)
+            t0 = time.perf_counter()
+            cts, cls, _, cwall = real_run_subset_eval(m, x, y, sub_x, sub_y, lr, batch, momentum, K)
+            cal = calibrate_time(curves["head-aware"], cls)
+            curves["head-aware+calib"] = cal
+            rec["methods"]["head-aware+calib"] = {"integrate_s": rec["methods"]["head-aware"]["integrate_s"],
+                                                  "calib_s": time.perf_counter() - t0, "scale": cal.calibration_scale,
+                                                  "diverged": False}
+        for name in METHODS:
+            out = rec["methods"].setdefault(name, {"diverged": True})
+            pr = curves.get(name)
+            if pr is None:
+                out["T"] = {k: None for k in rec["real"]}
+                continue
+            L = np.where(np.isfinite(pr.loss_curve), pr.loss_curve, np.inf)
+            tt = np.arange(len(L))
+            out["T"] = targets(tt, np.minimum(L, 1e30), pr.accuracy_curve, args.accuracy)
+            out["cost_s"] = setup[name.split("+")[0]] + out["integrate_s"] + out.get("calib_s", 0.0)
+            out["loss_curve"] = [round(float(v), 5) for v in pr.loss_curve[::max(1, horizon // 300)]]
+            out["curve_stride"] = max(1, horizon // 300)
+        records.append(rec)
+        log(f"  lr={lr} B={batch} m={momentum}: {steps} steps, train {wall:.1f}s | real "
+            + str({k: None if v is None else round(v, 1) for k, v in rec["real"].items()}) + " | "
+            + " ; ".join(f"{n} {[None if v is None else round(v) for v in rec['methods'][n]['T'].values()]}"
+                         for n in METHODS))
+    return records
+
+
+def real_run_subset_eval(model, x, y, sx, sy, lr, batch, momentum, steps):
+    """The first `steps` steps of the real run with the loss measured on the subset (sx, sy) after each."""
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    order = _batches(len(x), batch, steps, torch.Generator().manual_seed(0))
+    losses, wall = [evaluate(model, sx, sy)[0]], 0.0
+    model.train()
+    for s in range(steps):
+        t0 = time.perf_counter()
+        loss = F.cross_entropy(model(x[order[s]]), y[order[s]])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        wall += time.perf_counter() - t0
+        losses.append(evaluate(model, sx, sy)[0])
+    return np.arange(steps + 1), np.asarray(losses), None, wall
+
+
+def rel(p, r):
+    return None if r is None else (abs((p if p is not None else math.inf) - r) / r)
+
+
+def summary_rows(records):
+    rows = []
+    keys = list(records[0]["real"])
+    for name in METHODS:
+        errs, per_key, signed = [], {k: [] for k in keys}, []
+        for rec in records:
+            for k in keys:
+                r, p = rec["real"][k], rec["methods"][name]["T"].get(k)
+                if r is None or r < 1:
+                    continue
+                e = rel(p, r)
+                errs.append(e)
+                per_key[k].append(e)
+                if p is not None:
+                    signed.append((p - r) / r)
+        costs = [rec["methods"][name].get("cost_s") for rec in records if rec["methods"][name].get("cost_s")]
+        ratio = [rec["train_wall_s"] / rec["methods"][name]["cost_s"] for rec in records
+                 if rec["methods"][name].get("cost_s")]
+        amort = [rec["train_wall_s"] / (rec["setup_s"][name.split("+")[0]] / len([r for r in records if (
+            r["model"], r["task"]) == (rec["model"], rec["task"])]) + rec["methods"][name]["integrate_s"]
+            + rec["methods"][name].get("calib_s", 0.0)) for rec in records if rec["methods"][name].get("cost_s")]
+        e = np.asarray(errs)
+        rows.append({"method": name, "pairs": len(errs), "median": float(np.median(e)) if e.size else None,
+                     "p90": float(np.percentile(e, 90)) if e.size else None,
+                     "within20": float(np.mean(e <= 0.2)) if e.size else None,
+                     "within10": float(np.mean(e <= 0.1)) if e.size else None,
+                     "median_signed": float(np.median(signed)) if signed else None,
+                     "per_target": {k: (float(np.median(v)) if v else None) for k, v in per_key.items()},
+                     "cost_s": float(np.median(costs)) if costs else None,
+                     "train_over_pred": float(np.median(ratio)) if ratio else None,
+                     "train_over_pred_amortized": float(np.median(amort)) if amort else None})
+    return rows
+
+
+def markdown(records, rows, meta):
+    keys = list(records[0]["real"])
+    f = lambda v, d=2: "-" if v is None else (f"{v:.{d}f}" if isinstance(v, float) else str(v))  # noqa: E731
+    out = ["| method | pairs | median | p90 | within 10% | within 20% | median signed | "
+           + " | ".join(f"median {k}" for k in keys) + " | prediction s | train / prediction | amortized |",
+           "|" + "---|" * (10 + len(keys))]
+    for r in rows:
+        out.append(f"| {r['method']} | {r['pairs']} | {f(r['median'])} | {f(r['p90'])} | {f(r['within10'])} | "
+                   f"{f(r['within20'])} | {f(r['median_signed'])} | "
+                   + " | ".join(f(r["per_target"][k]) for k in keys)
+                   + f" | {f(r['cost_s'], 1)} | {f(r['train_over_pred'])} | {f(r['train_over_pred_amortized'])} |")
+    out += ["", "| model -> task | lr | B | m | steps | train s | " + " | ".join(f"real {k}" for k in keys)
+            + " | " + " | ".join(f"{n} (steps per target)" for n in METHODS) + " |",
+            "|" + "---|" * (6 + len(keys) + len(METHODS))]
+    for rec in records:
+        out.append(f"| {rec['model']} -> {rec['task']} | {rec['lr']} | {rec['batch']} | {rec['momentum']} | "
+                   f"{rec['steps']} | {rec['train_wall_s']:.1f} | "
+                   + " | ".join(f(rec["real"][k], 0) for k in keys) + " | "
+                   + " | ".join(("diverged" if rec["methods"][n].get("diverged") else
+                                 "/".join(f(v, 0) for v in rec["methods"][n]["T"].values())) for n in METHODS) + " |")
+    return "\n".join(out)
+
+
+def plot(records, path):
+    from zoo_kernels import plots as P  # noqa: PLC0415
+    panels = []
+    for rec in records:
+        s = None
+        pred = {}
+        for n in METHODS:
+            o = rec["methods"][n]
+            if "loss_curve" in o:
+                s = o["curve_stride"]
+                pred[n] = (np.arange(len(o["loss_curve"])) * s, o["loss_curve"])
+        panels.append({"title": f"{rec['model']} -> {rec['task']}\nlr={rec['lr']} B={rec['batch']} "
+                                f"m={rec['momentum']}", "real": (rec["real_t"], rec["real_loss"]), "predicted": pred})
+    plt = P.require_matplotlib()
+    cols = 5
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.8 * rows), squeeze=False)
+    for ax, p in zip(axes.flat, panels):
+        ax.plot(*p["real"], color="k", lw=1.8, label="real")
+        for n, (t, c) in p["predicted"].items():
+            ax.plot(t, c, lw=1, label=n)
+        ax.set_yscale("log")
+        ax.set_xlim(0, p["real"][0][-1] * 1.05)
+        ax.set_title(p["title"], fontsize=7)
+        ax.tick_params(labelsize=6)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=6)
+    fig.suptitle("Long fine-tuning runs (N ~ 4,000, 10 epochs): real vs predicted (subset M = N/20) training loss",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--pairs", nargs="+", default=[f"{m}:{t}" for m, t in PAIRS])
+    ap.add_argument("--settings", nargs="+", default=[f"{a},{b},{c}" for a, b, c in SETTINGS])
+    ap.add_argument("--per-class", type=int, default=0, help="samples per class (default: about 4,000 in all)")
+    ap.add_argument("--epochs", type=float, default=10.0)
+    ap.add_argument("--subset-div", type=int, default=20)
+    ap.add_argument("--k", type=int, default=1024)
+    ap.add_argument("--head-k", type=int, default=512)
+    ap.add_argument("--paths", type=int, default=2)
+    ap.add_argument("--horizon", type=float, default=1.5, help="predicted steps, in units of the real run")
+    ap.add_argument("--calib-steps", type=int, default=10)
+    ap.add_argument("--accuracy", type=float, default=0.9)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--quick", action="store_true", help="2 epochs, for a smoke test")
+    ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--tag", default="")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.quick:
+        args.epochs = 2.0
+    settings = [tuple(float(v) if i != 1 else int(v) for i, v in enumerate(s.split(","))) for s in args.settings]
+    start = time.time()
+    log = lambda s: print(f"[{time.time() - start:6.0f}s] {s}", flush=True)  # noqa: E731
+    records = []
+    for pair in args.pairs:
+        model_name, task = pair.split(":")
+        per = args.per_class or max(1, round(4000 / D.TARGETS[task][0]))
+        args_pair = argparse.Namespace(**{**vars(args), "per_class": per})
+        records += run_pair(model_name, task, settings, args_pair, log)
+    rows = summary_rows(records)
+    stamp = datetime.date.today().isoformat()
+    meta = {"date": stamp, "machine": platform.machine(), "cpus": os.cpu_count(), "torch": torch.__version__,
+            "threads": args.threads, "load_average": list(os.getloadavg()), "wall_s": time.time() - start,
+            "args": vars(args)}
+    os.makedirs(args.out, exist_ok=True)
+    base = os.path.join(args.out, f"predict-long-cpu-{stamp}{args.tag}")
+    with open(base + ".json", "w") as fh:
+        json.dump({"meta": meta, "summary": rows, "records": records}, fh)
+    md = markdown(records, rows, meta)
+    with open(base + ".md", "w") as fh:
+        fh.write(md + "\n")
+    try:
+        plot(records, base + ".png")
+    except ImportError as e:
+        log(f"no plot: {e}")
+    print(md)
+    log(f"done; load average {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()
