@@ -108,6 +108,8 @@ def run_pair(model_name, task, settings, args, log):
     model = zoo.load_model(model_name, num_classes=C, seed=0)
     preds = {"linear-sketch": Predictor(model, (x, y), method="sketch", k=args.k, subset=M, seed=0),
              "head-aware": HeadAwarePredictor(model, (x, y), k=args.head_k, subset=M, seed=0)}
+    if args.full_check:  # the same head-aware model on all N samples: the subset's approximation error
+        preds["head-aware-full"] = HeadAwarePredictor(model, (x, y), k=args.full_k, seed=0, eval_batch_size=16)
     setup = {k: p.setup_seconds for k, p in preds.items()}
     log(f"{model_name} -> {task}: N={N}, C={C}, M={M}; setup " + ", ".join(f"{k} {v:.1f}s" for k, v in setup.items()))
     sub_x, sub_y = preds["head-aware"].x, preds["head-aware"].y
@@ -142,7 +144,7 @@ def run_pair(model_name, task, settings, args, log):
             rec["methods"]["head-aware+calib"] = {"integrate_s": rec["methods"]["head-aware"]["integrate_s"],
                                                   "calib_s": time.perf_counter() - t0, "scale": cal.calibration_scale,
                                                   "diverged": False}
-        for name in METHODS:
+        for name in methods(args):
             out = rec["methods"].setdefault(name, {"diverged": True})
             pr = curves.get(name)
             if pr is None:
@@ -158,8 +160,12 @@ def run_pair(model_name, task, settings, args, log):
         log(f"  lr={lr} B={batch} m={momentum}: {steps} steps, train {wall:.1f}s | real "
             + str({k: None if v is None else round(v, 1) for k, v in rec["real"].items()}) + " | "
             + " ; ".join(f"{n} {[None if v is None else round(v) for v in rec['methods'][n]['T'].values()]}"
-                         for n in METHODS))
+                         for n in methods(args)))
     return records
+
+
+def methods(args):
+    return METHODS + (("head-aware-full",) if args.full_check else ())
 
 
 def real_run_subset_eval(model, x, y, sx, sy, lr, batch, momentum, steps):
@@ -186,7 +192,7 @@ def rel(p, r):
 def summary_rows(records):
     rows = []
     keys = list(records[0]["real"])
-    for name in METHODS:
+    for name in [n for n in METHODS + ("head-aware-full",) if n in records[0]["methods"]]:
         errs, per_key, signed = [], {k: [] for k in keys}, []
         for rec in records:
             for k in keys:
@@ -219,6 +225,7 @@ def summary_rows(records):
 
 def markdown(records, rows, meta):
     keys = list(records[0]["real"])
+    names = [r["method"] for r in rows]
     f = lambda v, d=2: "-" if v is None else (f"{v:.{d}f}" if isinstance(v, float) else str(v))  # noqa: E731
     out = ["| method | pairs | median | p90 | within 10% | within 20% | median signed | "
            + " | ".join(f"median {k}" for k in keys) + " | prediction s | train / prediction | amortized |",
@@ -229,14 +236,21 @@ def markdown(records, rows, meta):
                    + " | ".join(f(r["per_target"][k]) for k in keys)
                    + f" | {f(r['cost_s'], 1)} | {f(r['train_over_pred'])} | {f(r['train_over_pred_amortized'])} |")
     out += ["", "| model -> task | lr | B | m | steps | train s | " + " | ".join(f"real {k}" for k in keys)
-            + " | " + " | ".join(f"{n} (steps per target)" for n in METHODS) + " |",
-            "|" + "---|" * (6 + len(keys) + len(METHODS))]
+            + " | " + " | ".join(f"{n} (steps per target)" for n in names) + " |",
+            "|" + "---|" * (6 + len(keys) + len(names))]
     for rec in records:
         out.append(f"| {rec['model']} -> {rec['task']} | {rec['lr']} | {rec['batch']} | {rec['momentum']} | "
                    f"{rec['steps']} | {rec['train_wall_s']:.1f} | "
                    + " | ".join(f(rec["real"][k], 0) for k in keys) + " | "
                    + " | ".join(("diverged" if rec["methods"][n].get("diverged") else
-                                 "/".join(f(v, 0) for v in rec["methods"][n]["T"].values())) for n in METHODS) + " |")
+                                 "/".join(f(v, 0) for v in rec["methods"][n]["T"].values())) for n in names) + " |")
+    if "head-aware-full" in names:  # the subset target: subset prediction against the full-data one
+        dev = [abs(rec["methods"]["head-aware"]["T"][k] - rec["methods"]["head-aware-full"]["T"][k])
+               / rec["methods"]["head-aware-full"]["T"][k] for rec in records for k in keys
+               if rec["methods"]["head-aware"]["T"].get(k) and rec["methods"]["head-aware-full"]["T"].get(k)]
+        if dev:
+            out += ["", f"Subset M = N/20 against all N (head-aware, steps to target): {len(dev)} pairs, median "
+                    f"{np.median(dev):.3f}, p90 {np.percentile(dev, 90):.3f}, max {max(dev):.3f}"]
     return "\n".join(out)
 
 
@@ -246,7 +260,7 @@ def plot(records, path):
     for rec in records:
         s = None
         pred = {}
-        for n in METHODS:
+        for n in rec["methods"]:
             o = rec["methods"][n]
             if "loss_curve" in o:
                 s = o["curve_stride"]
@@ -287,6 +301,9 @@ def main(argv=None):
     ap.add_argument("--paths", type=int, default=2)
     ap.add_argument("--horizon", type=float, default=1.5, help="predicted steps, in units of the real run")
     ap.add_argument("--calib-steps", type=int, default=10)
+    ap.add_argument("--full-check", action="store_true",
+                    help="also the head-aware prediction on all N samples (minutes per pair)")
+    ap.add_argument("--full-k", type=int, default=256, help="sketch width of --full-check")
     ap.add_argument("--accuracy", type=float, default=0.9)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="2 epochs, for a smoke test")
