@@ -3,6 +3,8 @@
     .venv/bin/python benchmarks/selection_eval.py                  # score (cached) + evaluate + write the report
     .venv/bin/python benchmarks/selection_eval.py --eval-only      # evaluate the cached scores on the current GT
     .venv/bin/python benchmarks/selection_eval.py --lgc-shots 10 50  # LGC (trace over C outputs) at both levels
+    .venv/bin/python benchmarks/selection_eval.py --groups base extra --features-dir .benchmarks/features --score-only
+                                       # the feature scores only (about 1 min for both levels), features kept
 
 What it does
 * Ground truth: ``zoo.finetune_runs(tier)`` (default: the full tier), only rows of the current recipe
@@ -18,6 +20,9 @@ What it does
   (``k=1024``, Kronecker/Rademacher, a fresh random C-way target head of std 1/sqrt(D), all parameters,
   trace over the C outputs: ``lgc``; and the cheaper NTK of the summed outputs: ``lgc_sum``); priors without
   target data: source validation accuracy (manifest; 0 for random-init controls) and backbone parameter count.
+  SFDA (``scores.sfda``) and NCTI (``scores.ncti``: its three per-model terms are cached and min-max combined over
+  the models being ranked, like ETran), group "extra", computed from the features of the base pass, or from the
+  features saved by ``--features-dir`` (so they are added to an existing cache without loading any model).
   ``random``: the metrics of a uniformly random ranking, averaged over 200 seeded draws per task.
   Scores are cached in a JSON file (``--cache``), so re-running on grown ground truth only scores what is missing.
 * Metrics per task (``zoo_kernels.evaluation.evaluate``): weighted Kendall tau (scipy defaults), Kendall tau-b,
@@ -32,7 +37,8 @@ What it does
 * Pre-registered strategies (``TRIO``, ``arch_prior_strategy``): the rank-average of kNN, LogME and LFC (mean of
   the within-task standardized ranks), alone and + beta * an architecture prior learned from the other tasks'
   ground truth (``scores.group_prior``), beta chosen by an inner leave-one-task-out. The held-out task's ground
-  truth is never used.
+  truth is never used. ``SFDA_STRATEGIES`` (pre-registered 2026-11-27 after the 10-shot exploration of SFDA and
+  NCTI, before their 50-shot level was evaluated): the fixed rank-averages knn + sfda and knn + logme + lfc + sfda.
 """
 from __future__ import annotations
 
@@ -57,7 +63,7 @@ if ROOT not in sys.path:
 
 from zoo_kernels import evaluation, rank, zoo  # noqa: E402
 from zoo_kernels.ranking import ZOO_SCORES  # noqa: E402
-from zoo_kernels.scores import combine, group_prior, ranks, standardize  # noqa: E402
+from zoo_kernels.scores import combine, group_prior, ncti_combine, ncti_terms, ranks, sfda, standardize  # noqa: E402
 from zoo_kernels.zoo.finetune import RECIPE  # noqa: E402
 
 CACHE_VERSION = 1
@@ -65,22 +71,31 @@ FEATURE_SCORES = ["lfc", "logme", "hscore", "hscore_shrinkage", "transrate", "gb
 LOGIT_SCORES = ["leep", "nce"]
 ZOO_COMPONENTS = ["lda", "energy"]
 PER_MODEL = FEATURE_SCORES + LOGIT_SCORES + ZOO_COMPONENTS
+# scores added after the first report, computed from the saved/shared features (group "extra"): SFDA per model,
+# and NCTI's three per-model terms, combined (min-max across the ranked models) at evaluation time like ETran
+NCTI_COMPONENTS = ["ncti_etf", "ncti_ncc", "ncti_vc"]
+EXTRA = ["sfda"] + NCTI_COMPONENTS
 LGC_K = 1024
 LGC_OPTIONS = {"lgc": {"k": LGC_K, "sketch": "kronecker", "head": "random", "output": "all"},
                "lgc_sum": {"k": LGC_K, "sketch": "kronecker", "head": "random", "output": "sum"}}
 PRIORS = ["source_accuracy", "num_params"]
 # reported scores (ETran is assembled from lda + energy over the ranked models)
-SCORE_ORDER = (["lgc", "lgc_sum"] + FEATURE_SCORES + LOGIT_SCORES + ["etran"] + PRIORS)
+SCORE_ORDER = (["lgc", "lgc_sum"] + FEATURE_SCORES + ["sfda"] + LOGIT_SCORES + ["etran", "ncti"] + PRIORS)
 MIN_MODELS = 5          # a task enters the evaluation when at least this many models have ground truth
 RANDOM_DRAWS = 200
 RANDOM_CONTROL_SOURCE_CLASSES = 10
 # pre-registered strategies (fixed on the 10-shot exploration before the full-tier 50-shot level was evaluated)
 TRIO = ("knn", "logme", "lfc")
 ARCH_BETAS = (0.0, 0.25, 0.5, 1.0, 2.0)
+# pre-registered (2026-11-27, after the 10-shot exploration of SFDA / NCTI, before their 50-shot level was
+# evaluated): fixed rank-averages (mean of the within-task standardized ranks) with SFDA, nothing fitted
+SFDA_STRATEGIES = {"knn_sfda": ("knn", "sfda"), "trio_sfda": ("knn", "logme", "lfc", "sfda")}
 STRATEGY_NAMES = {"loto": "**LOTO-selected strategy**", "loto_top2": "LOTO rank-average of the best two",
                   "trio": "rank-average knn+logme+lfc (fixed)",
                   "trio_arch": "**rank-average knn+logme+lfc + architecture prior (LOTO)**",
                   "arch_prior": "architecture prior alone (LOTO; no target data)",
+                  "knn_sfda": "**rank-average knn+sfda (fixed, pre-registered 2026-11-27)**",
+                  "trio_sfda": "**rank-average knn+logme+lfc+sfda (fixed, pre-registered 2026-11-27)**",
                   "random": "random ranking (mean of 200)"}
 
 
@@ -124,8 +139,16 @@ def priors(name):
     return {"source_accuracy": float(info["source_val_acc"] or 0.0), "num_params": float(info["params"])}
 
 
-def score_cell(task, shots, model_names, want, cache_cell, log):
-    """Fills cache_cell[model] with the missing scores of `want` (groups: "base", "lgc", "lgc_sum")."""
+def features_path(features_dir, task, shots):
+    return os.path.join(features_dir, f"{task}_{shots}.pt")
+
+
+def score_cell(task, shots, model_names, want, cache_cell, log, features_dir=None):
+    """Fills cache_cell[model] with the missing scores of `want` (groups: "base", "lgc", "lgc_sum").
+
+    features_dir: if given, the penultimate features of the models scored for "base" are saved there
+    ({"labels": y, "features": {model: (N, D) float32}}, one file per task x shots), so that scores added later
+    (SFDA, NCTI: ``--extra-scores``) are computed without loading the models again."""
     x, y, _, _ = zoo.load_task(task, shots=shots)
     shared = {}
     todo_base = [m for m in model_names if "base" in want and not all(s in cache_cell.get(m, {}) for s in PER_MODEL)]
@@ -141,6 +164,16 @@ def score_cell(task, shots, model_names, want, cache_cell, log):
             if "errors" in r:
                 c.setdefault("errors", {}).update(r["errors"])
         log(f"  {task} {shots}-shot: base scores of {len(todo_base)} models in {time.perf_counter() - t0:.1f} s")
+        if features_dir is not None:
+            path = features_path(features_dir, task, shots)
+            saved = torch.load(path) if os.path.exists(path) else {"labels": y.clone(), "features": {}}
+            saved["features"].update({m: shared[m]["features"] for m in todo_base
+                                      if shared.get(m, {}).get("features") is not None})
+            os.makedirs(features_dir, exist_ok=True)
+            torch.save(saved, path + ".tmp")
+            os.replace(path + ".tmp", path)
+    if "extra" in want:
+        score_extras(task, shots, model_names, x, y, cache_cell, shared, log, features_dir)
     for variant in ("lgc_sum", "lgc"):
         if variant not in want:
             continue
@@ -157,6 +190,46 @@ def score_cell(task, shots, model_names, want, cache_cell, log):
             if "errors" in r:
                 c.setdefault("errors", {}).update({variant: r["errors"].get("lgc", str(r["errors"]))})
         log(f"  {task} {shots}-shot: {variant} of {len(todo)} models in {time.perf_counter() - t0:.1f} s")
+
+
+def score_extras(task, shots, model_names, x, y, cache_cell, shared, log, features_dir=None):
+    """SFDA and NCTI's per-model terms of the models that lack them, from the features of this call's base
+    scoring (`shared`), else from the saved features (features_dir), else from a fresh feature pass."""
+    todo = [m for m in model_names if not all(s in cache_cell.get(m, {}) for s in EXTRA)]
+    if not todo:
+        return
+    t0 = time.perf_counter()
+    feats = {m: shared[m]["features"] for m in todo if shared.get(m, {}).get("features") is not None}
+    path = features_path(features_dir, task, shots) if features_dir is not None else None
+    if len(feats) < len(todo) and path is not None and os.path.exists(path):
+        saved = torch.load(path)
+        if torch.equal(saved["labels"], y):
+            feats.update({m: saved["features"][m] for m in todo if m not in feats and m in saved["features"]})
+    missing = [m for m in todo if m not in feats]
+    if missing:  # one forward pass per model (the cheapest per-model score forces the feature extraction)
+        rank({m: _loader(m) for m in missing}, (x, y), scores=["energy"], cache=shared, progress=False,
+             on_error="raise", seed=0)
+        feats.update({m: shared[m]["features"] for m in missing})
+    for m in todo:
+        c = cache_cell.setdefault(m, {})
+        t1 = time.perf_counter()
+        try:
+            c["sfda"] = sfda(feats[m], y)
+        except Exception as e:  # noqa: BLE001 (recorded, ranked last)
+            c["sfda"] = float("nan")
+            c.setdefault("errors", {})["sfda"] = f"{type(e).__name__}: {e}"
+        c["sfda_s"] = time.perf_counter() - t1
+        t1 = time.perf_counter()
+        try:
+            terms = ncti_terms(feats[m], y)
+        except Exception as e:  # noqa: BLE001
+            terms = {k: float("nan") for k in ("etf", "ncc", "vc")}
+            c.setdefault("errors", {})["ncti"] = f"{type(e).__name__}: {e}"
+        for k, v in terms.items():
+            c["ncti_" + k] = v
+        c["ncti_s"] = time.perf_counter() - t1
+    log(f"  {task} {shots}-shot: sfda + ncti terms of {len(todo)} models in {time.perf_counter() - t0:.1f} s "
+        f"({len(missing)} feature passes)")
 
 
 def load_cache(path):
@@ -211,13 +284,18 @@ def finite_or_last(values):
 def cell_scores(cache_cell, model_names):
     """{score: {model: value}} for one task x shots over `model_names` (ETran combined over exactly these)."""
     out = {}
-    for s in PER_MODEL + ["lgc", "lgc_sum"]:
+    for s in PER_MODEL + ["lgc", "lgc_sum"] + EXTRA:
         if all(s in cache_cell.get(m, {}) for m in model_names):
             out[s] = {m: float(cache_cell[m][s]) for m in model_names}
     if all(c in out for c in ZOO_COMPONENTS):
         comps = {c: finite_or_last(out[c])[0] for c in ZOO_COMPONENTS}
         out["etran"] = combine(comps, ZOO_SCORES["etran"])
-    for s in ZOO_COMPONENTS:
+    if all(c in out for c in NCTI_COMPONENTS):
+        good = [m for m in model_names if all(math.isfinite(out[c][m]) for c in NCTI_COMPONENTS)]
+        if good:  # a model whose terms failed is ranked last (NaN)
+            comb = ncti_combine({m: {c[5:]: out[c][m] for c in NCTI_COMPONENTS} for m in good})
+            out["ncti"] = {m: comb.get(m, float("nan")) for m in model_names}
+    for s in ZOO_COMPONENTS + NCTI_COMPONENTS:
         out.pop(s, None)
     for m in model_names:
         for s, v in priors(m).items():
@@ -229,7 +307,7 @@ def cell_costs(cache_cell, model_names):
     """{score: seconds for ranking these models} (the score's own time + the shared extraction it needs)."""
     cost = {}
     feat = sum(cache_cell[m].get("features_s", 0.0) for m in model_names if m in cache_cell)
-    for s in FEATURE_SCORES + LOGIT_SCORES:
+    for s in FEATURE_SCORES + LOGIT_SCORES + ["sfda", "ncti"]:
         if all(s + "_s" in cache_cell.get(m, {}) for m in model_names):
             cost[s] = feat + sum(cache_cell[m][s + "_s"] for m in model_names)
     if all("lda_s" in cache_cell.get(m, {}) for m in model_names):
@@ -361,7 +439,11 @@ def evaluate_level(cells, gt, cache, n_boot):
         res["arch_prior"] = _aggregate({t: evaluation.evaluate({m: trio_prior[t].get(arch_of(m), 0.0)
                                                                 for m in acc_by[t]}, acc_by[t]) for t in tasks},
                                        n_boot)
-    strategies = [k for k in ("loto", "loto_top2", "trio", "trio_arch") if k in res]
+    for k, members in SFDA_STRATEGIES.items():
+        if all(s in singles for s in members):
+            comb = {t: zrank_mean([scores_by[s][t] for s in members]) for t in tasks}
+            res[k] = _aggregate({t: evaluation.evaluate(comb[t], acc_by[t]) for t in tasks}, n_boot)
+    strategies = [k for k in ("loto", "loto_top2", "trio", "trio_arch") + tuple(SFDA_STRATEGIES) if k in res]
     # in-sample best candidate (optimistic, for deployment) and each strategy against the best single score
     insample = max(sorted(cand_eval), key=lambda c: np.mean([cand_eval[c][t]["weighted_tau"] for t in tasks]))
     best_single = max(singles, key=lambda s: res[s]["mean"]["weighted_tau"])
@@ -511,9 +593,11 @@ def summary_table(levels):
 
 def per_task_table(shots, L):
     lines = [f"#### {shots}-shot, per task (weighted τ; LOTO pick and its top-1 / top-3 regret)\n"]
-    show = [s for s in ("lgc", "lfc", "logme", "knn", "linear_probe", "leep", "source_accuracy") if s in L["singles"]]
-    show += [k for k in ("trio", "trio_arch") if k in L["strategies"]]
-    heads = [{"trio": "rankavg trio", "trio_arch": "trio + arch prior"}.get(s, s) for s in show]
+    show = [s for s in ("lgc", "lfc", "logme", "knn", "linear_probe", "leep", "sfda", "ncti", "source_accuracy")
+            if s in L["singles"]]
+    show += [k for k in ("trio", "trio_arch") + tuple(SFDA_STRATEGIES) if k in L["strategies"]]
+    heads = [{"trio": "rankavg trio", "trio_arch": "trio + arch prior", "knn_sfda": "knn+sfda",
+              "trio_sfda": "trio+sfda"}.get(s, s) for s in show]
     lines.append("| task | best model (acc) | " + " | ".join(heads) + " | LOTO pick | LOTO wτ | regret@1 | regret@3 |")
     lines.append("|---|---|" + "---|" * len(show) + "---|---|---|---|")
     for t in L["tasks"]:
@@ -570,6 +654,12 @@ def write_report(path, levels, gt_info, facts, command, elapsed, notes, n_boot, 
                "leave-one-task-out on those other tasks. No strategy sees the evaluated task's ground truth. The "
                "prior is a property of this zoo and of its fine-tuning recipe (one recipe for all architectures), "
                "not of the target data: it is a meta-learned baseline, not a transferability score.\n")
+    if any(k in L["strategies"] for L in levels.values() for k in SFDA_STRATEGIES):
+        out.append("Pre-registered SFDA strategies (written down and committed on 2026-11-27 after the 10-shot "
+                   "exploration of SFDA and NCTI, before their 50-shot level was evaluated; the 10-shot numbers are "
+                   "exploratory, the 50-shot numbers are the test): the fixed rank-averages (mean of within-task "
+                   "standardized ranks, nothing fitted) `knn+sfda` and `knn+logme+lfc+sfda`. The candidate pool of "
+                   "the LOTO selection now includes sfda, ncti and their pairs.\n")
     out.append("## Verdict (target: mean weighted τ above every single baseline, top-3 regret ≤ 1 point)\n")
     for shots, L in levels.items():
         out.append(verdict(shots, L))
@@ -604,6 +694,12 @@ def main(argv=None):
                    help="shot levels where `lgc` (trace over the C outputs, N*C backward passes) is computed")
     p.add_argument("--score-all", action="store_true",
                    help="score every zoo model x task (not only those with ground truth now)")
+    p.add_argument("--groups", nargs="+", default=["base", "extra", "lgc_sum", "lgc"],
+                   choices=["base", "extra", "lgc_sum", "lgc"],
+                   help="score groups computed when scoring (extra = sfda + ncti; lgc only at --lgc-shots)")
+    p.add_argument("--score-only", action="store_true", help="score (cached) and stop: no evaluation, no report")
+    p.add_argument("--features-dir", default=None,
+                   help="save the penultimate features of every scored task x shots there (for --extra-scores)")
     p.add_argument("--eval-only", action="store_true", help="no scoring: evaluate what is cached")
     p.add_argument("--n-boot", type=int, default=10000)
     p.add_argument("--threads", type=int, default=1)
@@ -623,11 +719,15 @@ def main(argv=None):
             names = zoo.models() if args.score_all else sorted(gt.get((task, shots), {}))
             if not args.score_all and len(names) < MIN_MODELS:
                 continue
-            want = {"base", "lgc_sum"} | ({"lgc"} if shots in args.lgc_shots else set())
+            want = {"base", "extra", "lgc_sum"} | ({"lgc"} if shots in args.lgc_shots else set())
+            want &= set(args.groups)
             cc = cache["cells"].setdefault(cell_key(task, shots), {})
-            score_cell(task, shots, names, want, cc, log)
+            score_cell(task, shots, names, want, cc, log, features_dir=args.features_dir)
             save_cache(cache, args.cache)
 
+    if args.score_only:
+        log(f"scored; cache {args.cache} ({time.perf_counter() - t_start:.0f} s)")
+        return 0
     levels = {}
     for shots in args.shots:
         cells = [(t, s) for (t, s) in gt if s == shots and len(gt[(t, s)]) >= MIN_MODELS]

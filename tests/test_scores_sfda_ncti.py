@@ -345,3 +345,28 @@ def test_module_exports():
     assert S.sfda is sfda_module.sfda and S.ncti is ncti_module.ncti
     for name in ("sfda", "fisher_lda", "ncti", "ncti_terms", "ncti_combine"):
         assert name in S.__all__
+
+
+def test_selection_eval_combines_cached_ncti_terms(gen):
+    """benchmarks/selection_eval.py caches NCTI's per-model terms and min-max combines them over the ranked models:
+    the same values as the whole-zoo call; SFDA is passed through."""
+    import importlib.util
+    import os
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "selection_eval.py")
+    spec = importlib.util.spec_from_file_location("selection_eval_sfda", path)
+    se = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(se)
+    names = ["convnet_latin", "resnet_shapes", "mobilenet_multi", "convnet_random"]
+    y = torch.arange(60) % 3
+    feats = {m: torch.randn(3, 6, generator=gen, dtype=torch.float64)[y] * (i + 1) * 0.3
+             + 0.5 * torch.randn(60, 6, generator=gen, dtype=torch.float64) for i, m in enumerate(names)}
+    cell = {}
+    for m in names:
+        t = S.ncti_terms(feats[m], y)
+        cell[m] = {"sfda": S.sfda(feats[m], y), **{"ncti_" + k: v for k, v in t.items()}}
+    out = se.cell_scores(cell, names)
+    assert out["ncti"] == pytest.approx(S.ncti(feats, y))
+    assert out["sfda"] == pytest.approx({m: cell[m]["sfda"] for m in names})
+    assert not any(k.startswith("ncti_") for k in out)
+    # on a subset of the models the min-max is over that subset
+    assert se.cell_scores(cell, names[:2])["ncti"] == pytest.approx(S.ncti({m: feats[m] for m in names[:2]}, y))
