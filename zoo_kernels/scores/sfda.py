@@ -92,15 +92,13 @@ def fisher_lda(features, labels, *, shrinkage=None, shrink_rate=SHRINK_RATE, _st
 def _fit(f, y, c, shrinkage, shrink_rate, gram_c=None):
     d = f.shape[1]
     pi, mu, _, sw, b = _scatters(f, y, c, gram_c)
-    if shrinkage is None:
-        lmax = float(torch.linalg.eigvalsh(sw)[-1].clamp_min(0))
-        lam = math.exp(-shrink_rate * lmax)
-    else:
-        lam = shrinkage
-    swr = (1 - lam) * sw
-    swr.diagonal().add_(lam)
-    evals, evecs = torch.linalg.eigh(swr)
-    evals = evals.clamp_min(max(float(evals[-1]), 0.0) * _REL_EIG + 1e-300)
+    # S_w(lam) = (1 - lam) S_w + lam I has the eigenvectors of S_w: one eigendecomposition gives lambda_max and
+    # the whitening
+    evals, evecs = torch.linalg.eigh(sw)
+    evals = evals.clamp_min(0)
+    lam = math.exp(-shrink_rate * float(evals[-1])) if shrinkage is None else shrinkage
+    evals = (1 - lam) * evals + lam
+    evals = evals.clamp_min(float(evals[-1]) * _REL_EIG + 1e-300)
     whiten = evecs / evals.sqrt()[None]                     # (D, D): whiten^T S_w(lam) whiten = I
     bw = b @ whiten                                         # (C, D): the whitened between factor
     _, sv, vh = torch.linalg.svd(bw, full_matrices=False)   # S_b in the whitened space = bw^T bw
