@@ -291,3 +291,17 @@ def test_time_calibration_recovers_a_known_scale():
     np.testing.assert_allclose(rescale_curve([0.0, 1.0, 2.0], 0.5), [0.0, 0.5, 1.0])
     with pytest.raises(ValueError, match="positive finite"):
         fit_time_scale(predicted, [1.0])
+
+
+def test_head_aware_divergence_truncate():
+    model, x, y = _bilinear_problem()
+    pred = HeadAwarePredictor(model, (x, y), k=8)
+    args = dict(lr=40.0, batch_size=5, measure_time=False, paths=2, sampling="stream", momentum=0.9)
+    with pytest.warns(RuntimeWarning, match="diverged at step"):
+        p = pred.predict(max_steps=300, on_divergence="truncate", **args)
+    d = p.diverged_at
+    assert d is not None and np.isfinite(p.loss_curve[:d]).all() and np.isnan(p.loss_curve[d:]).all()
+    with pytest.raises(FloatingPointError, match="diverged"):
+        pred.predict(max_steps=300, **args)
+    with pytest.raises(ValueError, match="`on_divergence`"):
+        pred.predict(max_steps=3, on_divergence="nan", **args)

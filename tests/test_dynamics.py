@@ -262,3 +262,21 @@ def test_divergence_is_reported():
     pred = Predictor(model, (x, y), method="exact", loss="mse")
     with pytest.raises(FloatingPointError, match="stability limit"):
         pred.predict(lr=1e4, batch_size=40, max_steps=200, measure_time=False)
+
+
+def test_divergence_truncate_keeps_the_valid_prefix():
+    model, x, y = problem()
+    pred = Predictor(model, (x, y), method="exact", loss="mse")  # (linearized cross-entropy cannot diverge)
+    args = dict(lr=30.0, batch_size=8, measure_time=False, paths=1, sampling="stream")
+    with pytest.warns(RuntimeWarning, match="diverged at step"):
+        p = pred.predict(max_steps=400, on_divergence="truncate", **args)
+    d = p.diverged_at
+    assert d is not None and 0 < d <= 400
+    assert np.isfinite(p.loss_curve[:d]).all() and np.isnan(p.loss_curve[d:]).all()
+    ok = pred.predict(max_steps=d - 1, **args)  # the steps before the divergence are the ones "raise" would give
+    np.testing.assert_allclose(p.loss_curve[:d], ok.loss_curve, rtol=1e-12)
+    assert p.steps_to(loss=p.loss_curve[0]) == 0 and p.steps_to(epsilon=1e-3) is None
+    with pytest.raises(FloatingPointError):
+        pred.predict(max_steps=400, **args)
+    with pytest.raises(ValueError, match="`on_divergence` must be one of"):
+        pred.predict(max_steps=5, on_divergence="ignore", **args)

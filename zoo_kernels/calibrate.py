@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .dynamics import SGD, _batch_stream, _loss_and_grad
+from .dynamics import SGD, _batch_stream, _loss_and_grad, check_divergence_mode
 from .predict import Prediction, Predictor, _load_data, _outputs, subset_batch_size
 from .sketch import sketch_jacobian
 
@@ -96,7 +96,7 @@ class HeadAwarePredictor(Predictor):
         self.setup_seconds = time.perf_counter() - start
         self._step_seconds = {}
 
-    def _simulate(self, sgd, max_steps, paths, seed, sampling):
+    def _simulate(self, sgd, max_steps, paths, seed, sampling, on_divergence="raise"):
         N, D = self.phi0.shape
         y = self.y
         C = self.W0.shape[0]
@@ -141,14 +141,20 @@ class HeadAwarePredictor(Predictor):
                 eta = sgd.lr_at(t, max_steps)
                 W, b, phi = W - eta * step[0], b - eta * step[1], phi - eta * step[2]
                 if not (torch.isfinite(W).all() and torch.isfinite(phi).all()):
+                    if on_divergence == "truncate":
+                        losses[p, t + 1:], accs[p, t + 1:] = np.nan, np.nan
+                        break
                     raise FloatingPointError(
                         f"the head-aware linearized dynamics diverged at step {t} (learning rate {eta}): the "
                         "linearized features grow without the saturation of the real network")
         return losses.mean(0), accs.mean(0), losses
 
     def predict(self, *, lr, batch_size, max_steps, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0,
-                schedule="constant", paths=4, seed=None, measure_time=True, sampling="epoch", **schedule_kwargs):
+                schedule="constant", paths=4, seed=None, measure_time=True, sampling="epoch", on_divergence="raise",
+                **schedule_kwargs):
+        """As Predictor.predict (on_divergence: "raise" or "truncate")."""
         start = time.perf_counter()
+        check_divergence_mode(on_divergence)
         if not isinstance(max_steps, int) or max_steps < 1:
             raise ValueError(f"`max_steps` must be a positive int, got {max_steps!r}")
         sgd = SGD(lr=lr, batch_size=batch_size, momentum=momentum, dampening=dampening, nesterov=nesterov,
@@ -159,7 +165,7 @@ class HeadAwarePredictor(Predictor):
         if sampling not in ("epoch", "stream"):
             raise ValueError(f"`sampling` must be 'epoch' or 'stream', got {sampling!r}")
         loss_curve, acc_curve, per_path = self._simulate(sgd, max_steps, paths,
-                                                         self.seed if seed is None else seed, sampling)
+                                                         self.seed if seed is None else seed, sampling, on_divergence)
         step_s = self.step_seconds(batch_size) if measure_time else float("nan")
         return Prediction(loss_curve=loss_curve, accuracy_curve=acc_curve, n_samples=N, batch_size=batch_size,
                           lr=lr, momentum=momentum, step_seconds=step_s,
@@ -185,8 +191,12 @@ def fit_time_scale(predicted, real, lo=0.25, hi=4.0, grid=301):
         raise ValueError("`real` must hold at least 2 positive finite losses (steps 0..k)")
     pred = np.asarray(predicted, dtype=np.float64)
     scales = np.exp(np.linspace(math.log(lo), math.log(hi), grid))
-    errs = [np.square(np.log(np.maximum(rescale_curve(pred, s, len(real)), 1e-300)) - np.log(real)).sum()
-            for s in scales]
+    with np.errstate(invalid="ignore"):
+        errs = np.array([np.square(np.log(np.maximum(rescale_curve(pred, s, len(real)), 1e-300)) - np.log(real)).sum()
+                         for s in scales])
+    errs[~np.isfinite(errs)] = np.inf  # a truncated (diverged) prediction: only scales that stay on its finite part
+    if not np.isfinite(errs).any():
+        raise ValueError("`predicted` has no finite values over the real steps at any time scale")
     return float(scales[int(np.argmin(errs))])
 
 

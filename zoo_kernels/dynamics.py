@@ -129,13 +129,15 @@ def _batch_stream(N, B, sampling, gen):
 
 
 def simulate_sgd(op, f0, labels, loss, sgd, max_steps, paths=4, seed=0, targets=None, device=None,
-                 sampling="epoch"):
+                 sampling="epoch", on_divergence="raise"):
     """Expected full-training-set loss and accuracy after 0..max_steps SGD steps of the linearized model.
 
     op: KernelOperator; f0 (N, C) initial outputs; labels (N,) int classes (targets: optional float (N, C) for
     MSE regression); sampling: "epoch" or "stream" (see _batch_stream). Returns (loss_curve, accuracy_curve,
-    per-path loss curves) as numpy arrays.
+    per-path loss curves) as numpy arrays. on_divergence: "raise" (FloatingPointError) or "truncate" (the path's
+    values are NaN from the step its outputs stop being finite; see check_divergence_mode).
     """
+    check_divergence_mode(on_divergence)
     if sampling not in SAMPLINGS:
         raise ValueError(f"`sampling` must be one of {SAMPLINGS}, got {sampling!r}")
     N, C = f0.shape
@@ -167,10 +169,23 @@ def simulate_sgd(op, f0, labels, loss, sgd, max_steps, paths=4, seed=0, targets=
             step = g + sgd.momentum * phi if sgd.nesterov else phi
             f = f - sgd.lr_at(t, max_steps) * step
             if not torch.isfinite(f).all():
+                if on_divergence == "truncate":
+                    losses[p, t + 1:], accs[p, t + 1:] = np.nan, np.nan
+                    break
                 raise FloatingPointError(
                     f"the linearized dynamics diverged at step {t}: the learning rate {sgd.lr_at(t, max_steps)} "
                     "exceeds the stability limit 2 N / λ_max of this NTK")
     return losses.mean(0), accs.mean(0), losses
+
+
+DIVERGENCE_MODES = ("raise", "truncate")
+
+
+def check_divergence_mode(on_divergence):
+    """"raise": a diverging linearized dynamics raises FloatingPointError; "truncate": the curves are NaN from the
+    first step where a path diverged, and the Prediction's `diverged_at` says where (the steps before stay valid)."""
+    if on_divergence not in DIVERGENCE_MODES:
+        raise ValueError(f"`on_divergence` must be one of {DIVERGENCE_MODES}, got {on_divergence!r}")
 
 
 def mse_moments(eigenvalues, energies, multiplicity, n_samples, n_outputs, sgd, max_steps):

@@ -7,6 +7,7 @@ samples or a random subset); `predict(lr=..., batch_size=..., momentum=...)` the
 import copy
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,6 +33,21 @@ class Prediction:
     cost_seconds: float  # cost of the prediction: the NTK (shared by a Predictor) plus the integration
     loss: str = "ce"
     path_losses: np.ndarray = field(default=None, repr=False)
+    diverged_at: int = None  # first step whose curve is NaN (predict(on_divergence="truncate")); None: finite
+
+    def __post_init__(self):
+        self.loss_curve = np.asarray(self.loss_curve, dtype=np.float64)
+        self.accuracy_curve = np.asarray(self.accuracy_curve, dtype=np.float64)
+        bad = np.flatnonzero(~np.isfinite(self.loss_curve))
+        if bad.size and self.diverged_at is None:
+            self.diverged_at = int(bad[0])
+        if self.diverged_at is not None:  # NaN from there on (an overflowing loss, then non-finite outputs)
+            self.loss_curve, self.accuracy_curve = self.loss_curve.copy(), self.accuracy_curve.copy()
+            self.loss_curve[self.diverged_at:] = np.nan
+            self.accuracy_curve[self.diverged_at:] = np.nan
+            warnings.warn(f"the linearized dynamics diverged at step {self.diverged_at} (lr {self.lr}, batch "
+                          f"{self.batch_size}): the curves are NaN from there on; targets reached before it stand",
+                          RuntimeWarning, stacklevel=3)
 
     @property
     def steps_per_epoch(self):
@@ -56,6 +72,8 @@ class Prediction:
         elif accuracy is not None:
             hit = A >= accuracy
         else:
+            if self.diverged_at is not None:
+                return None  # no final value to converge to
             far = np.abs(L - L[-1]) >= epsilon
             last_far = np.flatnonzero(far)
             return 0 if last_far.size == 0 else (int(last_far[-1]) + 1 if last_far[-1] + 1 < len(L) else None)
@@ -229,13 +247,15 @@ class Predictor:
 
     def predict(self, *, lr, batch_size, max_steps, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0,
                 schedule="constant", paths=4, seed=None, measure_time=True, sampling="epoch", subset_correction=False,
-                **schedule_kwargs):
+                on_divergence="raise", **schedule_kwargs):
         """Prediction of the expected training curves for one hyper-parameter setting.
 
         sampling: "epoch" (DataLoader(shuffle=True): shuffled epochs, last batch smaller) or "stream" (full batches
         sliced from a stream of random permutations, as the MiniZoo recipe).
         subset_correction: with subset=M < N, correct the loss curve for the noise the subset learns too fast
         (see the class; off by default: measured, the plain subset curve gives the steps to target better).
+        on_divergence: "raise" (FloatingPointError where the linearized dynamics diverge) or "truncate" (the
+        curves are NaN from there on, `Prediction.diverged_at` holds the step, and a RuntimeWarning is issued).
         """
         start = time.perf_counter()
         if not isinstance(max_steps, int) or max_steps < 1:
@@ -248,7 +268,7 @@ class Predictor:
             sgd.batch_size = subset_batch_size(batch_size, N, M)
         loss_curve, acc_curve, per_path = simulate_sgd(self.op, self.f0, self.y, self.loss, sgd, max_steps,
                                                        paths=paths, seed=self.seed if seed is None else seed,
-                                                       sampling=sampling)
+                                                       sampling=sampling, on_divergence=on_divergence)
         if ratio is not None:  # L_t = L_0 − ratio_t (L_0 − L_t^subset)
             loss_curve = loss_curve[0] - ratio * (loss_curve[0] - loss_curve)
             per_path = per_path[:, :1] - ratio[None, :] * (per_path[:, :1] - per_path)
