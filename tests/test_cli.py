@@ -305,3 +305,18 @@ def test_head_aware_divergence_truncate():
         pred.predict(max_steps=300, **args)
     with pytest.raises(ValueError, match="`on_divergence`"):
         pred.predict(max_steps=3, on_divergence="nan", **args)
+
+
+def test_head_aware_rejects_a_head_that_is_not_last():
+    class Scaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body, self.head = nn.Linear(4, 6), nn.Linear(6, 3)
+
+        def forward(self, x):
+            return 2.0 * self.head(torch.tanh(self.body(x)))  # something after the head
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(12, 4, generator=g), torch.randint(0, 3, (12,), generator=g)
+    with pytest.raises(ValueError, match="last operation of forward"):
+        HeadAwarePredictor(Scaled(), (x, y), k=8)

@@ -59,6 +59,16 @@ def feature_model(model, head=None):
     return fm
 
 
+def _check_head_is_last(model, x, f0, head_name, batch_size):
+    """The head-aware split assumes f(x) = head(features(x)): check it against the model's own outputs."""
+    was = model.training
+    ref = _outputs(model.eval(), x, batch_size)
+    model.train(was)
+    if ref.shape != f0.shape or not torch.allclose(ref, f0, rtol=1e-3, atol=1e-4 * (1 + float(ref.abs().max()))):
+        raise ValueError(f"the model's outputs are not `{head_name}` applied to its input: HeadAwarePredictor needs "
+                         "the head (the last nn.Linear, or `head=`) to be the last operation of forward")
+
+
 class HeadAwarePredictor(Predictor):
     """Training curves of SGD on the model with a linearized backbone and an exact linear head (see module doc).
 
@@ -83,6 +93,7 @@ class HeadAwarePredictor(Predictor):
                    else torch.zeros(lin.out_features, dtype=torch.float64))
         self.head_trainable = lin.weight.requires_grad
         self.f0 = self.phi0 @ self.W0.T + self.b0
+        _check_head_is_last(model, self.x[:8], self.f0[:8], head_name, eval_batch_size)
         C = self.f0.shape[1]
         if self.y.min() < 0 or self.y.max() >= C:
             raise ValueError(f"`data` labels must be integers in [0, {C}) for a model with {C} outputs")
