@@ -191,6 +191,54 @@ def cached_real_run(cache, model_name, task, x, y, C, lr, batch, momentum, steps
     return ts, ls, acc, wall
 
 
+def cost_study(pairs, args, log):
+    """Seconds of one real SGD step and of each prediction's setup and integrated step, measured back to back in
+    one process; the ratio training / prediction for --epochs epochs and the epochs a 100x saving would need."""
+    rows = []
+    batch, lr, momentum = 64, 0.003, 0.9
+    for model_name, task in pairs:
+        C = D.TARGETS[task][0]
+        x, y = D.make_target(task, "train", max(1, round(4000 / C)))
+        N = len(x)
+        m = zoo.load_model(model_name, num_classes=C, seed=0)
+        opt = torch.optim.SGD(m.parameters(), lr=lr, momentum=momentum)
+        order = _batches(N, batch, 60, torch.Generator().manual_seed(0))
+        times = []
+        for s in range(60):
+            t0 = time.perf_counter()
+            loss = F.cross_entropy(m(x[order[s]]), y[order[s]])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            times.append(time.perf_counter() - t0)
+        step_s = float(np.median(times[10:]))
+        steps = int(round(args.epochs * N / batch))
+        model = zoo.load_model(model_name, num_classes=C, seed=0)
+        for name, make in (("linear-sketch k=1024", lambda: Predictor(model, (x, y), k=1024, subset=N // 20)),
+                           ("linear-sketch k=256", lambda: Predictor(model, (x, y), k=256, subset=N // 20)),
+                           ("head-aware k=512", lambda: HeadAwarePredictor(model, (x, y), k=512, subset=N // 20)),
+                           ("head-aware k=128", lambda: HeadAwarePredictor(model, (x, y), k=128, subset=N // 20))):
+            p = make()
+            t0 = time.perf_counter()
+            p.predict(lr=lr, batch_size=batch, momentum=momentum, max_steps=200, sampling="stream", paths=1,
+                      measure_time=False)
+            integ_step = (time.perf_counter() - t0) / 200
+            pred_s = p.setup_seconds + int(steps * args.horizon) * args.paths * integ_step
+            train_s = steps * step_s
+            per_epoch = N / batch * step_s
+            rows.append({"model": model_name, "task": task, "N": N, "method": name, "step_s": step_s,
+                         "train_s": train_s, "setup_s": p.setup_seconds, "integrate_step_s": integ_step,
+                         "prediction_s": pred_s, "ratio": train_s / pred_s,
+                         # epochs E with E * per_epoch = 100 * (setup + horizon * E * N / B * paths * integ_step)
+                         "epochs_for_100x": (100 * p.setup_seconds / (per_epoch - 100 * args.horizon * args.paths
+                                                                      * N / batch * integ_step)
+                                             if per_epoch > 100 * args.horizon * args.paths * N / batch * integ_step
+                                             else None)})
+            log(f"  cost {model_name} -> {task} {name}: step {step_s * 1e3:.1f} ms, setup {p.setup_seconds:.1f} s, "
+                f"integration {integ_step * 1e3:.2f} ms/step, training {train_s:.1f} s / prediction {pred_s:.1f} s")
+    return rows
+
+
 def real_run_subset_eval(model, x, y, sx, sy, lr, batch, momentum, steps):
     """The first `steps` steps of the real run with the loss measured on the subset (sx, sy) after each."""
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
@@ -333,6 +381,7 @@ def main(argv=None):
     ap.add_argument("--accuracy", type=float, default=0.9)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="2 epochs, for a smoke test")
+    ap.add_argument("--cost", action="store_true", help="only the cost study (step, setup, integration seconds)")
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--cache", default=".benchmarks/predict_long_real", help="real runs stored here ('' = none)")
     ap.add_argument("--tag", default="")
@@ -343,6 +392,20 @@ def main(argv=None):
     settings = [tuple(float(v) if i != 1 else int(v) for i, v in enumerate(s.split(","))) for s in args.settings]
     start = time.time()
     log = lambda s: print(f"[{time.time() - start:6.0f}s] {s}", flush=True)  # noqa: E731
+    if args.cost:
+        rows = cost_study([tuple(p.split(":")) for p in args.pairs], args, log)
+        stamp = datetime.date.today().isoformat()
+        hdr = ("| model -> task | method | real step ms | training s (--epochs) | setup s | integration ms/step | "
+               "prediction s | training / prediction | epochs for 100x |\n|" + "---|" * 9)
+        e100 = lambda r: "never" if r["epochs_for_100x"] is None else f"{r['epochs_for_100x']:.0f}"  # noqa: E731
+        lines = [hdr] + [f"| {r['model']} -> {r['task']} | {r['method']} | {r['step_s'] * 1e3:.1f} | {r['train_s']:.1f} | "
+                         f"{r['setup_s']:.1f} | {r['integrate_step_s'] * 1e3:.2f} | {r['prediction_s']:.1f} | "
+                         f"{r['ratio']:.2f} | {e100(r)} |" for r in rows]
+        with open(os.path.join(args.out, f"predict-long-cost-cpu-{stamp}{args.tag}.json"), "w") as fh:
+            json.dump({"load_average": list(os.getloadavg()), "rows": rows, "args": vars(args)}, fh)
+        print("\n".join(lines))
+        log(f"done; load average {os.getloadavg()}")
+        return
     records = []
     for pair in args.pairs:
         model_name, task = pair.split(":")
