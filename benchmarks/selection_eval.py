@@ -637,7 +637,9 @@ def write_report(path, levels, gt_info, facts, command, elapsed, notes, n_boot, 
                "outputs, `lgc_sum` = NTK of the summed outputs. LEEP/NCE use the source head (the multi-domain "
                "experts' joint head; the random controls' own 10-way random head). ETran = 0.85·minmax(LDA) + "
                "0.15·minmax(energy) over the ranked models. Priors: `source_accuracy` (source validation accuracy; "
-               "0 for random-init controls), `num_params` (backbone). Regret in accuracy points (0–100). CIs: "
+               "0 for random-init controls), `num_params` (backbone). SFDA: shrinkage λ = exp(−5 λ_max(S_w)) from the "
+               "data, ConfMix, mean posterior of the true class. NCTI = minmax(etf) + minmax(ncc) − minmax(vc) over "
+               "the ranked models (PCA to 64 dims, SFDA's LDA). Regret in accuracy points (0–100). CIs: "
                f"95% percentile bootstrap over tasks ({n_boot:,} resamples).\n")
     out.append("Selection strategy: candidates = every single score + the rank-average of every pair; for each "
                "held-out task, the candidate with the best mean weighted τ on the other tasks of that shot level "
