@@ -133,7 +133,8 @@ def run_pair(model_name, task, settings, args, log):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
                 pr = p.predict(lr=lr, batch_size=batch, momentum=momentum, max_steps=horizon, sampling="stream",
-                               paths=args.paths, seed=1, measure_time=False, on_divergence="truncate")
+                               paths=args.paths, seed=1, measure_time=False, on_divergence="truncate",
+                               stride=args.stride)
             curves[name] = pr
             rec["methods"][name] = {"integrate_s": time.perf_counter() - t0, "diverged_at": pr.diverged_at}
         # calibration: K real steps of a copy, losses on the M subset samples
@@ -373,6 +374,7 @@ def main(argv=None):
     ap.add_argument("--paths", type=int, default=2)
     ap.add_argument("--horizon", type=float, default=1.5, help="predicted steps, in units of the real run")
     ap.add_argument("--calib-steps", type=int, default=10)
+    ap.add_argument("--stride", type=int, default=1, help="super-steps of the integration (dynamics.coarsen)")
     ap.add_argument("--full-check", action="store_true",
                     help="also the head-aware prediction on all N samples (minutes per pair)")
     ap.add_argument("--full-k", type=int, default=256, help="sketch width of --full-check")

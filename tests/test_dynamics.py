@@ -280,3 +280,36 @@ def test_divergence_truncate_keeps_the_valid_prefix():
         pred.predict(max_steps=400, **args)
     with pytest.raises(ValueError, match="`on_divergence` must be one of"):
         pred.predict(max_steps=5, on_divergence="ignore", **args)
+
+
+@pytest.mark.parametrize("hp", [dict(momentum=0.0), dict(momentum=0.9), dict(momentum=0.9, nesterov=True),
+                                dict(momentum=0.5, dampening=0.5)])
+def test_stride_super_steps_follow_the_exact_curve(hp):
+    """Super-steps (dynamics.coarsen) keep drift and noise per unit time: on a slow curve the steps to a target
+    stay close to the exact recursion's."""
+    model, x, _ = problem(n=60, d=5, C=3, seed=2)
+    y = (x @ torch.randn(5, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)).argmax(1)
+    pred = Predictor(model, (x, y), method="exact")
+    m, d = hp.get("momentum", 0.0), hp.get("dampening", 0.0)
+    args = dict(lr=0.1 * (1 - m) / (1 - d), batch_size=6, max_steps=600, measure_time=False, paths=6, seed=3,
+                sampling="stream", **hp)
+    exact = pred.predict(**args)
+    coarse = pred.predict(stride=4, **args)
+    assert coarse.loss_curve.shape == exact.loss_curve.shape == (601,)
+    for f in (0.5, 0.35, 0.25):
+        te, tc = exact.steps_to(fraction=f), coarse.steps_to(fraction=f)
+        assert te is not None and abs(tc - te) <= 0.1 * te + 4, (f, te, tc)
+    np.testing.assert_allclose(pred.predict(stride=1, **args).loss_curve, exact.loss_curve, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="`stride` must be a positive int"):
+        pred.predict(stride=0, **args)
+
+
+def test_coarsen_drift_per_unit_time():
+    from zoo_kernels.dynamics import SGD, coarsen, expand_curve
+    sgd = SGD(lr=0.01, batch_size=8, momentum=0.9, schedule="step", step_size=100, gamma=0.5)
+    run, n = coarsen(sgd, 5, 1000, 1000)
+    assert n == 200 and run.batch_size == 40 and run.momentum == pytest.approx(0.9 ** 5)
+    # steady-state drift per super-step = 5 real steps' drift 5 * lr / (1 - m), at the schedule's lr
+    for t in (0, 19, 20, 199):
+        assert run.lr_at(t, n) / (1 - run.momentum) == pytest.approx(5 * sgd.lr_at(5 * t, 1000) / 0.1)
+    np.testing.assert_allclose(expand_curve([0.0, 5.0, 10.0], 5, 10), np.arange(11.0))

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .dynamics import SGD, _batch_stream, _loss_and_grad, check_divergence_mode
+from .dynamics import SGD, _batch_stream, _loss_and_grad, check_divergence_mode, coarsen, expand_curve
 from .predict import Prediction, Predictor, _load_data, _outputs, subset_batch_size
 from .sketch import sketch_jacobian
 
@@ -162,8 +162,8 @@ class HeadAwarePredictor(Predictor):
 
     def predict(self, *, lr, batch_size, max_steps, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0,
                 schedule="constant", paths=4, seed=None, measure_time=True, sampling="epoch", on_divergence="raise",
-                **schedule_kwargs):
-        """As Predictor.predict (on_divergence: "raise" or "truncate")."""
+                stride=1, **schedule_kwargs):
+        """As Predictor.predict (on_divergence: "raise" or "truncate"; stride: super-steps, dynamics.coarsen)."""
         start = time.perf_counter()
         check_divergence_mode(on_divergence)
         if not isinstance(max_steps, int) or max_steps < 1:
@@ -175,8 +175,11 @@ class HeadAwarePredictor(Predictor):
             sgd.batch_size = subset_batch_size(batch_size, N, M)
         if sampling not in ("epoch", "stream"):
             raise ValueError(f"`sampling` must be 'epoch' or 'stream', got {sampling!r}")
-        loss_curve, acc_curve, per_path = self._simulate(sgd, max_steps, paths,
+        run, n_run = coarsen(sgd, stride, max_steps, M)
+        loss_curve, acc_curve, per_path = self._simulate(run, n_run, paths,
                                                          self.seed if seed is None else seed, sampling, on_divergence)
+        loss_curve, acc_curve = expand_curve(loss_curve, stride, max_steps), expand_curve(acc_curve, stride, max_steps)
+        per_path = np.stack([expand_curve(c, stride, max_steps) for c in per_path])
         step_s = self.step_seconds(batch_size) if measure_time else float("nan")
         return Prediction(loss_curve=loss_curve, accuracy_curve=acc_curve, n_samples=N, batch_size=batch_size,
                           lr=lr, momentum=momentum, step_seconds=step_s,

@@ -79,6 +79,37 @@ class SGD:
         return self.lr
 
 
+def coarsen(sgd, stride, max_steps, n_samples):
+    """SGD in super-steps of `stride` real steps (for long horizons; stride = 1 returns `sgd` itself).
+
+    A super-step is one step on a batch of stride·B samples (capped at N) with the drift of `stride` real steps:
+    lr × stride × κ (1 − m^stride), momentum m^stride, no dampening or Nesterov, where κ = (1 − d)/(1 − m)
+    (Nesterov: 1 + m (1 − d)/(1 − m)) is the real steps' drift per unit lr once the velocity has built up. Drift
+    and SGD noise per unit time match the real steps to first order (the SDE limit; exact for stride = 1); the
+    approximation needs curves that change little over `stride` steps and stride × the per-step rate of the
+    fastest mode well below 1. Returns (the super-step SGD, the number of super-steps)."""
+    if not isinstance(stride, int) or stride < 1:
+        raise ValueError(f"`stride` must be a positive int, got {stride!r}")
+    if stride == 1:
+        return sgd, max_steps
+    m, d = sgd.momentum, sgd.dampening
+    kappa = (1 + m * (1 - d) / (1 - m)) if sgd.nesterov else (1 - d) / (1 - m)
+    m_r = m ** stride
+    factor = stride * kappa * (1 - m_r)
+    coarse = SGD(lr=sgd.lr * factor, batch_size=min(n_samples, stride * sgd.batch_size), momentum=m_r,
+                 weight_decay=sgd.weight_decay,
+                 schedule=lambda t: factor * sgd.lr_at(min(stride * t, max_steps), max_steps))
+    return coarse, -(-max_steps // stride)
+
+
+def expand_curve(curve, stride, max_steps):
+    """Values at real steps 0..max_steps of a curve sampled every `stride` steps (linear interpolation)."""
+    curve = np.asarray(curve, dtype=np.float64)
+    if stride == 1:
+        return curve
+    return np.interp(np.arange(max_steps + 1) / stride, np.arange(len(curve)), curve)
+
+
 class KernelOperator:
     """Θ through the columns of a minibatch: exact (NC × NC matrix) or low rank (S: NC × k, Θ = S Sᵀ)."""
 
