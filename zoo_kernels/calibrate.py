@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .dynamics import SGD, _batch_stream, _loss_and_grad, check_divergence_mode, coarsen, expand_curve
+from .dynamics import SGD, _batch_stream, _loss_and_grad, check_divergence_mode, coarsen, expand_curves
 from .predict import Prediction, Predictor, _load_data, _outputs, subset_batch_size
 from .sketch import sketch_jacobian
 
@@ -178,8 +178,7 @@ class HeadAwarePredictor(Predictor):
         run, n_run = coarsen(sgd, stride, max_steps, M)
         loss_curve, acc_curve, per_path = self._simulate(run, n_run, paths,
                                                          self.seed if seed is None else seed, sampling, on_divergence)
-        loss_curve, acc_curve = expand_curve(loss_curve, stride, max_steps), expand_curve(acc_curve, stride, max_steps)
-        per_path = np.stack([expand_curve(c, stride, max_steps) for c in per_path])
+        loss_curve, acc_curve, per_path = expand_curves(loss_curve, acc_curve, per_path, stride, max_steps)
         step_s = self.step_seconds(batch_size) if measure_time else float("nan")
         return Prediction(loss_curve=loss_curve, accuracy_curve=acc_curve, n_samples=N, batch_size=batch_size,
                           lr=lr, momentum=momentum, step_seconds=step_s,

@@ -110,6 +110,14 @@ def expand_curve(curve, stride, max_steps):
     return np.interp(np.arange(max_steps + 1) / stride, np.arange(len(curve)), curve)
 
 
+def expand_curves(loss_curve, acc_curve, per_path, stride, max_steps):
+    """expand_curve for a simulation's (loss, accuracy, per-path losses)."""
+    if stride == 1:
+        return loss_curve, acc_curve, per_path
+    return (expand_curve(loss_curve, stride, max_steps), expand_curve(acc_curve, stride, max_steps),
+            np.stack([expand_curve(c, stride, max_steps) for c in per_path]))
+
+
 class KernelOperator:
     """Θ through the columns of a minibatch: exact (NC × NC matrix) or low rank (S: NC × k, Θ = S Sᵀ)."""
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .dynamics import LOSSES, SGD, KernelOperator, coarsen, expand_curve, simulate_sgd
+from .dynamics import LOSSES, SGD, KernelOperator, coarsen, expand_curves, simulate_sgd
 from .ntk import ntk
 from .sketch import sketch_jacobian
 from .spectrum import SketchGram, _eigh, spectrum_from_measurement
@@ -272,8 +272,7 @@ class Predictor:
         loss_curve, acc_curve, per_path = simulate_sgd(self.op, self.f0, self.y, self.loss, run, n_run,
                                                        paths=paths, seed=self.seed if seed is None else seed,
                                                        sampling=sampling, on_divergence=on_divergence)
-        loss_curve, acc_curve = expand_curve(loss_curve, stride, max_steps), expand_curve(acc_curve, stride, max_steps)
-        per_path = np.stack([expand_curve(c, stride, max_steps) for c in per_path])
+        loss_curve, acc_curve, per_path = expand_curves(loss_curve, acc_curve, per_path, stride, max_steps)
         if ratio is not None:  # L_t = L_0 − ratio_t (L_0 − L_t^subset)
             loss_curve = loss_curve[0] - ratio * (loss_curve[0] - loss_curve)
             per_path = per_path[:, :1] - ratio[None, :] * (per_path[:, :1] - per_path)
