@@ -1,6 +1,7 @@
 """MiniZoo: deterministic data, architectures, safe checkpoint loading, stored ground truth (small tier)."""
 import json
 import os
+from collections import Counter
 
 import pytest
 import torch
@@ -252,8 +253,13 @@ def test_sgd_runs_small_tier():
 def test_ground_truth_full_tier_complete():
     rows = zoo.ground_truth("full")
     keys = {(r["model"], r["task"], r["shots"]) for r in rows}
-    assert keys == {(m, t, s) for m in zoo.models() for t in zoo.tasks() for s in zoo.SHOTS}
+    levels = zoo.SHOTS + zoo.HELDOUT_SHOTS  # 10, 50 and the held-out 25-shot level (only counted here, never read)
+    assert keys == {(m, t, s) for m in zoo.models() for t in zoo.tasks() for s in levels}
     assert all(r["seeds"] == len(SEEDS) and r["lr"] == RECIPE.lr for r in rows)
+    runs = Counter(r["shots"] for r in zoo.finetune_runs("full"))
+    assert runs == {s: 21 * 13 * len(SEEDS) for s in levels}  # 546 runs per shot level
+    meta = json.load(open(os.path.join(DATA_DIR, "meta_full.json")))
+    assert meta["shots"] == sorted(levels) and meta["parts"]["finetune"]["runs_in_file"] == 546 * len(levels)
     # the zoo is not dominated by one model: several different best models across the targets
     for shots in zoo.SHOTS:
         assert len({m for m, _ in zoo.best_models("full", shots=shots).values()}) >= 4

@@ -55,7 +55,10 @@ def sha256_file(path: str) -> str:
 
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 TIERS = ("small", "full")
-SHOTS = (10, 50)
+SHOTS = (10, 50)  # the shot levels of both tiers, and the default levels of scoring, evaluation and reports
+# The full tier also holds a 25-shot level (added 2026-11-27), held out for testing pre-registered
+# model-selection strategies; it is not in SHOTS, so nothing evaluates or prints it by default.
+HELDOUT_SHOTS = (25,)
 
 # The small tier: one expert per kind of source + the multi-domain expert + a random control, on three targets
 # whose best expert differs (pen digits / Latin glyphs / textures).
@@ -201,7 +204,8 @@ def ground_truth(tier: str = "full") -> list[dict]:
     """Rows ``{"model", "task", "shots", "accuracy", "accuracy_std", "seeds", "wall_seconds", ...}``.
 
     ``accuracy`` is the test accuracy of the documented recipe (``finetune.RECIPE``), mean over the seeds
-    present (``seeds``; see docs/MINIZOO.md for what the stored full tier covers).
+    present (``seeds``; see docs/MINIZOO.md for what the stored full tier covers: ``SHOTS`` and the held-out
+    ``HELDOUT_SHOTS`` level).
     """
     groups = defaultdict(list)
     for r in finetune_runs(tier):
@@ -237,7 +241,8 @@ def sgd_runs(tier: str = "small", with_steps: bool = True) -> list[dict]:
 
 
 def best_models(tier: str = "full", shots: int | None = None) -> dict:
-    """``{(task, shots): (best model, accuracy)}`` from ``ground_truth(tier)``."""
+    """``{(task, shots): (best model, accuracy)}`` from ``ground_truth(tier)`` (every stored shot level, the
+    full tier's held-out ``HELDOUT_SHOTS`` included, unless ``shots`` is given)."""
     best = {}
     for r in ground_truth(tier):
         if shots is not None and r["shots"] != shots:

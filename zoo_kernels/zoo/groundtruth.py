@@ -13,8 +13,10 @@ on any mismatch or missing row. It also compares each selected task's image fing
 
 Files (per tier, CSV, one header row; ``GT_VERSION`` in ``meta_<tier>.json``):
 
-* ``finetune_<tier>.csv``  one row per model x task x shots (10, 50) x seed (0, 1): test accuracy/loss, final
-  full-train loss/accuracy, optimization wall seconds, the recipe (``finetune.RECIPE``), sizes.
+* ``finetune_<tier>.csv``  one row per model x task x shots (``api.SHOTS``: 10, 50; the full tier also the held-out
+  level ``api.HELDOUT_SHOTS``: 25) x seed (0, 1): test accuracy/loss, final full-train loss/accuracy, optimization
+  wall seconds, the recipe (``finetune.RECIPE``), sizes. ``--report`` shows ``api.SHOTS`` only; ``--blind`` keeps
+  accuracies out of the progress log (how the held-out level was generated).
 * ``sgd_runs_<tier>.csv``  one row per SGD-grid run (lr x batch x momentum, ``finetune.SGD_GRID``) on the
   10-shot split: config, final train loss/accuracy, test accuracy, wall seconds, divergence.
 * ``sgd_steps_<tier>.csv``  per step of every grid run: full-training-set loss and accuracy, cumulative
@@ -117,7 +119,7 @@ def sgd_grid(lrs=None, batches=None, momenta=None) -> list[tuple[float, int, flo
                                   pick(SGD_GRID["momentum"], momenta)))
 
 
-def run_finetune(tier, models, tasks, shots, seeds, resume, device, log):
+def run_finetune(tier, models, tasks, shots, seeds, resume, device, log, blind=False):
     path = api.gt_path("finetune", tier)
     old = _existing(path) if resume else []
     out = _Appender(path, FT_COLS, resume)
@@ -139,8 +141,9 @@ def run_finetune(tier, models, tasks, shots, seeds, resume, device, log):
         out.write([r])
         if (i + 1) % 10 == 0 or i + 1 == len(todo):
             el = time.time() - t0
+            acc = "" if blind else f": acc {r['test_acc']:.3f}"
             log(f"  {i + 1}/{len(todo)} runs, {el:.0f}s elapsed, ~{el / (i + 1) * (len(todo) - i - 1):.0f}s left "
-                f"(last: {m} {t} {s}-shot seed {seed}: acc {r['test_acc']:.3f})")
+                f"(last: {m} {t} {s}-shot seed {seed}{acc})")
     return time.time() - t0, len(todo)
 
 
@@ -344,6 +347,27 @@ def report(tier: str) -> str:
     return "\n".join(lines)
 
 
+def _account(p: dict, secs: float, n: int, proc_secs: float, argv, path: str):
+    """Add one invocation's time and runs to a part of the meta file. Keeps what earlier invocations recorded:
+    ``seconds``/``runs`` accumulate where present (or start here), ``invocations`` gets one record, and the
+    hand-kept totals of the full tier's fine-tuning part (``process_seconds``, ``wall_clock_seconds``,
+    ``runs_in_file``, ``optimization_seconds_sum``) are updated where present."""
+    if "seconds" in p or "invocations" not in p:  # parts kept as running totals (a fresh part starts one)
+        p["seconds"] = round(p.get("seconds", 0.0) + secs, 1)
+        p["runs"] = p.get("runs", 0) + n
+    if "invocations" in p:
+        args = " ".join(a for a in (sys.argv[1:] if argv is None else argv))
+        p["invocations"].append({"args": args, "seconds": round(proc_secs), "runs": n})
+    for k in ("process_seconds", "wall_clock_seconds"):  # (invocations after the first run one after another)
+        if k in p:
+            p[k] = round(p[k] + proc_secs)
+    rows = _existing(path)
+    if "runs_in_file" in p:
+        p["runs_in_file"] = len(rows)
+    if "optimization_seconds_sum" in p:
+        p["optimization_seconds_sum"] = round(sum(r["wall_seconds"] for r in rows), 1)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tier", choices=api.TIERS, default="small")
@@ -356,6 +380,8 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu", help="cpu, cuda or auto (the stored files were made on cpu)")
     ap.add_argument("--report", action="store_true", help="print markdown tables of the stored ground truth and exit")
+    ap.add_argument("--blind", action="store_true",
+                    help="do not print test accuracies in the progress log (for held-out levels nobody may look at)")
     ap.add_argument("--lrs", nargs="*", type=float, help="restrict the SGD grid's learning rates")
     ap.add_argument("--batches", nargs="*", type=int, help="restrict the SGD grid's batch sizes")
     ap.add_argument("--momenta", nargs="*", type=float, help="restrict the SGD grid's momenta")
@@ -400,19 +426,24 @@ def main(argv=None):
         stats[t] = {"train_mean": round(float(xtr.mean()), 6), "test_mean": round(float(xte.mean()), 6),
                     "train_sha": D.fingerprint(xtr), "test_sha": D.fingerprint(xte)}
     if args.part in ("finetune", "all"):
-        secs, n = run_finetune(args.tier, models, tasks, args.shots, args.seeds, args.resume, device, log)
-        p = meta["parts"].setdefault("finetune", {"seconds": 0.0, "runs": 0})
-        p["seconds"] = round(p["seconds"] * bool(args.resume) + secs, 1)
-        p["runs"] = p["runs"] * bool(args.resume) + n
+        t_proc = time.time()
+        secs, n = run_finetune(args.tier, models, tasks, args.shots, args.seeds, args.resume, device, log,
+                               args.blind)
+        if not args.resume:
+            meta["parts"].pop("finetune", None)
+        p = meta["parts"].setdefault("finetune", {})
+        _account(p, secs, n, time.time() - t_proc, argv, api.gt_path("finetune", args.tier))
         p["models"], p["tasks"] = sorted(set(p.get("models", [])) | set(models)), sorted(set(p.get("tasks", [])) | set(tasks))
         p["finished"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         json.dump(meta, open(meta_path, "w"), indent=1, sort_keys=True)
     if args.part in ("sgd", "all"):
         sgd_models = args.models or [m for m in SGD_MODELS[args.tier]]
+        t_proc = time.time()
         secs, n = run_sgd(args.tier, sgd_models, tasks, args.resume, device, log, grid)
-        p = meta["parts"].setdefault("sgd", {"seconds": 0.0, "runs": 0})
-        p["seconds"] = round(p["seconds"] * bool(args.resume) + secs, 1)
-        p["runs"] = p["runs"] * bool(args.resume) + n
+        if not args.resume:
+            meta["parts"].pop("sgd", None)
+        p = meta["parts"].setdefault("sgd", {})
+        _account(p, secs, n, time.time() - t_proc, argv, api.gt_path("sgd_runs", args.tier))
         p["models"], p["tasks"] = sorted(set(p.get("models", [])) | set(sgd_models)), sorted(set(p.get("tasks", [])) | set(tasks))
         p["finished"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         json.dump(meta, open(meta_path, "w"), indent=1, sort_keys=True)
