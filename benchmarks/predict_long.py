@@ -55,13 +55,12 @@ def eval_steps(steps):
     return out
 
 
-def real_run(model, x, y, lr, batch, momentum, steps, seed=0):
-    """The recipe's SGD run (head already reset); (eval steps, losses, accuracies, optimization wall seconds)."""
+def sgd_run(model, x, y, lr, batch, momentum, steps, at, measure, seed=0):
+    """The recipe's SGD steps (head already reset); `measure(model)` is recorded before training and after each
+    step in `at` (stops at a non-finite loss). Returns (steps measured, records, optimization wall seconds)."""
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
     order = _batches(len(x), batch, steps, torch.Generator().manual_seed(seed))
-    at = set(eval_steps(steps))
-    ts, ls, acc = [0], *map(list, zip(evaluate(model, x, y)))
-    wall = 0.0
+    ts, recs, wall = [0], [measure(model)], 0.0
     model.train()
     for s in range(steps):
         t0 = time.perf_counter()
@@ -74,9 +73,16 @@ def real_run(model, x, y, lr, batch, momentum, steps, seed=0):
         if not math.isfinite(float(loss.detach())):
             break
         if s + 1 in at:
-            lo, ac = evaluate(model, x, y)
-            ts.append(s + 1), ls.append(lo), acc.append(ac)
-    return np.asarray(ts), np.asarray(ls), np.asarray(acc), wall
+            ts.append(s + 1), recs.append(measure(model))
+    return np.asarray(ts), recs, wall
+
+
+def real_run(model, x, y, lr, batch, momentum, steps, seed=0):
+    """(eval steps, full-training-set losses, accuracies, optimization wall seconds) of the recipe's SGD run."""
+    ts, recs, wall = sgd_run(model, x, y, lr, batch, momentum, steps, set(eval_steps(steps)),
+                             lambda m: evaluate(m, x, y), seed)
+    ls, acc = zip(*recs)
+    return ts, np.asarray(ls), np.asarray(acc), wall
 
 
 def crossing(ts, values, threshold, below=True):
@@ -159,6 +165,9 @@ def run_pair(model_name, task, settings, args, log):
             L = np.where(np.isfinite(pr.loss_curve), pr.loss_curve, np.inf)
             tt = np.arange(len(L))
             out["T"] = targets(tt, np.minimum(L, 1e30), pr.accuracy_curve, args.accuracy)
+            if pr.feature_shift is not None:  # how far the linearized features moved by each predicted target
+                out["shift_at"] = {k: (None if v is None else float(np.interp(v, tt, pr.feature_shift)))
+                                   for k, v in out["T"].items()}
             out["cost_s"] = setup[name.split("+")[0]] + out["integrate_s"] + out.get("calib_s", 0.0)
             out["loss_curve"] = [round(float(v), 5) if np.isfinite(v) else None
                                  for v in pr.loss_curve[::max(1, horizon // 300)]]
@@ -240,21 +249,45 @@ def cost_study(pairs, args, log):
     return rows
 
 
+def shift_study(pairs, settings, args, log, at=(10, 30, 100, 300)):
+    """How far the features of the M subset samples move, relative to their initial spread, in real training and
+    in the head-aware prediction, ‖φ_t − φ_0‖ / ‖φ_0 − mean φ_0‖ (the real run is repeated: nothing cached)."""
+    rows = []
+    for model_name, task in pairs:
+        C = D.TARGETS[task][0]
+        x, y = D.make_target(task, "train", max(1, round(4000 / C)))
+        N = len(x)
+        model = zoo.load_model(model_name, num_classes=C, seed=0)
+        pred = HeadAwarePredictor(model, (x, y), k=args.head_k, subset=N // args.subset_div, seed=0)
+        sx = pred.x
+        for lr, batch, momentum in settings:
+            steps = int(round(args.epochs * N / batch))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                q = pred.predict(lr=lr, batch_size=batch, momentum=momentum, max_steps=steps, sampling="stream",
+                                 paths=args.paths, seed=1, measure_time=False, on_divergence="truncate")
+            real = zoo.load_model(model_name, num_classes=C, seed=0)
+
+            def features(m):
+                with torch.no_grad():
+                    return m.eval().features(sx).double()
+            phi0 = features(real)
+            spread = float((phi0 - phi0.mean(0)).norm())
+            ts, recs, _ = sgd_run(real, x, y, lr, batch, momentum, steps, set(at) | {steps},
+                                  lambda m: float((features(m) - phi0).norm()) / spread)
+            row = {"model": model_name, "task": task, "lr": lr, "batch": batch, "momentum": momentum,
+                   "steps": ts[1:].tolist(), "real": recs[1:], "predicted": [float(q.feature_shift[t]) for t in ts[1:]]}
+            rows.append(row)
+            log(f"  shift {model_name} -> {task} lr={lr} B={batch} m={momentum}: " + ", ".join(
+                f"t={t} real {r:.2f} predicted {p:.2f}" for t, r, p in zip(row["steps"], row["real"], row["predicted"])))
+    return rows
+
+
 def real_run_subset_eval(model, x, y, sx, sy, lr, batch, momentum, steps):
     """The first `steps` steps of the real run with the loss measured on the subset (sx, sy) after each."""
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
-    order = _batches(len(x), batch, steps, torch.Generator().manual_seed(0))
-    losses, wall = [evaluate(model, sx, sy)[0]], 0.0
-    model.train()
-    for s in range(steps):
-        t0 = time.perf_counter()
-        loss = F.cross_entropy(model(x[order[s]]), y[order[s]])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        wall += time.perf_counter() - t0
-        losses.append(evaluate(model, sx, sy)[0])
-    return np.arange(steps + 1), np.asarray(losses), None, wall
+    ts, recs, wall = sgd_run(model, x, y, lr, batch, momentum, steps, set(range(1, steps + 1)),
+                             lambda m: evaluate(m, sx, sy)[0])
+    return ts, np.asarray(recs), None, wall
 
 
 def p90(values):
@@ -301,6 +334,31 @@ def summary_rows(records):
     return rows
 
 
+def shift_rows(records, name="head-aware", edges=(0.25, 0.5, 1.0, 2.0)):
+    """Errors of one method's predicted targets grouped by the predicted feature shift at the target (the
+    prediction's own reliability signal), and their Spearman correlation."""
+    pts = []
+    for rec in records:
+        meth = rec["methods"].get(name, {})
+        for k, r in rec["real"].items():
+            sh, p = meth.get("shift_at", {}).get(k), meth.get("T", {}).get(k)
+            if r is not None and r >= 1 and sh is not None and p is not None:
+                pts.append((sh, abs(p - r) / r))
+    if len(pts) < 3:
+        return [], float("nan")
+    sh, err = np.asarray(pts).T
+    rank = lambda v: np.argsort(np.argsort(v))  # noqa: E731
+    rho = float(np.corrcoef(rank(sh), rank(err))[0, 1])
+    bounds = (0.0,) + tuple(edges) + (math.inf,)
+    rows = []
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        sel = (sh >= lo) & (sh < hi)
+        if sel.any():
+            rows.append({"shift": f"[{lo:g}, {hi:g})", "n": int(sel.sum()), "median": float(np.median(err[sel])),
+                         "within20": float(np.mean(err[sel] <= 0.2))})
+    return rows, rho
+
+
 def markdown(records, rows, meta):
     keys = list(records[0]["real"])
     names = [r["method"] for r in rows]
@@ -323,6 +381,12 @@ def markdown(records, rows, meta):
                    + " | ".join("/".join(f(v, 0) for v in rec["methods"][n]["T"].values())
                                 + (f" (diverged at {rec['methods'][n]['diverged_at']})"
                                    if rec["methods"][n].get("diverged_at") is not None else "") for n in names) + " |")
+    srows, rho = shift_rows(records)
+    if srows:
+        out += ["", f"Head-aware error by the predicted feature shift ‖φ_t − φ_0‖ / ‖φ_0 − mean φ_0‖ at the predicted "
+                f"target (targets the prediction reaches; Spearman ρ(shift, error) = {rho:.2f}):", "",
+                "| shift | targets | median error | within 20% |", "|---|---|---|---|"]
+        out += [f"| {r['shift']} | {r['n']} | {r['median']:.2f} | {r['within20']:.2f} |" for r in srows]
     if "head-aware-full" in names:  # the issue's subset target: subset prediction against the full-data one
         dev = [abs(rec["methods"]["head-aware"]["T"][k] - rec["methods"]["head-aware-full"]["T"][k])
                / rec["methods"]["head-aware-full"]["T"][k] for rec in records for k in keys
@@ -353,8 +417,10 @@ def plot(records, path):
     for ax, p in zip(axes.flat, panels):
         ax.plot(*p["real"], color="k", lw=1.8, label="real")
         for n, (t, c) in p["predicted"].items():
-            ax.plot(t, c, lw=1, label=n)
+            ax.plot(t, np.where(np.isfinite(c) & (c < 1e6), c, np.nan), lw=1, label=n)  # diverged: not drawn
         ax.set_yscale("log")
+        real = np.asarray(p["real"][1], dtype=float)
+        ax.set_ylim(real.min() / 5, real.max() * 5)
         ax.set_xlim(0, p["real"][0][-1] * 1.05)
         ax.set_title(p["title"], fontsize=7)
         ax.tick_params(labelsize=6)
@@ -389,11 +455,13 @@ def main(argv=None):
     ap.add_argument("--accuracy", type=float, default=0.9)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="2 epochs, for a smoke test")
+    ap.add_argument("--shift", action="store_true",
+                    help="only the feature-shift study: real vs predicted movement of the subset's features")
     ap.add_argument("--cost", action="store_true", help="only the cost study (step, setup, integration seconds)")
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--cache", default=".benchmarks/predict_long_real", help="real runs stored here ('' = none)")
     ap.add_argument("--tag", default="")
-    ap.add_argument("--rescore", metavar="JSON", help="rebuild the summary and tables of a saved result (no run)")
+    ap.add_argument("--rescore", metavar="JSON", help="rebuild the summary, tables and plot of a saved result (no run)")
     args = ap.parse_args(argv)
     if args.rescore:
         with open(args.rescore) as fh:
@@ -407,6 +475,7 @@ def main(argv=None):
         head = old[:old.index("| method |")] if "| method |" in old else ""
         with open(args.rescore[:-len(".json")] + ".md", "w") as fh:
             fh.write(head + md + "\n")
+        plot(saved["records"], args.rescore[:-len(".json")] + ".png")
         print(md)
         return
     torch.set_num_threads(args.threads)
@@ -415,6 +484,18 @@ def main(argv=None):
     settings = [tuple(float(v) if i != 1 else int(v) for i, v in enumerate(s.split(","))) for s in args.settings]
     start = time.time()
     log = lambda s: print(f"[{time.time() - start:6.0f}s] {s}", flush=True)  # noqa: E731
+    if args.shift:
+        rows = shift_study([tuple(p.split(":")) for p in args.pairs], settings, args, log)
+        lines = ["| model -> task | lr | B | m | feature shift, real / predicted, at steps " + ", ".join(
+            str(t) for t in rows[0]["steps"][:-1]) + " and the last |", "|---|---|---|---|---|"]
+        lines += [f"| {r['model']} -> {r['task']} | {r['lr']} | {r['batch']} | {r['momentum']} | " + ", ".join(
+            f"{a:.2f} / {b:.2f}" for a, b in zip(r["real"], r["predicted"])) + " |" for r in rows]
+        stamp = datetime.date.today().isoformat()
+        with open(os.path.join(args.out, f"predict-long-shift-cpu-{stamp}{args.tag}.json"), "w") as fh:
+            json.dump({"load_average": list(os.getloadavg()), "rows": rows, "args": vars(args)}, fh)
+        print("\n".join(lines))
+        log(f"done; load average {os.getloadavg()}")
+        return
     if args.cost:
         rows = cost_study([tuple(p.split(":")) for p in args.pairs], args, log)
         stamp = datetime.date.today().isoformat()

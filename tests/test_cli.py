@@ -241,18 +241,22 @@ def test_head_aware_is_exact_for_a_linear_backbone(hp):
     J = vmap(jacrev(lambda p, xi: functional_call(backbone, p, (xi.unsqueeze(0),)).squeeze(0)), (None, 0))(params, x)
     pred.S = torch.cat([J[n].flatten(2) for n in params], 2)  # (N, D, P): S Sᵀ = Θ_φ exactly
     steps, B, lr = 25, 5, 0.2
-    curve = pred.predict(lr=lr, batch_size=B, max_steps=steps, paths=1, seed=3, sampling="stream",
-                         measure_time=False, **hp).loss_curve
+    q = pred.predict(lr=lr, batch_size=B, max_steps=steps, paths=1, seed=3, sampling="stream", measure_time=False,
+                     **hp)
+    curve = q.loss_curve
     # reference: the real network with torch.optim.SGD; weight decay toward w0 on the backbone, toward 0 on the head
     real = [p for p in model.parameters()]
     w0 = [p.detach().clone() for p in backbone.parameters()]
     wd = hp.get("weight_decay", 0.0)
     opt = torch.optim.SGD(real, lr=lr, **{k: v for k, v in hp.items() if k != "weight_decay"})
     batches = _batch_stream(len(x), B, "stream", torch.Generator().manual_seed(3))
-    ref = []
+    ref, shift = [], []
+    with torch.no_grad():
+        phi0 = backbone(x).double()
     for t in range(steps + 1):
         with torch.no_grad():
             ref.append(float(nn.functional.cross_entropy(model(x), y)))
+            shift.append(float((backbone(x).double() - phi0).norm() / (phi0 - phi0.mean(0)).norm()))
         if t == steps:
             break
         b = next(batches)
@@ -265,6 +269,9 @@ def test_head_aware_is_exact_for_a_linear_backbone(hp):
                 p.grad += wd * p.detach()
         opt.step()
     np.testing.assert_allclose(curve, ref, rtol=1e-9)
+    # the reliability signal: how far the features moved, relative to their spread
+    assert q.feature_shift[0] == 0.0 and q.feature_shift[-1] > 0.01
+    np.testing.assert_allclose(q.feature_shift, shift, rtol=1e-5, atol=1e-7)
 
 
 def test_head_aware_frozen_backbone_is_a_linear_probe():
@@ -273,8 +280,10 @@ def test_head_aware_frozen_backbone_is_a_linear_probe():
         p.requires_grad_(False)
     pred = HeadAwarePredictor(model, (x, y), k=8)
     assert pred.S is None
-    c = pred.predict(lr=0.5, batch_size=24, max_steps=20, measure_time=False).loss_curve
-    assert (np.diff(c) < 0).all()
+    q = pred.predict(lr=0.5, batch_size=24, max_steps=20, measure_time=False)
+    assert (np.diff(q.loss_curve) < 0).all()
+    assert (q.feature_shift == 0).all()  # the features never move
+    assert calibrate_time(q, q.loss_curve[:6]).feature_shift.shape == q.feature_shift.shape
 
 
 def test_time_calibration_recovers_a_known_scale():

@@ -302,6 +302,8 @@ def test_stride_super_steps_follow_the_exact_curve(hp):
     np.testing.assert_allclose(pred.predict(stride=1, **args).loss_curve, exact.loss_curve, rtol=0, atol=0)
     with pytest.raises(ValueError, match="`stride` must be a positive int"):
         pred.predict(stride=0, **args)
+    with pytest.warns(RuntimeWarning, match="SGD noise is lost"):  # 11 x 6 > 60 samples: full-batch super-steps
+        pred.predict(stride=11, **{**args, "max_steps": 22})
 
 
 def test_coarsen_drift_per_unit_time():

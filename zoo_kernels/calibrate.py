@@ -30,7 +30,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .dynamics import SGD, _batch_stream, _loss_and_grad, check_divergence_mode, coarsen, expand_curves
+from .dynamics import (SGD, _batch_stream, _loss_and_grad, check_divergence_mode, coarsen, expand_curve,
+                       expand_curves)
 from .predict import Prediction, Predictor, _load_data, _outputs, subset_batch_size
 from .sketch import sketch_jacobian
 
@@ -116,6 +117,8 @@ class HeadAwarePredictor(Predictor):
         n_paths = 1 if sgd.batch_size == N else paths
         losses = np.zeros((n_paths, max_steps + 1))
         accs = np.zeros((n_paths, max_steps + 1))
+        shift = np.zeros((n_paths, max_steps + 1))
+        spread = float((self.phi0 - self.phi0.mean(0)).square().sum().sqrt()) or 1.0
         m, d, wd = sgd.momentum, sgd.dampening, sgd.weight_decay
         for p in range(n_paths):
             phi, W, b = self.phi0.clone(), self.W0.clone(), self.b0.clone()
@@ -126,6 +129,7 @@ class HeadAwarePredictor(Predictor):
                 ell, grad = _loss_and_grad(f, y, onehot, self.loss)
                 losses[p, t] = float(ell.mean())
                 accs[p, t] = float((f.argmax(-1) == y).double().mean())
+                shift[p, t] = float((phi - self.phi0).square().sum().sqrt()) / spread
                 if t == max_steps:
                     break
                 bidx = next(batches)
@@ -153,12 +157,12 @@ class HeadAwarePredictor(Predictor):
                 W, b, phi = W - eta * step[0], b - eta * step[1], phi - eta * step[2]
                 if not (torch.isfinite(W).all() and torch.isfinite(phi).all()):
                     if on_divergence == "truncate":
-                        losses[p, t + 1:], accs[p, t + 1:] = np.nan, np.nan
+                        losses[p, t + 1:], accs[p, t + 1:], shift[p, t + 1:] = np.nan, np.nan, np.nan
                         break
                     raise FloatingPointError(
                         f"the head-aware linearized dynamics diverged at step {t} (learning rate {eta}): the "
                         "linearized features grow without the saturation of the real network")
-        return losses.mean(0), accs.mean(0), losses
+        return losses.mean(0), accs.mean(0), losses, shift.mean(0)
 
     def predict(self, *, lr, batch_size, max_steps, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0,
                 schedule="constant", paths=4, seed=None, measure_time=True, sampling="epoch", on_divergence="raise",
@@ -176,14 +180,14 @@ class HeadAwarePredictor(Predictor):
         if sampling not in ("epoch", "stream"):
             raise ValueError(f"`sampling` must be 'epoch' or 'stream', got {sampling!r}")
         run, n_run = coarsen(sgd, stride, max_steps, M)
-        loss_curve, acc_curve, per_path = self._simulate(run, n_run, paths,
-                                                         self.seed if seed is None else seed, sampling, on_divergence)
+        loss_curve, acc_curve, per_path, shift = self._simulate(run, n_run, paths, self.seed if seed is None else seed,
+                                                                sampling, on_divergence)
         loss_curve, acc_curve, per_path = expand_curves(loss_curve, acc_curve, per_path, stride, max_steps)
         step_s = self.step_seconds(batch_size) if measure_time else float("nan")
         return Prediction(loss_curve=loss_curve, accuracy_curve=acc_curve, n_samples=N, batch_size=batch_size,
                           lr=lr, momentum=momentum, step_seconds=step_s,
                           cost_seconds=self.setup_seconds + time.perf_counter() - start, loss=self.loss,
-                          path_losses=per_path)
+                          path_losses=per_path, feature_shift=expand_curve(shift, stride, max_steps))
 
 
 # ------------------------------------------------------------------------------------------ time rescaling
@@ -223,7 +227,9 @@ def calibrate_time(prediction, real_losses, **fit_kwargs):
                      accuracy_curve=rescale_curve(prediction.accuracy_curve, s, n),
                      n_samples=prediction.n_samples, batch_size=prediction.batch_size, lr=prediction.lr,
                      momentum=prediction.momentum, step_seconds=prediction.step_seconds,
-                     cost_seconds=prediction.cost_seconds, loss=prediction.loss)
+                     cost_seconds=prediction.cost_seconds, loss=prediction.loss,
+                     feature_shift=(None if prediction.feature_shift is None
+                                    else rescale_curve(prediction.feature_shift, s, n)))
     out.calibration_scale = s
     return out
 

@@ -24,6 +24,7 @@ L = (1/2N) Σ_i ‖f(x_i) − y_i‖² with one-hot y (half the sum of squares, 
 Units: one step is one SGD update on one minibatch; an epoch is ceil(N / B) steps.
 """
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Optional, Union
 
@@ -92,6 +93,10 @@ def coarsen(sgd, stride, max_steps, n_samples):
         raise ValueError(f"`stride` must be a positive int, got {stride!r}")
     if stride == 1:
         return sgd, max_steps
+    if stride * sgd.batch_size > n_samples:
+        warnings.warn(f"stride {stride} x batch {sgd.batch_size} exceeds the {n_samples} samples integrated: the "
+                      "super-steps are full-batch and the SGD noise is lost; use a smaller stride", RuntimeWarning,
+                      stacklevel=3)
     m, d = sgd.momentum, sgd.dampening
     kappa = (1 + m * (1 - d) / (1 - m)) if sgd.nesterov else (1 - d) / (1 - m)
     m_r = m ** stride
