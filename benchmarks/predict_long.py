@@ -279,8 +279,18 @@ def shift_study(pairs, settings, args, log, at=(10, 30, 100, 300)):
                    "steps": ts[1:].tolist(), "real": recs[1:], "predicted": [float(q.feature_shift[t]) for t in ts[1:]]}
             rows.append(row)
             log(f"  shift {model_name} -> {task} lr={lr} B={batch} m={momentum}: " + ", ".join(
-                f"t={t} real {r:.2f} predicted {p:.2f}" for t, r, p in zip(row["steps"], row["real"], row["predicted"])))
+                f"t={t} real {r:.2f} predicted {p:.3g}" for t, r, p in zip(row["steps"], row["real"], row["predicted"])))
     return rows
+
+
+def shift_markdown(rows):
+    """The table of shift_study's rows."""
+    lines = ["| model -> task | lr | B | m | feature shift, real / predicted, at steps " + ", ".join(
+        str(t) for t in rows[0]["steps"][:-1]) + " and the last |", "|---|---|---|---|---|"]
+    lines += [f"| {r['model']} -> {r['task']} | {r['lr']} | {r['batch']} | {r['momentum']} | " + ", ".join(
+        f"{a:.2f} / " + (f"{b:.2f}" if b < 1e3 else "blown up") for a, b in zip(r["real"], r["predicted"]))
+        + " |" for r in rows]
+    return lines
 
 
 def real_run_subset_eval(model, x, y, sx, sy, lr, batch, momentum, steps):
@@ -486,10 +496,7 @@ def main(argv=None):
     log = lambda s: print(f"[{time.time() - start:6.0f}s] {s}", flush=True)  # noqa: E731
     if args.shift:
         rows = shift_study([tuple(p.split(":")) for p in args.pairs], settings, args, log)
-        lines = ["| model -> task | lr | B | m | feature shift, real / predicted, at steps " + ", ".join(
-            str(t) for t in rows[0]["steps"][:-1]) + " and the last |", "|---|---|---|---|---|"]
-        lines += [f"| {r['model']} -> {r['task']} | {r['lr']} | {r['batch']} | {r['momentum']} | " + ", ".join(
-            f"{a:.2f} / {b:.2f}" for a, b in zip(r["real"], r["predicted"])) + " |" for r in rows]
+        lines = shift_markdown(rows)
         stamp = datetime.date.today().isoformat()
         with open(os.path.join(args.out, f"predict-long-shift-cpu-{stamp}{args.tag}.json"), "w") as fh:
             json.dump({"load_average": list(os.getloadavg()), "rows": rows, "args": vars(args)}, fh)
