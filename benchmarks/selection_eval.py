@@ -8,7 +8,9 @@
 
 What it does
 * Ground truth: ``zoo.finetune_runs(tier)`` (default: the full tier), only rows of the current recipe
-  (``finetune.RECIPE``: lr, momentum, batch, steps), averaged over the seeds present per model x task x shots.
+  (``finetune.RECIPE``: lr, momentum, batch, steps) at the ``--shots`` levels (default ``zoo.SHOTS``: 10, 50; the
+  full tier's held-out 25-shot level, ``zoo.HELDOUT_SHOTS``, only when asked for), averaged over the seeds present
+  per model x task x shots.
   Accuracies are used in points (x100), so regret is in accuracy points.
 * Scores, per target task and shot level, for every zoo model (the training split of the task, the same images
   the fine-tuning saw; never the test split), through ``zoo_kernels.rank`` with shared feature caches:
@@ -101,9 +103,10 @@ STRATEGY_NAMES = {"loto": "**LOTO-selected strategy**", "loto_top2": "LOTO rank-
 
 # ------------------------------------------------------------------------------------------- ground truth
 
-def load_ground_truth(tier):
-    """({(task, shots): {model: accuracy in points}}, info) from the fine-tuning rows of the current recipe."""
-    runs = zoo.finetune_runs(tier)
+def load_ground_truth(tier, shots=None):
+    """({(task, shots): {model: accuracy in points}}, info) from the fine-tuning rows of the current recipe, at the
+    shot levels ``shots`` (default: all stored; the full tier also holds the held-out ``zoo.HELDOUT_SHOTS``)."""
+    runs = [r for r in zoo.finetune_runs(tier) if shots is None or r["shots"] in shots]
     keep, dropped = [], 0
     for r in runs:
         same = (abs(r["lr"] - RECIPE.lr) < 1e-12 and abs(r["momentum"] - RECIPE.momentum) < 1e-12
@@ -712,7 +715,7 @@ def main(argv=None):
     t_start = time.perf_counter()
     log = lambda s: print(s, flush=True)  # noqa: E731
 
-    gt, gt_info = load_ground_truth(args.tier)
+    gt, gt_info = load_ground_truth(args.tier, args.shots)
     log(f"ground truth: {gt_info}")
     cache = load_cache(args.cache)
     if not args.eval_only:
