@@ -115,10 +115,10 @@ def run_pair(model_name, task, settings, args, log):
     model = zoo.load_model(model_name, num_classes=C, seed=0)
     preds = {"linear-sketch": Predictor(model, (x, y), method="sketch", k=args.k, subset=M, seed=0),
              "head-aware": HeadAwarePredictor(model, (x, y), k=args.head_k, subset=M, seed=0)}
-    for v in args.head_variants:  # the same head-aware model with another subset size / sketch width
-        mv, kv = (int(a) for a in v.split(":"))
-        preds[f"head-aware[M={mv},k={kv}]"] = HeadAwarePredictor(model, (x, y), k=kv, subset=mv if mv < N else None,
-                                                                 seed=0, eval_batch_size=16)
+    for v in args.head_variants:  # the same head-aware model with another subset size / sketch width / rank
+        mv, kv, *rv = (int(a) for a in v.split(":"))
+        preds[variant_name(v)] = HeadAwarePredictor(model, (x, y), k=kv, subset=mv if mv < N else None, seed=0,
+                                                    eval_batch_size=16, feature_rank=rv[0] if rv else None)
     if args.full_check:  # the same head-aware model on all N samples: the subset's approximation error
         preds["head-aware-full"] = HeadAwarePredictor(model, (x, y), k=args.full_k, seed=0, eval_batch_size=16)
     setup = {k: p.setup_seconds for k, p in preds.items()}
@@ -180,8 +180,14 @@ def run_pair(model_name, task, settings, args, log):
     return records
 
 
+def variant_name(v):
+    """"M:k" or "M:k:r" -> the method's name."""
+    mv, kv, *rv = v.split(":")
+    return f"head-aware[M={mv},k={kv}" + (f",r={rv[0]}]" if rv else "]")
+
+
 def methods(args):
-    variants = tuple(f"head-aware[M={v.split(':')[0]},k={v.split(':')[1]}]" for v in args.head_variants)
+    variants = tuple(variant_name(v) for v in args.head_variants)
     return METHODS + (("head-aware-full",) if args.full_check else ()) + variants
 
 
@@ -460,8 +466,8 @@ def main(argv=None):
     ap.add_argument("--full-check", action="store_true",
                     help="also the head-aware prediction on all N samples (minutes per pair)")
     ap.add_argument("--full-k", type=int, default=256, help="sketch width of --full-check")
-    ap.add_argument("--head-variants", nargs="*", default=[], metavar="M:k",
-                    help="extra head-aware predictions with subset M (N = all) and sketch width k")
+    ap.add_argument("--head-variants", nargs="*", default=[], metavar="M:k[:r]",
+                    help="extra head-aware predictions with subset M (N = all), sketch width k, feature rank r")
     ap.add_argument("--accuracy", type=float, default=0.9)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="2 epochs, for a smoke test")

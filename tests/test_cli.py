@@ -49,6 +49,17 @@ def test_predict_time_json(capsys, method, k):
             assert t["epochs"] == pytest.approx(t["steps"] * 8 / 16)
 
 
+def test_predict_time_feature_rank(capsys):
+    obj = run_json(capsys, PRED + ["--method", "head-aware", "--k", "32", "--feature-rank", "4", "--lr", "0.01",
+                                   "--batch-size", "8", "--target", "fraction=0.9"])
+    assert obj["method"] == "head-aware" and obj["prediction_seconds"] > 0
+    rc, _, err = run(capsys, PRED + ["--method", "sketch", "--feature-rank", "4", "--lr", "0.01", "--batch-size", "8"])
+    assert rc == 2 and "--feature-rank applies to --method head-aware only" in err
+    rc, _, err = run(capsys, PRED + ["--method", "head-aware", "--feature-rank", "999", "--lr", "0.01",
+                                     "--batch-size", "8"])
+    assert rc == 2 and "`feature_rank` must be None or an int in [1, 64]" in err
+
+
 def test_predict_time_table_seconds_and_plot(capsys, tmp_path):
     pytest.importorskip("matplotlib")
     png = tmp_path / "curves.png"
@@ -329,3 +340,31 @@ def test_head_aware_rejects_a_head_that_is_not_last():
     x, y = torch.randn(12, 4, generator=g), torch.randint(0, 3, (12,), generator=g)
     with pytest.raises(ValueError, match="last operation of forward"):
         HeadAwarePredictor(Scaled(), (x, y), k=8)
+
+
+def test_head_aware_feature_rank_restricts_the_feature_motion():
+    """feature_rank=r: the sketch is that of the r top-energy feature directions U, i.e. U Uᵀ S of the full one
+    (the same random projection), at r/D of the backward passes; the features then move only within U."""
+    from zoo_kernels.calibrate import feature_directions
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3)).double()
+    x = torch.randn(30, 5, dtype=torch.float64)
+    y = torch.randint(0, 3, (30,))
+    full = HeadAwarePredictor(model, (x, y), k=64, seed=4)
+    part = HeadAwarePredictor(model, (x, y), k=64, seed=4, feature_rank=3)
+    U = feature_directions(full.phi0, 3)
+    assert U.shape == (8, 3)
+    torch.testing.assert_close(U.T @ U, torch.eye(3, dtype=torch.float64))
+    # U holds the top-3 energy directions of the features
+    energy = torch.linalg.eigvalsh(full.phi0.T @ full.phi0 / 30).flip(0)
+    assert float(((full.phi0 @ U).square().sum(0) / 30).sum()) == pytest.approx(float(energy[:3].sum()), rel=1e-9)
+    torch.testing.assert_close(part.S, torch.einsum("de,nek->ndk", U @ U.T, full.S),
+                               rtol=1e-9, atol=1e-12)
+    args = dict(lr=0.2, batch_size=6, max_steps=30, measure_time=False, paths=1, seed=0, sampling="stream")
+    q = part.predict(**args)
+    assert np.isfinite(q.loss_curve).all() and q.loss_curve[-1] < q.loss_curve[0]
+    assert HeadAwarePredictor(model, (x, y), k=64, seed=4, feature_rank=8).predict(**args).loss_curve == \
+        pytest.approx(full.predict(**args).loss_curve, rel=1e-12)
+    for bad in (0, 9, 2.5):
+        with pytest.raises(ValueError, match="`feature_rank` must be None or an int in"):
+            HeadAwarePredictor(model, (x, y), k=8, feature_rank=bad)

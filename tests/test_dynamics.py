@@ -190,6 +190,11 @@ def test_predict_training_time_head_aware_method():
     np.testing.assert_allclose(p.accuracy_curve, q.accuracy_curve, rtol=1e-12)
     with pytest.raises(ValueError, match="`method` must be"):
         zk.predict_training_time(model, (x, y), method="ntk", **args)
+    r = zk.predict_training_time(model, (x, y), method="head-aware", k=64, feature_rank=2, **args)
+    s = HeadAwarePredictor(model, (x, y), k=64, feature_rank=2).predict(**args)
+    np.testing.assert_allclose(r.loss_curve, s.loss_curve, rtol=1e-12)
+    with pytest.raises(ValueError, match="`feature_rank` applies to method='head-aware' only"):
+        zk.predict_training_time(model, (x, y), method="sketch", feature_rank=2, **args)
 
 
 def test_recommend_grid_and_predict_kwargs():

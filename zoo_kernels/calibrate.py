@@ -70,6 +70,14 @@ def _check_head_is_last(model, x, f0, head_name, batch_size):
                          "the head (the last nn.Linear, or `head=`) to be the last operation of forward")
 
 
+def feature_directions(phi, r):
+    """(D, r) orthonormal: the top-r eigenvectors of the features' second moment φᵀφ / N (not centered, so
+    the mean feature direction, which dominates φᵢᵀφⱼ, is kept)."""
+    phi = phi.double().cpu()
+    _, vecs = torch.linalg.eigh(phi.T @ phi / phi.shape[0])
+    return vecs[:, -r:].flip(1).contiguous()
+
+
 class HeadAwarePredictor(Predictor):
     """Training curves of SGD on the model with a linearized backbone and an exact linear head (see module doc).
 
@@ -77,10 +85,13 @@ class HeadAwarePredictor(Predictor):
     the noise-matched batch size, as Predictor does. k is the width of the feature-Jacobian sketch (dense JL: the
     Kronecker sketch is cheaper but its larger variance inflates Θ_φ's spectrum and speeds the prediction up).
     eval_batch_size: inputs per chunk of the sketch; its memory grows with D (the feature width) times this.
+    feature_rank=r < D: the backbone moves the features only within their r top-energy directions
+    (`feature_directions`), so the sketch needs r instead of D backward passes per sample (D/r × cheaper setup;
+    for wide features, D = 512-2048, the head-aware setup is otherwise D/C × the plain one's); None = all D.
     """
 
     def __init__(self, model, data, *, loss="ce", k=512, subset=None, seed=0, sketch_method="dense",
-                 eval_batch_size=32, head=None, progress=False):
+                 eval_batch_size=32, head=None, feature_rank=None, progress=False):
         start = time.perf_counter()
         _load_data(self, model, data, loss, subset, seed)
         head_name = head or _last_linear(model)
@@ -98,9 +109,24 @@ class HeadAwarePredictor(Predictor):
         C = self.f0.shape[1]
         if self.y.min() < 0 or self.y.max() >= C:
             raise ValueError(f"`data` labels must be integers in [0, {C}) for a model with {C} outputs")
+        D = self.phi0.shape[1]
+        if feature_rank is not None and not (isinstance(feature_rank, int) and 1 <= feature_rank <= D):
+            raise ValueError(f"`feature_rank` must be None or an int in [1, {D}] (the feature width), "
+                             f"got {feature_rank!r}")
+        self.feature_rank = feature_rank or D
         if any(p.requires_grad for p in fm.parameters()):
-            S = sketch_jacobian(fm, self.x, k, method=sketch_method, seed=seed, batch_size=eval_batch_size,
-                                progress=progress)  # (M, D, k)
+            if self.feature_rank < D:  # the features move only within their top-energy directions U
+                U = feature_directions(self.phi0, self.feature_rank)  # (D, r)
+                w = next(p for p in fm.parameters() if p.requires_grad)
+                proj = nn.Linear(D, self.feature_rank, bias=False, device=w.device, dtype=w.dtype)
+                proj.weight.data.copy_(U.T.to(proj.weight.dtype))
+                proj.weight.requires_grad_(False)
+                S = sketch_jacobian(nn.Sequential(fm, proj), self.x, k, method=sketch_method, seed=seed,
+                                    batch_size=eval_batch_size, progress=progress)  # (M, r, k)
+                S = torch.einsum("dr,nrk->ndk", U, S.double().cpu())
+            else:
+                S = sketch_jacobian(fm, self.x, k, method=sketch_method, seed=seed, batch_size=eval_batch_size,
+                                    progress=progress)  # (M, D, k)
             self.S = S.double()
         else:  # a frozen backbone: only the head trains (a linear probe)
             self.S = None

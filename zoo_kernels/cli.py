@@ -341,7 +341,9 @@ def build_predictor(model, x, y, args):
 
     kw = dict(loss=args.loss, subset=args.subset, seed=args.seed, progress=not args.no_progress)
     if args.method == "head-aware":
-        return HeadAwarePredictor(model, (x, y), k=args.k or 512, **kw)
+        return HeadAwarePredictor(model, (x, y), k=args.k or 512, feature_rank=args.feature_rank, **kw)
+    if args.feature_rank is not None:
+        raise ValueError("--feature-rank applies to --method head-aware only")
     return Predictor(model, (x, y), method=args.method, k=args.k or 1024, **kw)
 
 
@@ -650,6 +652,9 @@ def build_parser():
     p.add_argument("--method", choices=PREDICT_METHODS, default="head-aware",
                    help="head-aware (linearized backbone, exact head; default), sketch or exact (full linearization)")
     p.add_argument("--k", type=int, help="sketch width (default 512 head-aware, 1024 sketch)")
+    p.add_argument("--feature-rank", type=int, default=None,
+                   help="head-aware: move the features only in their top-r energy directions (r backward passes "
+                        "per sample instead of the feature width; default: all)")
     p.add_argument("--subset", type=int, help="predict from M random samples (subset mode)")
     p.add_argument("--paths", type=int, default=4, help="Monte-Carlo SGD paths")
     p.add_argument("--sampling", choices=("epoch", "stream"),

@@ -310,7 +310,7 @@ class Predictor:
 
 def predict_training_time(model, data, *, lr, batch_size, max_steps, momentum=0.0, weight_decay=0.0, loss="ce",
                           seed=0, subset=None, k=None, method="sketch", dampening=0.0, nesterov=False,
-                          schedule="constant", paths=4, progress=False, **schedule_kwargs):
+                          schedule="constant", paths=4, progress=False, feature_rank=None, **schedule_kwargs):
     """Expected training loss/accuracy curves of SGD fine-tuning, predicted from the linearized model.
 
     data: (inputs, labels) tensors or a torch Dataset. Returns a Prediction: loss_curve and accuracy_curve
@@ -319,15 +319,18 @@ def predict_training_time(model, data, *, lr, batch_size, max_steps, momentum=0.
 
     method: "sketch" (the paper's linearization, dense JL sketch of width k), "exact" (exact NTK) or "head-aware"
     (zoo_kernels.calibrate.HeadAwarePredictor: linearized backbone, exact last linear layer; the better choice
-    when fine-tuning starts from a new random head, see docs/PREDICT.md; k defaults to 512 there).
+    when fine-tuning starts from a new random head, see docs/PREDICT.md; k defaults to 512 there; feature_rank=r
+    lets the features move only in their r top-energy directions, r instead of D backward passes per sample).
     """
     if method not in ("sketch", "exact", "head-aware"):
         raise ValueError(f"`method` must be 'sketch', 'exact' or 'head-aware', got {method!r}")
     if method == "head-aware":
         from .calibrate import HeadAwarePredictor  # noqa: PLC0415 (calibrate imports this module)
         pred = HeadAwarePredictor(model, data, loss=loss, k=512 if k is None else k, subset=subset, seed=seed,
-                                  progress=progress)
+                                  feature_rank=feature_rank, progress=progress)
     else:
+        if feature_rank is not None:
+            raise ValueError("`feature_rank` applies to method='head-aware' only")
         pred = Predictor(model, data, loss=loss, k=1024 if k is None else k, method=method, subset=subset,
                          seed=seed, progress=progress)
     return pred.predict(lr=lr, batch_size=batch_size, max_steps=max_steps, momentum=momentum,
