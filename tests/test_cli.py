@@ -368,3 +368,15 @@ def test_head_aware_feature_rank_restricts_the_feature_motion():
     for bad in (0, 9, 2.5):
         with pytest.raises(ValueError, match="`feature_rank` must be None or an int in"):
             HeadAwarePredictor(model, (x, y), k=8, feature_rank=bad)
+
+
+def test_head_aware_paths_run_together_as_one_by_one():
+    """The paths run batched; each path's batches are drawn path after path from one generator, so path 0 of a
+    3-path prediction is the 1-path prediction, and the curves are the means of the per-path curves."""
+    model, x, y = _bilinear_problem(n=40)
+    pred = HeadAwarePredictor(model, (x, y), k=16)
+    args = dict(lr=0.3, batch_size=8, max_steps=25, momentum=0.9, measure_time=False, seed=5, sampling="epoch")
+    three, one = pred.predict(paths=3, **args), pred.predict(paths=1, **args)
+    np.testing.assert_allclose(three.path_losses[0], one.loss_curve, rtol=1e-12)
+    np.testing.assert_allclose(three.loss_curve, three.path_losses.mean(0), rtol=1e-12)
+    assert not np.allclose(three.path_losses[1], three.path_losses[0])  # other batches

@@ -123,11 +123,11 @@ class HeadAwarePredictor(Predictor):
                 proj.weight.requires_grad_(False)
                 S = sketch_jacobian(nn.Sequential(fm, proj), self.x, k, method=sketch_method, seed=seed,
                                     batch_size=eval_batch_size, progress=progress)  # (M, r, k)
-                S = torch.einsum("dr,nrk->ndk", U, S.double().cpu())
+                S = torch.einsum("dr,nrk->ndk", U.to(S.dtype), S.cpu())
             else:
                 S = sketch_jacobian(fm, self.x, k, method=sketch_method, seed=seed, batch_size=eval_batch_size,
                                     progress=progress)  # (M, D, k)
-            self.S = S.double()
+            self.S = S.cpu().contiguous()  # (M, D, k), the model's dtype
         else:  # a frozen backbone: only the head trains (a linear probe)
             self.S = None
         self.method, self.k = "head-aware", k
@@ -135,59 +135,74 @@ class HeadAwarePredictor(Predictor):
         self._step_seconds = {}
 
     def _simulate(self, sgd, max_steps, paths, seed, sampling, on_divergence="raise"):
+        """All Monte-Carlo paths at once (leading dimension P): each path's minibatches are drawn in turn from one
+        generator, as path after path, so a path's curve does not depend on how many paths run beside it."""
         N, D = self.phi0.shape
         y = self.y
         C = self.W0.shape[0]
         onehot = torch.nn.functional.one_hot(y, C).double()
         gen = torch.Generator().manual_seed(seed)
-        n_paths = 1 if sgd.batch_size == N else paths
-        losses = np.zeros((n_paths, max_steps + 1))
-        accs = np.zeros((n_paths, max_steps + 1))
-        shift = np.zeros((n_paths, max_steps + 1))
+        P = 1 if sgd.batch_size == N else paths
+        streams = [_batch_stream(N, sgd.batch_size, sampling, gen) for _ in range(P)]
+        batches = [[next(s) for _ in range(max_steps)] for s in streams]  # path after path, as drawn before
+        losses = np.zeros((P, max_steps + 1))
+        accs = np.zeros((P, max_steps + 1))
+        shift = np.zeros((P, max_steps + 1))
         spread = float((self.phi0 - self.phi0.mean(0)).square().sum().sqrt()) or 1.0
         m, d, wd = sgd.momentum, sgd.dampening, sgd.weight_decay
-        for p in range(n_paths):
-            phi, W, b = self.phi0.clone(), self.W0.clone(), self.b0.clone()
-            buf = None
-            batches = _batch_stream(N, sgd.batch_size, sampling, gen)
-            for t in range(max_steps + 1):
-                f = phi @ W.T + b
-                ell, grad = _loss_and_grad(f, y, onehot, self.loss)
-                losses[p, t] = float(ell.mean())
-                accs[p, t] = float((f.argmax(-1) == y).double().mean())
-                shift[p, t] = float((phi - self.phi0).square().sum().sqrt()) / spread
-                if t == max_steps:
-                    break
-                bidx = next(batches)
-                G = grad[bidx] / len(bidx)  # (B, C): ∂(mean loss of the batch)/∂f
-                if self.head_trainable:
-                    gW, gb = G.T @ phi[bidx], G.sum(0)
-                    if wd:
-                        gW, gb = gW + wd * W, gb + wd * b
-                else:
-                    gW, gb = torch.zeros_like(W), torch.zeros_like(b)
-                if self.S is not None:
-                    u = torch.einsum("bdk,bd->k", self.S[bidx], G @ W)  # J_φ,batchᵀ (∂ℓ/∂φ), sketched
-                    gphi = torch.einsum("ndk,k->nd", self.S, u)
-                    if wd:
-                        gphi = gphi + wd * (phi - self.phi0)
-                else:
-                    gphi = torch.zeros_like(phi)
-                g = (gW, gb, gphi)
-                if buf is None or m == 0:
-                    buf = tuple(v.clone() for v in g)
-                else:
-                    buf = tuple(m * v + (1 - d) * gi for v, gi in zip(buf, g))
-                step = tuple(gi + m * v for gi, v in zip(g, buf)) if sgd.nesterov else buf
-                eta = sgd.lr_at(t, max_steps)
-                W, b, phi = W - eta * step[0], b - eta * step[1], phi - eta * step[2]
-                if not (torch.isfinite(W).all() and torch.isfinite(phi).all()):
-                    if on_divergence == "truncate":
-                        losses[p, t + 1:], accs[p, t + 1:], shift[p, t + 1:] = np.nan, np.nan, np.nan
-                        break
+        phi = self.phi0.expand(P, N, D).clone()
+        W, b = self.W0.expand(P, C, D).clone(), self.b0.expand(P, C).clone()
+        dead = np.full(P, -1)  # the step after which a path diverged (-1: alive)
+        buf = None
+        for t in range(max_steps + 1):
+            f = torch.einsum("pnd,pcd->pnc", phi, W) + b[:, None]
+            ell, grad = _loss_and_grad(f, y, onehot, self.loss)
+            losses[:, t] = ell.mean(1).numpy()
+            accs[:, t] = (f.argmax(-1) == y).double().mean(1).numpy()
+            shift[:, t] = ((phi - self.phi0).square().sum((1, 2)).sqrt() / spread).numpy()
+            if t == max_steps:
+                break
+            bidx = torch.stack([bl[t] for bl in batches])  # (P, B): the paths' batches have equal sizes
+            B = bidx.shape[1]
+            G = grad.gather(1, bidx[..., None].expand(P, B, C)) / B  # ∂(mean loss of the batch)/∂f
+            phib = phi.gather(1, bidx[..., None].expand(P, B, D))
+            if self.head_trainable:
+                gW, gb = torch.einsum("pbc,pbd->pcd", G, phib), G.sum(1)
+                if wd:
+                    gW, gb = gW + wd * W, gb + wd * b
+            else:
+                gW, gb = torch.zeros_like(W), torch.zeros_like(b)
+            if self.S is not None:
+                v = torch.einsum("pbc,pcd->pbd", G, W)  # ∂ℓ/∂φ of the batch
+                # J_φ,batchᵀ (∂ℓ/∂φ), sketched, path by path (a 2-D index gather of S is much slower), in S's
+                # dtype (float32 for a float32 model: the step streams all of S, so this halves its cost)
+                v = v.to(self.S.dtype)
+                u = torch.stack([torch.einsum("bdk,bd->k", self.S[bidx[q]], v[q]) for q in range(P)])
+                gphi = (self.S.view(N * D, -1) @ u.T).T.reshape(P, N, D).double()  # one product, all paths
+                if wd:
+                    gphi = gphi + wd * (phi - self.phi0)
+            else:
+                gphi = torch.zeros_like(phi)
+            g = (gW, gb, gphi)
+            if buf is None or m == 0:
+                buf = tuple(v.clone() for v in g)
+            else:
+                buf = tuple(m * v + (1 - d) * gi for v, gi in zip(buf, g))
+            step = tuple(gi + m * v for gi, v in zip(g, buf)) if sgd.nesterov else buf
+            eta = sgd.lr_at(t, max_steps)
+            W, b, phi = W - eta * step[0], b - eta * step[1], phi - eta * step[2]
+            ok = (torch.isfinite(W).flatten(1).all(1) & torch.isfinite(phi).flatten(1).all(1)).numpy()
+            new = (~ok) & (dead < 0)
+            if new.any():
+                if on_divergence != "truncate":
                     raise FloatingPointError(
                         f"the head-aware linearized dynamics diverged at step {t} (learning rate {eta}): the "
                         "linearized features grow without the saturation of the real network")
+                dead[new] = t
+                if (dead >= 0).all():
+                    break
+        for p in np.flatnonzero(dead >= 0):  # NaN after the step a path diverged
+            losses[p, dead[p] + 1:], accs[p, dead[p] + 1:], shift[p, dead[p] + 1:] = np.nan, np.nan, np.nan
         return losses.mean(0), accs.mean(0), losses, shift.mean(0)
 
     def predict(self, *, lr, batch_size, max_steps, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0,
