@@ -88,6 +88,14 @@ def test_function_space_sgd_equals_weight_space_sgd(loss, hp):
     S = J.reshape(120, -1) @ Q
     got_s, _, _ = simulate_sgd(KernelOperator(40, 3, sketch=S), f0, y, loss, sgd, 30, paths=1, seed=7)
     np.testing.assert_allclose(got_s, ref, rtol=1e-9)
+    # the paths run batched, drawn path after path: path 0 of 3 is the 1-path run, for both operators
+    for o in (op, KernelOperator(40, 3, sketch=S)):
+        mean, _, per = simulate_sgd(o, f0, y, loss, sgd, 30, paths=3, seed=7)
+        np.testing.assert_allclose(per[0], ref, rtol=1e-9)
+        np.testing.assert_allclose(mean, per.mean(0), rtol=1e-12)
+        assert len(per) == 1 if sgd.batch_size == 40 else not np.allclose(per[1], per[0])  # full batch: 1 path
+        rows, g = torch.randint(0, 120, (3, 12)), torch.randn(3, 12, dtype=torch.float64)
+        torch.testing.assert_close(o.apply_batches(rows, g), torch.stack([o.apply_batch(r, v) for r, v in zip(rows, g)]))
 
 
 @pytest.mark.parametrize("hp", [dict(batch_size=7), dict(batch_size=16, momentum=0.9, nesterov=True)])

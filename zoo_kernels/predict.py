@@ -177,7 +177,7 @@ class Predictor:
         else:
             S = sketch_jacobian(model, self.x, k, method=sketch_method, seed=seed, batch_size=eval_batch_size,
                                 progress=progress)
-            self.op = KernelOperator(M, C, sketch=S.flatten(0, 1).double())
+            self.op = KernelOperator(M, C, sketch=S.flatten(0, 1).cpu().contiguous())  # the model's dtype
         self.method, self.k = method, k
         self._subset_modes = None  # measured on the first predict(subset_correction=True)
         self.setup_seconds = time.perf_counter() - start
@@ -193,7 +193,7 @@ class Predictor:
             e = (U.T @ delta).square()
         else:
             acc = SketchGram(self.op.S.shape[1])
-            acc.update(self.op.S, delta)
+            acc.update(self.op.S.double(), delta)
             lam, e = acc.eigh()
         lam, e = lam.numpy(), e.numpy()
         spec = spectrum_from_measurement(lam, e, float(delta.square().sum()), self.subset, self.n_samples,
