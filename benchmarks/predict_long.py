@@ -236,20 +236,19 @@ def cost_study(pairs, args, log):
                            ("head-aware k=128", lambda: HeadAwarePredictor(model, (x, y), k=128, subset=N // 20))):
             p = make()
             t0 = time.perf_counter()
-            p.predict(lr=lr, batch_size=batch, momentum=momentum, max_steps=200, sampling="stream", paths=1,
-                      measure_time=False)
-            integ_step = (time.perf_counter() - t0) / 200
-            pred_s = p.setup_seconds + int(steps * args.horizon) * args.paths * integ_step
+            p.predict(lr=lr, batch_size=batch, momentum=momentum, max_steps=200, sampling="stream",
+                      paths=args.paths, measure_time=False)
+            integ_step = (time.perf_counter() - t0) / 200  # one step of all paths (they run batched)
+            pred_s = p.setup_seconds + int(steps * args.horizon) * integ_step
             train_s = steps * step_s
             per_epoch = N / batch * step_s
+            per_epoch_pred = args.horizon * N / batch * integ_step
             rows.append({"model": model_name, "task": task, "N": N, "method": name, "step_s": step_s,
                          "train_s": train_s, "setup_s": p.setup_seconds, "integrate_step_s": integ_step,
-                         "prediction_s": pred_s, "ratio": train_s / pred_s,
-                         # epochs E with E * per_epoch = 100 * (setup + horizon * E * N / B * paths * integ_step)
-                         "epochs_for_100x": (100 * p.setup_seconds / (per_epoch - 100 * args.horizon * args.paths
-                                                                      * N / batch * integ_step)
-                                             if per_epoch > 100 * args.horizon * args.paths * N / batch * integ_step
-                                             else None)})
+                         "prediction_s": pred_s, "ratio": train_s / pred_s, "paths": args.paths,
+                         # epochs E with E * per_epoch = 100 * (setup + E * per_epoch_pred)
+                         "epochs_for_100x": (100 * p.setup_seconds / (per_epoch - 100 * per_epoch_pred)
+                                             if per_epoch > 100 * per_epoch_pred else None)})
             log(f"  cost {model_name} -> {task} {name}: step {step_s * 1e3:.1f} ms, setup {p.setup_seconds:.1f} s, "
                 f"integration {integ_step * 1e3:.2f} ms/step, training {train_s:.1f} s / prediction {pred_s:.1f} s")
     return rows
@@ -512,7 +511,7 @@ def main(argv=None):
     if args.cost:
         rows = cost_study([tuple(p.split(":")) for p in args.pairs], args, log)
         stamp = datetime.date.today().isoformat()
-        hdr = ("| model -> task | method | real step ms | training s (--epochs) | setup s | integration ms/step | "
+        hdr = ("| model -> task | method | real step ms | training s (--epochs) | setup s | integration ms/step (all paths) | "
                "prediction s | training / prediction | epochs for 100x |\n|" + "---|" * 9)
         e100 = lambda r: "never" if r["epochs_for_100x"] is None else f"{r['epochs_for_100x']:.0f}"  # noqa: E731
         lines = [hdr] + [f"| {r['model']} -> {r['task']} | {r['method']} | {r['step_s'] * 1e3:.1f} | {r['train_s']:.1f} | "
