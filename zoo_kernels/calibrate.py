@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .dynamics import (SGD, _batch_stream, _loss_and_grad, check_divergence_mode, coarsen, expand_curve,
-                       expand_curves)
+from .dynamics import (SGD, _loss_and_grad, check_divergence_mode, coarsen, expand_curve, expand_curves,
+                       path_batches)
 from .predict import Prediction, Predictor, _load_data, _outputs, subset_batch_size
 from .sketch import sketch_jacobian
 
@@ -141,10 +141,8 @@ class HeadAwarePredictor(Predictor):
         y = self.y
         C = self.W0.shape[0]
         onehot = torch.nn.functional.one_hot(y, C).double()
-        gen = torch.Generator().manual_seed(seed)
         P = 1 if sgd.batch_size == N else paths
-        streams = [_batch_stream(N, sgd.batch_size, sampling, gen) for _ in range(P)]
-        batches = [[next(s) for _ in range(max_steps)] for s in streams]  # path after path, as drawn before
+        batches = path_batches(N, sgd.batch_size, sampling, seed, P, max_steps)
         losses = np.zeros((P, max_steps + 1))
         accs = np.zeros((P, max_steps + 1))
         shift = np.zeros((P, max_steps + 1))

@@ -179,6 +179,14 @@ def _batch_stream(N, B, sampling, gen):
         buf = buf[B:]
 
 
+def path_batches(N, B, sampling, seed, paths, steps):
+    """Each Monte-Carlo path's minibatches (index tensors) for `steps` steps, drawn path after path from one
+    generator seeded with `seed`: a path's batches do not depend on how many paths are drawn after it."""
+    gen = torch.Generator().manual_seed(seed)
+    streams = [_batch_stream(N, B, sampling, gen) for _ in range(paths)]  # lazy: nothing drawn yet
+    return [[next(s) for _ in range(steps)] for s in streams]
+
+
 def simulate_sgd(op, f0, labels, loss, sgd, max_steps, paths=4, seed=0, targets=None, device=None,
                  sampling="epoch", on_divergence="raise"):
     """Expected full-training-set loss and accuracy after 0..max_steps SGD steps of the linearized model.
@@ -195,11 +203,8 @@ def simulate_sgd(op, f0, labels, loss, sgd, max_steps, paths=4, seed=0, targets=
     f0 = f0.double()
     onehot = torch.nn.functional.one_hot(labels.long(), C).double() if targets is None else targets.double()
     idx_all = torch.arange(N * C).view(N, C)
-    gen = torch.Generator().manual_seed(seed)
     P = 1 if sgd.batch_size == N else paths  # full batch: deterministic
-    # all paths run together; each path's minibatches are drawn path after path from one generator
-    streams = [_batch_stream(N, sgd.batch_size, sampling, gen) for _ in range(P)]
-    batches = [[next(st) for _ in range(max_steps)] for st in streams]
+    batches = path_batches(N, sgd.batch_size, sampling, seed, P, max_steps)  # all paths run together
     losses = np.zeros((P, max_steps + 1))
     accs = np.zeros((P, max_steps + 1))
     f, phi = f0.expand(P, N, C).clone(), None
