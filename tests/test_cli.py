@@ -380,3 +380,31 @@ def test_head_aware_paths_run_together_as_one_by_one():
     np.testing.assert_allclose(three.path_losses[0], one.loss_curve, rtol=1e-12)
     np.testing.assert_allclose(three.loss_curve, three.path_losses.mean(0), rtol=1e-12)
     assert not np.allclose(three.path_losses[1], three.path_losses[0])  # other batches
+
+
+def test_head_aware_eval_every_keeps_the_dynamics():
+    """eval_every=E changes only where the full-set loss is computed: at every E-th step (and the last) the curves
+    are those of E = 1; in between they are interpolated; a divergence is located to within E steps."""
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 3)).double()
+    x, y = torch.randn(48, 5, dtype=torch.float64), torch.randint(0, 3, (48,))
+    pred = HeadAwarePredictor(model, (x, y), k=32)
+    args = dict(lr=0.2, batch_size=8, max_steps=43, momentum=0.9, measure_time=False, paths=2, seed=1,
+                sampling="stream", weight_decay=0.01)
+    one, five = pred.predict(**args), pred.predict(eval_every=5, **args)
+    at = list(range(0, 44, 5)) + [43]
+    np.testing.assert_allclose(five.loss_curve[at], one.loss_curve[at], rtol=1e-10)
+    np.testing.assert_allclose(five.accuracy_curve[at], one.accuracy_curve[at], rtol=1e-10)
+    np.testing.assert_allclose(five.feature_shift[at], one.feature_shift[at], rtol=1e-10)
+    lo, hi = np.minimum(one.loss_curve[at[:-1]], one.loss_curve[at[1:]]), np.maximum(one.loss_curve[at[:-1]],
+                                                                                      one.loss_curve[at[1:]])
+    inner = five.loss_curve[1:5]  # interpolated between steps 0 and 5
+    assert ((inner >= lo[0] - 1e-12) & (inner <= hi[0] + 1e-12)).all()
+    with pytest.raises(ValueError, match="`eval_every` must be a positive int"):
+        pred.predict(eval_every=0, **args)
+    bad = dict(args, lr=60.0, max_steps=200)
+    with pytest.warns(RuntimeWarning, match="diverged at step"):
+        d1 = pred.predict(on_divergence="truncate", **bad).diverged_at
+    with pytest.warns(RuntimeWarning, match="diverged at step"):
+        d5 = pred.predict(on_divergence="truncate", eval_every=5, **bad).diverged_at
+    assert d1 - 5 <= d5 <= d1

@@ -134,62 +134,75 @@ class HeadAwarePredictor(Predictor):
         self.setup_seconds = time.perf_counter() - start
         self._step_seconds = {}
 
-    def _simulate(self, sgd, max_steps, paths, seed, sampling, on_divergence="raise"):
-        """All Monte-Carlo paths at once (leading dimension P): each path's minibatches are drawn in turn from one
-        generator, as path after path, so a path's curve does not depend on how many paths run beside it."""
+    def _simulate(self, sgd, max_steps, paths, seed, sampling, on_divergence="raise", eval_every=1):
+        """All Monte-Carlo paths at once (leading dimension P; minibatches from dynamics.path_batches).
+
+        The backbone's displacement is kept as sketch coordinates θ (φ_t = φ_0 + S θ_t, exactly the feature-space
+        recursion), so a step touches only the minibatch's rows of S; the full-set loss, which streams all of S,
+        is evaluated every `eval_every` steps (and at the last) and interpolated in between (log-linear for the
+        loss; a divergence is then located to within `eval_every` steps)."""
         N, D = self.phi0.shape
         y = self.y
         C = self.W0.shape[0]
         onehot = torch.nn.functional.one_hot(y, C).double()
         P = 1 if sgd.batch_size == N else paths
         batches = path_batches(N, sgd.batch_size, sampling, seed, P, max_steps)
-        losses = np.zeros((P, max_steps + 1))
-        accs = np.zeros((P, max_steps + 1))
-        shift = np.zeros((P, max_steps + 1))
+        shape = (P, max_steps + 1)
+        losses, accs, shift = np.full(shape, np.nan), np.full(shape, np.nan), np.full(shape, np.nan)
         spread = float((self.phi0 - self.phi0.mean(0)).square().sum().sqrt()) or 1.0
         m, d, wd = sgd.momentum, sgd.dampening, sgd.weight_decay
-        phi = self.phi0.expand(P, N, D).clone()
+        S = self.S
         W, b = self.W0.expand(P, C, D).clone(), self.b0.expand(P, C).clone()
+        theta = torch.zeros(P, S.shape[-1] if S is not None else 0, dtype=torch.float64)
         dead = np.full(P, -1)  # the step after which a path diverged (-1: alive)
-        buf = None
+        evaluated, buf = [], None
         for t in range(max_steps + 1):
-            f = torch.einsum("pnd,pcd->pnc", phi, W) + b[:, None]
-            ell, grad = _loss_and_grad(f, y, onehot, self.loss)
-            losses[:, t] = ell.mean(1).numpy()
-            accs[:, t] = (f.argmax(-1) == y).double().mean(1).numpy()
-            shift[:, t] = ((phi - self.phi0).square().sum((1, 2)).sqrt() / spread).numpy()
+            full = t % eval_every == 0 or t == max_steps
+            if full:  # the whole training set: φ = φ_0 + S θ for all samples (one product for all paths)
+                phi = self.phi0.expand(P, N, D) if S is None else \
+                    self.phi0 + (S.view(N * D, -1) @ theta.T.to(S.dtype)).T.reshape(P, N, D).double()
+                f = torch.einsum("pnd,pcd->pnc", phi, W) + b[:, None]
+                ell, grad = _loss_and_grad(f, y, onehot, self.loss)
+                losses[:, t] = ell.mean(1).numpy()
+                accs[:, t] = (f.argmax(-1) == y).double().mean(1).numpy()
+                shift[:, t] = ((phi - self.phi0).square().sum((1, 2)).sqrt() / spread).numpy()
+                evaluated.append(t)
             if t == max_steps:
                 break
             bidx = torch.stack([bl[t] for bl in batches])  # (P, B): the paths' batches have equal sizes
             B = bidx.shape[1]
-            G = grad.gather(1, bidx[..., None].expand(P, B, C)) / B  # ∂(mean loss of the batch)/∂f
-            phib = phi.gather(1, bidx[..., None].expand(P, B, D))
+            Sb = [S[bidx[q]] for q in range(P)] if S is not None else None  # (B, D, k) per path
+            if full:
+                G = grad.gather(1, bidx[..., None].expand(P, B, C)) / B  # ∂(mean loss of the batch)/∂f
+                phib = phi.gather(1, bidx[..., None].expand(P, B, D))
+            else:  # only the batch's features and outputs
+                phib = self.phi0[bidx]
+                if S is not None:
+                    phib = phib + torch.stack([Sb[q] @ theta[q].to(S.dtype) for q in range(P)]).double()
+                G = _loss_and_grad(torch.einsum("pbd,pcd->pbc", phib, W) + b[:, None], y[bidx], onehot[bidx],
+                                   self.loss)[1] / B
             if self.head_trainable:
                 gW, gb = torch.einsum("pbc,pbd->pcd", G, phib), G.sum(1)
                 if wd:
                     gW, gb = gW + wd * W, gb + wd * b
             else:
                 gW, gb = torch.zeros_like(W), torch.zeros_like(b)
-            if self.S is not None:
-                v = torch.einsum("pbc,pcd->pbd", G, W)  # ∂ℓ/∂φ of the batch
-                # J_φ,batchᵀ (∂ℓ/∂φ), sketched, path by path (a 2-D index gather of S is much slower), in S's
-                # dtype (float32 for a float32 model: the step streams all of S, so this halves its cost)
-                v = v.to(self.S.dtype)
-                u = torch.stack([torch.einsum("bdk,bd->k", self.S[bidx[q]], v[q]) for q in range(P)])
-                gphi = (self.S.view(N * D, -1) @ u.T).T.reshape(P, N, D).double()  # one product, all paths
-                if wd:
-                    gphi = gphi + wd * (phi - self.phi0)
+            if S is not None:  # J_φ,batchᵀ ∂ℓ/∂φ, sketched; in S's dtype (float32 for a float32 model)
+                v = torch.einsum("pbc,pcd->pbd", G, W).to(S.dtype)
+                gth = torch.stack([torch.einsum("bdk,bd->k", Sb[q], v[q]) for q in range(P)]).double()
+                if wd:  # toward w0: wd (φ − φ_0) = S (wd θ)
+                    gth = gth + wd * theta
             else:
-                gphi = torch.zeros_like(phi)
-            g = (gW, gb, gphi)
+                gth = theta
+            g = (gW, gb, gth)
             if buf is None or m == 0:
                 buf = tuple(v.clone() for v in g)
             else:
                 buf = tuple(m * v + (1 - d) * gi for v, gi in zip(buf, g))
             step = tuple(gi + m * v for gi, v in zip(g, buf)) if sgd.nesterov else buf
             eta = sgd.lr_at(t, max_steps)
-            W, b, phi = W - eta * step[0], b - eta * step[1], phi - eta * step[2]
-            ok = (torch.isfinite(W).flatten(1).all(1) & torch.isfinite(phi).flatten(1).all(1)).numpy()
+            W, b, theta = W - eta * step[0], b - eta * step[1], theta - eta * step[2]
+            ok = (torch.isfinite(W).flatten(1).all(1) & torch.isfinite(theta).all(1)).numpy()
             new = (~ok) & (dead < 0)
             if new.any():
                 if on_divergence != "truncate":
@@ -199,14 +212,30 @@ class HeadAwarePredictor(Predictor):
                 dead[new] = t
                 if (dead >= 0).all():
                     break
-        for p in np.flatnonzero(dead >= 0):  # NaN after the step a path diverged
-            losses[p, dead[p] + 1:], accs[p, dead[p] + 1:], shift[p, dead[p] + 1:] = np.nan, np.nan, np.nan
+        ev = np.asarray(evaluated)
+        for q in range(P):  # fill the steps between evaluations; NaN after a divergence
+            last = max_steps if dead[q] < 0 else int(ev[ev <= dead[q]].max())
+            keep = ev[ev <= last]
+            tt = np.arange(last + 1)
+            if len(keep) < len(tt):
+                pos = losses[q, keep] > 0
+                losses[q, :last + 1] = (np.exp(np.interp(tt, keep, np.log(losses[q, keep]))) if pos.all()
+                                        else np.interp(tt, keep, losses[q, keep]))
+                accs[q, :last + 1] = np.interp(tt, keep, accs[q, keep])
+                shift[q, :last + 1] = np.interp(tt, keep, shift[q, keep])
+            losses[q, last + 1:], accs[q, last + 1:], shift[q, last + 1:] = np.nan, np.nan, np.nan
         return losses.mean(0), accs.mean(0), losses, shift.mean(0)
 
     def predict(self, *, lr, batch_size, max_steps, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0,
                 schedule="constant", paths=4, seed=None, measure_time=True, sampling="epoch", on_divergence="raise",
-                stride=1, **schedule_kwargs):
-        """As Predictor.predict (on_divergence: "raise" or "truncate"; stride: super-steps, dynamics.coarsen)."""
+                stride=1, eval_every=1, **schedule_kwargs):
+        """As Predictor.predict (on_divergence: "raise" or "truncate"; stride: super-steps, dynamics.coarsen).
+
+        eval_every=E: the dynamics stay exact, but the full-set loss, accuracy and feature shift are computed every E
+        steps (and at the last) and interpolated in between (log-linear for the loss); a step then costs O(B·D·k)
+        per path instead of O(M·D·k). A divergence is located to within E steps."""
+        if not isinstance(eval_every, int) or eval_every < 1:
+            raise ValueError(f"`eval_every` must be a positive int, got {eval_every!r}")
         start = time.perf_counter()
         check_divergence_mode(on_divergence)
         if not isinstance(max_steps, int) or max_steps < 1:
@@ -220,7 +249,7 @@ class HeadAwarePredictor(Predictor):
             raise ValueError(f"`sampling` must be 'epoch' or 'stream', got {sampling!r}")
         run, n_run = coarsen(sgd, stride, max_steps, M)
         loss_curve, acc_curve, per_path, shift = self._simulate(run, n_run, paths, self.seed if seed is None else seed,
-                                                                sampling, on_divergence)
+                                                                sampling, on_divergence, eval_every)
         loss_curve, acc_curve, per_path = expand_curves(loss_curve, acc_curve, per_path, stride, max_steps)
         step_s = self.step_seconds(batch_size) if measure_time else float("nan")
         return Prediction(loss_curve=loss_curve, accuracy_curve=acc_curve, n_samples=N, batch_size=batch_size,
