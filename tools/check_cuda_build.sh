@@ -48,8 +48,10 @@ for cu in csrc/cuda/*.cu; do
   [[ -f $obj ]] || { echo "check_cuda_build: missing object $obj" >&2; exit 1; }
 done
 arch=${TORCH_CUDA_ARCH_LIST%%[;+ ]*}; arch=${arch/./}
-# (the toolkit here has no cuobjdump: look for the fat binary section and its sm_XX tag instead)
-{ readelf -S "$SO" | grep -q '\.nv_fatbin' && grep -qa "sm_$arch" "$SO"; } \
+# (the toolkit here has no cuobjdump: look for the fat binary section and its sm_XX tag instead; the section
+# list is captured first: `readelf | grep -q` under pipefail fails at random when grep exits early, SIGPIPE)
+sections=$(readelf -S "$SO")
+{ [[ $sections == *.nv_fatbin* ]] && grep -qa "sm_$arch" "$SO"; } \
   || { echo "check_cuda_build: no sm_$arch device code in $SO" >&2; exit 1; }
 
 # Load it. Without a GPU driver (libcuda.so.1) the load may fail; only that cause is tolerated.
