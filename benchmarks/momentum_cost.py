@@ -19,10 +19,9 @@ import warnings
 import numpy as np
 import torch
 
-from benchmarks.predict_long import PAIRS, cached_real_run, p90, rel, targets
+from benchmarks.predict_long import PAIRS, cached_real_run, p90, predicted_targets, rel, targets, task_data
 from zoo_kernels import zoo
 from zoo_kernels.calibrate import HeadAwarePredictor
-from zoo_kernels.zoo import data as D
 
 SETTINGS = ((0.001, 64, 0.9), (0.003, 64, 0.9), (0.01, 64, 0.9))
 
@@ -36,8 +35,7 @@ def main(argv=None):
     torch.set_num_threads(1)
     rows, errs = [], {"exact": [], "lr/(1-m)": []}
     for model_name, task in PAIRS:
-        C = D.TARGETS[task][0]
-        x, y = D.make_target(task, "train", max(1, round(4000 / C)))
+        C, x, y = task_data(task)
         N = len(x)
         pred = HeadAwarePredictor(zoo.load_model(model_name, num_classes=C, seed=0), (x, y), k=512,
                                   subset=N // 20, seed=0)
@@ -53,8 +51,7 @@ def main(argv=None):
                     q = pred.predict(batch_size=batch, max_steps=int(1.5 * steps), sampling="stream",
                                      paths=args.paths, seed=1, measure_time=False, on_divergence="truncate", **kw)
                 row[name + " ms/step"] = (time.perf_counter() - t0) / int(1.5 * steps) * 1e3
-                L = np.where(np.isfinite(q.loss_curve), q.loss_curve, np.inf)
-                row[name] = targets(np.arange(len(L)), np.minimum(L, 1e30), q.accuracy_curve, 0.9)
+                row[name] = predicted_targets(q, 0.9)[1]
                 errs[name] += [rel(row[name][k], r) for k, r in real.items() if r is not None and r >= 1]
             rows.append(row)
             print(row, flush=True)
@@ -64,7 +61,8 @@ def main(argv=None):
              f"`python -m benchmarks.momentum_cost` (2-core shared CPU, 1 thread, load {os.getloadavg()[0]:.1f}). "
              "Head-aware, subset M = N/20, k = 512, "
              f"{args.paths} paths, momentum 0.9, B 64; steps to " + ", ".join(keys) + " (real / exact / shortcut).",
-             "", "| method | median error | p90 | within 20 % | median ms per integrated step |", "|---|---|---|---|---|"]
+             "", "| method | median error | p90 | within 20 % | median ms per integrated step |",
+             "|---|---|---|---|---|"]
     for name, e in errs.items():
         e = np.asarray(e)
         lines.append(f"| {name} | {np.median(e):.2f} | {p90(e):.2f} | {np.mean(e <= 0.2):.2f} | "

@@ -46,6 +46,20 @@ SETTINGS = ((0.001, 64, 0.9), (0.003, 64, 0.9), (0.01, 32, 0.0), (0.03, 128, 0.0
 METHODS = ("linear-sketch", "head-aware", "head-aware+calib")
 
 
+def task_data(task, per_class=0):
+    """(C, x, y): the task's training images, `per_class` per class (0: about 4,000 in all)."""
+    C = D.TARGETS[task][0]
+    x, y = D.make_target(task, "train", per_class or max(1, round(4000 / C)))
+    return C, x, y
+
+
+def predicted_targets(pred, accuracy):
+    """(steps, targets) of a Prediction's curves (a diverged, NaN tail never reaches a target)."""
+    L = np.where(np.isfinite(pred.loss_curve), pred.loss_curve, np.inf)
+    tt = np.arange(len(L))
+    return tt, targets(tt, np.minimum(L, 1e30), pred.accuracy_curve, accuracy)
+
+
 def eval_steps(steps):
     """Every step up to 10, then geometric (x1.06), and the last step."""
     out, t = list(range(11)), 10
@@ -108,8 +122,7 @@ def targets(ts, loss, acc, accuracy):
 
 
 def run_pair(model_name, task, settings, args, log):
-    C = D.TARGETS[task][0]
-    x, y = D.make_target(task, "train", args.per_class)
+    C, x, y = task_data(task, args.per_class)
     N = len(x)
     M = N // args.subset_div
     model = zoo.load_model(model_name, num_classes=C, seed=0)
@@ -162,9 +175,7 @@ def run_pair(model_name, task, settings, args, log):
             if pr is None:
                 out["T"] = {k: None for k in rec["real"]}
                 continue
-            L = np.where(np.isfinite(pr.loss_curve), pr.loss_curve, np.inf)
-            tt = np.arange(len(L))
-            out["T"] = targets(tt, np.minimum(L, 1e30), pr.accuracy_curve, args.accuracy)
+            tt, out["T"] = predicted_targets(pr, args.accuracy)
             if pr.feature_shift is not None:  # how far the linearized features moved by each predicted target
                 out["shift_at"] = {k: (None if v is None else float(np.interp(v, tt, pr.feature_shift)))
                                    for k, v in out["T"].items()}
@@ -213,8 +224,7 @@ def cost_study(pairs, args, log):
     rows = []
     batch, lr, momentum = 64, 0.003, 0.9
     for model_name, task in pairs:
-        C = D.TARGETS[task][0]
-        x, y = D.make_target(task, "train", max(1, round(4000 / C)))
+        C, x, y = task_data(task)
         N = len(x)
         m = zoo.load_model(model_name, num_classes=C, seed=0)
         opt = torch.optim.SGD(m.parameters(), lr=lr, momentum=momentum)
@@ -259,8 +269,7 @@ def shift_study(pairs, settings, args, log, at=(10, 30, 100, 300)):
     in the head-aware prediction, ‖φ_t − φ_0‖ / ‖φ_0 − mean φ_0‖ (the real run is repeated: nothing cached)."""
     rows = []
     for model_name, task in pairs:
-        C = D.TARGETS[task][0]
-        x, y = D.make_target(task, "train", max(1, round(4000 / C)))
+        C, x, y = task_data(task)
         N = len(x)
         model = zoo.load_model(model_name, num_classes=C, seed=0)
         pred = HeadAwarePredictor(model, (x, y), k=args.head_k, subset=N // args.subset_div, seed=0)
@@ -284,7 +293,8 @@ def shift_study(pairs, settings, args, log, at=(10, 30, 100, 300)):
                    "steps": ts[1:].tolist(), "real": recs[1:], "predicted": [float(q.feature_shift[t]) for t in ts[1:]]}
             rows.append(row)
             log(f"  shift {model_name} -> {task} lr={lr} B={batch} m={momentum}: " + ", ".join(
-                f"t={t} real {r:.2f} predicted {p:.3g}" for t, r, p in zip(row["steps"], row["real"], row["predicted"])))
+                f"t={t} real {r:.2f} predicted {p:.3g}"
+                for t, r, p in zip(row["steps"], row["real"], row["predicted"])))
     return rows
 
 
@@ -358,7 +368,7 @@ def shift_rows(records, name="head-aware", edges=(0.25, 0.5, 1.0, 2.0)):
         for k, r in rec["real"].items():
             sh, p = meth.get("shift_at", {}).get(k), meth.get("T", {}).get(k)
             if r is not None and r >= 1 and sh is not None and p is not None:
-                pts.append((sh, abs(p - r) / r))
+                pts.append((sh, rel(p, r)))
     if len(pts) < 3:
         return [], float("nan")
     sh, err = np.asarray(pts).T
@@ -511,7 +521,8 @@ def main(argv=None):
     if args.cost:
         rows = cost_study([tuple(p.split(":")) for p in args.pairs], args, log)
         stamp = datetime.date.today().isoformat()
-        hdr = ("| model -> task | method | real step ms | training s (--epochs) | setup s | integration ms/step (all paths) | "
+        hdr = ("| model -> task | method | real step ms | training s (--epochs) | setup s | "
+               "integration ms/step (all paths) | "
                "prediction s | training / prediction | epochs for 100x |\n|" + "---|" * 9)
         e100 = lambda r: "never" if r["epochs_for_100x"] is None else f"{r['epochs_for_100x']:.0f}"  # noqa: E731
         lines = [hdr] + [f"| {r['model']} -> {r['task']} | {r['method']} | {r['step_s'] * 1e3:.1f} | {r['train_s']:.1f} | "
@@ -525,9 +536,7 @@ def main(argv=None):
     records = []
     for pair in args.pairs:
         model_name, task = pair.split(":")
-        per = args.per_class or max(1, round(4000 / D.TARGETS[task][0]))
-        args_pair = argparse.Namespace(**{**vars(args), "per_class": per})
-        records += run_pair(model_name, task, settings, args_pair, log)
+        records += run_pair(model_name, task, settings, args, log)
     rows = summary_rows(records)
     stamp = datetime.date.today().isoformat()
     meta = {"date": stamp, "machine": platform.machine(), "cpus": os.cpu_count(), "torch": torch.__version__,

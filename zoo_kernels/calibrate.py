@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .dynamics import (SGD, _loss_and_grad, check_divergence_mode, coarsen, expand_curve, expand_curves,
-                       path_batches)
+from .dynamics import (SGD, _accuracy, _loss_and_grad, check_divergence_mode, coarsen, expand_curve, expand_curves,
+                       mark_divergence, path_batches)
 from .predict import Prediction, Predictor, _load_data, _outputs, subset_batch_size
 from .sketch import sketch_jacobian
 
@@ -164,7 +164,7 @@ class HeadAwarePredictor(Predictor):
                 f = torch.einsum("pnd,pcd->pnc", phi, W) + b[:, None]
                 ell, grad = _loss_and_grad(f, y, onehot, self.loss)
                 losses[:, t] = ell.mean(1).numpy()
-                accs[:, t] = (f.argmax(-1) == y).double().mean(1).numpy()
+                accs[:, t] = _accuracy(f, y).numpy()
                 shift[:, t] = ((phi - self.phi0).square().sum((1, 2)).sqrt() / spread).numpy()
                 evaluated.append(t)
             if t == max_steps:
@@ -202,16 +202,11 @@ class HeadAwarePredictor(Predictor):
             step = tuple(gi + m * v for gi, v in zip(g, buf)) if sgd.nesterov else buf
             eta = sgd.lr_at(t, max_steps)
             W, b, theta = W - eta * step[0], b - eta * step[1], theta - eta * step[2]
-            ok = (torch.isfinite(W).flatten(1).all(1) & torch.isfinite(theta).all(1)).numpy()
-            new = (~ok) & (dead < 0)
-            if new.any():
-                if on_divergence != "truncate":
-                    raise FloatingPointError(
-                        f"the head-aware linearized dynamics diverged at step {t} (learning rate {eta}): the "
-                        "linearized features grow without the saturation of the real network")
-                dead[new] = t
-                if (dead >= 0).all():
-                    break
+            finite = (torch.isfinite(W).flatten(1).all(1) & torch.isfinite(theta).all(1)).numpy()
+            if mark_divergence(dead, finite, t, on_divergence,
+                               f"the head-aware linearized dynamics diverged at step {t} (learning rate {eta}): the "
+                               "linearized features grow without the saturation of the real network"):
+                break
         ev = np.asarray(evaluated)
         for q in range(P):  # fill the steps between evaluations; NaN after a divergence
             last = max_steps if dead[q] < 0 else int(ev[ev <= dead[q]].max())

@@ -159,7 +159,19 @@ def _loss_and_grad(f, y, onehot, loss):
 
 
 def _accuracy(f, y):
-    return (f.argmax(-1) == y).double().mean()
+    """Fraction of correct argmax outputs over the samples (the last-but-one dim of f; per path for (P, N, C))."""
+    return (f.argmax(-1) == y).double().mean(-1)
+
+
+def mark_divergence(dead, finite, t, on_divergence, message):
+    """Record the paths whose state stopped being finite after step t (`dead[p]` = t; -1: alive); raise
+    FloatingPointError(message) instead unless on_divergence == "truncate". True when every path has diverged."""
+    new = (~finite) & (dead < 0)
+    if new.any():
+        if on_divergence != "truncate":
+            raise FloatingPointError(message)
+        dead[new] = t
+    return bool((dead >= 0).all())
 
 
 def _batch_stream(N, B, sampling, gen):
@@ -212,7 +224,7 @@ def simulate_sgd(op, f0, labels, loss, sgd, max_steps, paths=4, seed=0, targets=
     for t in range(max_steps + 1):
         ell, grad = _loss_and_grad(f, labels, onehot, loss)
         losses[:, t] = ell.mean(1).numpy()
-        accs[:, t] = (f.argmax(-1) == labels).double().mean(1).numpy()
+        accs[:, t] = _accuracy(f, labels).numpy()
         if t == max_steps:
             break
         batch = torch.stack([bl[t] for bl in batches])  # (P, B): the paths' batches have equal sizes
@@ -228,15 +240,10 @@ def simulate_sgd(op, f0, labels, loss, sgd, max_steps, paths=4, seed=0, targets=
             phi = sgd.momentum * phi + (1 - sgd.dampening) * g
         step = g + sgd.momentum * phi if sgd.nesterov else phi
         f = f - sgd.lr_at(t, max_steps) * step
-        new = (~torch.isfinite(f).flatten(1).all(1)).numpy() & (dead < 0)
-        if new.any():
-            if on_divergence != "truncate":
-                raise FloatingPointError(
-                    f"the linearized dynamics diverged at step {t}: the learning rate {sgd.lr_at(t, max_steps)} "
-                    "exceeds the stability limit 2 N / λ_max of this NTK")
-            dead[new] = t
-            if (dead >= 0).all():
-                break
+        if mark_divergence(dead, torch.isfinite(f).flatten(1).all(1).numpy(), t, on_divergence,
+                           f"the linearized dynamics diverged at step {t}: the learning rate "
+                           f"{sgd.lr_at(t, max_steps)} exceeds the stability limit 2 N / λ_max of this NTK"):
+            break
     for p in np.flatnonzero(dead >= 0):  # NaN after the step a path diverged
         losses[p, dead[p] + 1:], accs[p, dead[p] + 1:] = np.nan, np.nan
     return losses.mean(0), accs.mean(0), losses
