@@ -153,7 +153,8 @@ def run_pair(model_name, task, settings, args, log):
                 warnings.simplefilter("ignore", RuntimeWarning)
                 pr = p.predict(lr=lr, batch_size=batch, momentum=momentum, max_steps=horizon, sampling="stream",
                                paths=args.paths, seed=1, measure_time=False, on_divergence="truncate",
-                               stride=args.stride)
+                               stride=args.stride,
+                               **({"feature_norm": args.feature_norm} if isinstance(p, HeadAwarePredictor) else {}))
             curves[name] = pr
             rec["methods"][name] = {"integrate_s": time.perf_counter() - t0, "diverged_at": pr.diverged_at}
         # calibration: K real steps of a copy, losses on the M subset samples
@@ -477,6 +478,8 @@ def main(argv=None):
     ap.add_argument("--full-k", type=int, default=256, help="sketch width of --full-check")
     ap.add_argument("--head-variants", nargs="*", default=[], metavar="M:k[:r]",
                     help="extra head-aware predictions with subset M (N = all), sketch width k, feature rank r")
+    ap.add_argument("--feature-norm", choices=("linear", "fixed"), default="linear",
+                    help="the head-aware predictions' feature model (HeadAwarePredictor.predict's feature_norm)")
     ap.add_argument("--accuracy", type=float, default=0.9)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="2 epochs, for a smoke test")

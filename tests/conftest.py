@@ -100,3 +100,13 @@ def pytest_runtest_makereport(item, call):
         report.sections.append(
             ("zoo_kernels random inputs",
              f"per-test seed {item._zk_seed}; rerun with ZOO_TEST_SEED={_BASE_SEED} to reproduce"))
+
+
+def bilinear_problem(n=24, d=5, h=6, C=3, seed=0):
+    """(model, x, y): a float64 linear backbone + linear head, where the head-aware model is the network itself."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g, dtype=torch.float64)
+    y = torch.randint(0, C, (n,), generator=g)
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(d, h), torch.nn.Linear(h, C)).double()
+    return model, x, y

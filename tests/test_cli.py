@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, jacrev, vmap
 
+from conftest import bilinear_problem as _bilinear_problem
 from zoo_kernels import cli
 from zoo_kernels.calibrate import HeadAwarePredictor, calibrate_time, fit_time_scale, rescale_curve
 from zoo_kernels.dynamics import _batch_stream
@@ -231,15 +232,6 @@ def test_help_and_usage_errors(capsys):
 
 # ------------------------------------------------------------------------------------------------ calibrate
 
-def _bilinear_problem(n=24, d=5, h=6, C=3, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, d, generator=g, dtype=torch.float64)
-    y = torch.randint(0, C, (n,), generator=g)
-    torch.manual_seed(seed)
-    model = nn.Sequential(nn.Linear(d, h), nn.Linear(h, C)).double()
-    return model, x, y
-
-
 @pytest.mark.parametrize("hp", [dict(momentum=0.0), dict(momentum=0.9), dict(momentum=0.8, nesterov=True),
                                 dict(momentum=0.5, dampening=0.3, weight_decay=0.05)])
 def test_head_aware_is_exact_for_a_linear_backbone(hp):
@@ -283,6 +275,53 @@ def test_head_aware_is_exact_for_a_linear_backbone(hp):
     # the reliability signal: how far the features moved, relative to their spread
     assert q.feature_shift[0] == 0.0 and q.feature_shift[-1] > 0.01
     np.testing.assert_allclose(q.feature_shift, shift, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("hp", [dict(momentum=0.0), dict(momentum=0.9, nesterov=True),
+                                dict(momentum=0.5, dampening=0.3, weight_decay=0.05)])
+def test_head_aware_fixed_feature_norm_is_exact_for_a_normalized_linear_backbone(hp):
+    """feature_norm='fixed': φ(x) = ‖φ_0(x)‖ · z/‖z‖ with z linearized. For a linear backbone z is exact, so with
+    the exact Jacobian as 'sketch' the prediction is torch.optim.SGD on that normalized network."""
+    model, x, y = _bilinear_problem()
+    pred = HeadAwarePredictor(model, (x, y), k=8)
+    backbone, head = model[0], model[1]
+    params = {n: p.detach() for n, p in backbone.named_parameters()}
+    J = vmap(jacrev(lambda p, xi: functional_call(backbone, p, (xi.unsqueeze(0),)).squeeze(0)), (None, 0))(params, x)
+    pred.S = torch.cat([J[n].flatten(2) for n in params], 2)
+    steps, B, lr = 25, 5, 0.5
+    kw = dict(lr=lr, batch_size=B, max_steps=steps, paths=1, seed=3, sampling="stream", measure_time=False, **hp)
+    q = pred.predict(feature_norm="fixed", **kw)
+    with torch.no_grad():
+        r0 = backbone(x).norm(dim=1, keepdim=True)
+
+    def net(idx):
+        z = backbone(x[idx])
+        return head(r0[idx] * z / z.norm(dim=1, keepdim=True))
+    w0 = [p.detach().clone() for p in backbone.parameters()]
+    wd = hp.get("weight_decay", 0.0)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, **{k: v for k, v in hp.items() if k != "weight_decay"})
+    batches = _batch_stream(len(x), B, "stream", torch.Generator().manual_seed(3))
+    ref, everyone = [], torch.arange(len(x))
+    for t in range(steps + 1):
+        with torch.no_grad():
+            ref.append(float(nn.functional.cross_entropy(net(everyone), y)))
+        if t == steps:
+            break
+        b = next(batches)
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(b), y[b]).backward()
+        if wd:
+            for p, p0 in zip(backbone.parameters(), w0):
+                p.grad += wd * (p.detach() - p0)
+            for p in head.parameters():
+                p.grad += wd * p.detach()
+        opt.step()
+    np.testing.assert_allclose(q.loss_curve, ref, rtol=1e-9)
+    assert abs(q.loss_curve[-1] - pred.predict(**kw).loss_curve[-1]) > 1e-6  # it is not the unnormalized model
+    sparse = pred.predict(feature_norm="fixed", eval_every=5, **kw)  # the same dynamics, evaluated every 5 steps
+    np.testing.assert_allclose(sparse.loss_curve[::5], q.loss_curve[::5], rtol=1e-12)
+    with pytest.raises(ValueError, match="`feature_norm`"):
+        pred.predict(feature_norm="unit", **kw)
 
 
 def test_head_aware_frozen_backbone_is_a_linear_probe():

@@ -37,6 +37,7 @@ class Prediction:
     # head-aware only: ‖φ_t − φ_0‖ / ‖φ_0 − mean φ_0‖ over the samples (Frobenius), how far the linearized
     # features have moved relative to their spread: a measure of how far the linearization is extrapolated
     feature_shift: np.ndarray = field(default=None, repr=False)
+    warmup_steps: int = 0  # steps 0..warmup_steps-1 were run for real (zoo_kernels.warmstart)
 
     def __post_init__(self):
         self.loss_curve = np.asarray(self.loss_curve, dtype=np.float64)
@@ -116,6 +117,11 @@ def subset_batch_size(batch_size, n, m):
     return int(min(m, max(1, round(1.0 / (1.0 / batch_size - 1.0 / n + 1.0 / m)))))
 
 
+def subset_indices(n, m, seed):
+    """The sorted indices of the m of n samples that subset mode integrates on (depends on (n, m, seed) only)."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:m].sort().values
+
+
 def _load_data(pred, model, data, loss, subset, seed):
     """Checks (model, data, loss, subset) and sets the data attributes shared by the predictors."""
     if not isinstance(model, torch.nn.Module):
@@ -135,7 +141,7 @@ def _load_data(pred, model, data, loss, subset, seed):
     if not isinstance(M, int) or not 2 <= M <= N:
         raise ValueError(f"`subset` must be an int in [2, {N}], got {subset!r}")
     pred.subset = M
-    idx = torch.randperm(N, generator=torch.Generator().manual_seed(seed))[:M].sort().values
+    idx = subset_indices(N, M, seed)
     pred.x, pred.y = x[idx], y[idx].long()
     pred.x_all, pred.y_all = x, y
 

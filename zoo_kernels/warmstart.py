@@ -1,0 +1,125 @@
+"""Warm-started prediction: spend K real SGD steps, then linearize at w_K.
+
+A fine-tuned network's kernel changes fastest in its first steps (the new head grows, the features turn toward
+the target's classes); a linearization taken after them drifts less. `predict_after_warmup` runs the first K
+steps of real training (torch.optim.SGD on a copy of the model, minibatches of a seeded stream), then integrates
+the head-aware model (zoo_kernels.calibrate.HeadAwarePredictor) linearized at w_K from the optimizer's state:
+the head's momentum buffers exactly, the backbone's projected into the sketch's coordinates by the same dense JL
+matrix (θ_v = Rᵀ b / √k, so that S θ_v = J_φ b). The curves join: steps 0..K are the measured losses and
+accuracies of the M subset samples, steps K.. the prediction. Cost: K real steps, K + 1 subset evaluations and the
+head-aware setup at w_K. Weight decay is torch's (toward 0) during the warm-up and the head-aware model's
+(toward w_K for the backbone) after it.
+"""
+import copy
+import time
+
+import numpy as np
+import torch
+
+from . import ops
+from .calibrate import HeadAwarePredictor, _last_linear
+from .dynamics import _batch_stream, _loss_and_grad
+from .predict import Prediction, _as_tensors, subset_indices
+
+__all__ = ["predict_after_warmup", "sketch_velocity"]
+
+
+def sketch_velocity(model, optimizer, k, seed=0, head=None):
+    """The momentum state of `optimizer` (torch.optim.SGD over `model`) as the head-aware model's velocity:
+    (head weight buffer, head bias buffer, backbone buffer in sketch coordinates (k,)), float64; None when the
+    optimizer holds no momentum buffers (momentum 0, or no step yet)."""
+    lin = model.get_submodule(head or _last_linear(model))
+    head_ids = {id(p) for p in lin.parameters()}
+    state = lambda p: optimizer.state.get(p, {}).get("momentum_buffer")  # noqa: E731
+    if state(lin.weight) is None:
+        return None
+    bufs = [state(p) for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
+    if any(b is None for b in bufs):
+        raise ValueError("`optimizer` has no momentum buffer for some trainable backbone parameter")
+    flat = torch.cat([b.detach().reshape(-1).double().cpu() for b in bufs]) if bufs else torch.zeros(0)
+    theta = (ops.project_dense(torch.ones(1, 1, dtype=torch.float64), flat.view(1, -1), k, seed)[0] if bufs
+             else torch.zeros(0, dtype=torch.float64))
+    bias = state(lin.bias).detach().double().cpu() if lin.bias is not None else torch.zeros(lin.out_features)
+    return state(lin.weight).detach().double().cpu(), bias.double(), theta
+
+
+@torch.no_grad()
+def _subset_eval(model, x, y, loss, batch_size):
+    """(mean loss, accuracy) of the model (eval mode) on the subset, with the predictors' loss definitions."""
+    was = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    f = torch.cat([model(x[s:s + batch_size].to(dev)).double().cpu() for s in range(0, len(x), batch_size)])
+    model.train(was)
+    onehot = torch.nn.functional.one_hot(y, f.shape[1]).double()
+    ell, _ = _loss_and_grad(f, y, onehot, loss)
+    return float(ell.mean()), float((f.argmax(1) == y).double().mean())
+
+
+def _real_loss(out, y, loss):
+    if loss == "ce":
+        return torch.nn.functional.cross_entropy(out, y)
+    return 0.5 * (out - torch.nn.functional.one_hot(y, out.shape[1]).to(out.dtype)).square().sum(1).mean()
+
+
+def predict_after_warmup(model, data, *, lr, batch_size, max_steps, warmup_steps, momentum=0.0, dampening=0.0,
+                         nesterov=False, weight_decay=0.0, loss="ce", subset=None, k=512, seed=0,
+                         feature_norm="linear", feature_rank=None, paths=4, sampling="epoch", eval_every=1,
+                         on_divergence="raise", eval_batch_size=32, progress=False):
+    """Prediction of `max_steps` SGD steps whose first `warmup_steps` are run for real (see the module doc).
+
+    The arguments are HeadAwarePredictor's and its predict()'s; warmup_steps = 0 is the plain head-aware
+    prediction. `model` is not modified. Prediction.warmup_steps = K; its step_seconds is the median measured
+    warm-up step (K ≥ 3), and its feature_shift is NaN over the warm-up (it is relative to the features at w_K)."""
+    if not isinstance(warmup_steps, int) or isinstance(warmup_steps, bool) or warmup_steps < 0:
+        raise ValueError(f"`warmup_steps` must be an int >= 0, got {warmup_steps!r}")
+    if not isinstance(max_steps, int) or max_steps <= warmup_steps:
+        raise ValueError(f"`max_steps` must be an int > warmup_steps ({warmup_steps}), got {max_steps!r}")
+    if not (isinstance(lr, (int, float)) and lr > 0):
+        raise ValueError(f"`lr` must be a positive number, got {lr!r}")
+    start = time.perf_counter()
+    K = warmup_steps
+    x, y = _as_tensors(data)
+    N = len(x)
+    if not isinstance(batch_size, int) or not 1 <= batch_size <= N:
+        raise ValueError(f"`batch_size` must be an int in [1, {N}] (the number of samples), got {batch_size!r}")
+    warm = copy.deepcopy(model)
+    losses, accs, step_times, opt = [], [], [], None
+    if K:
+        idx = subset_indices(N, N if subset is None else subset, seed)
+        sx, sy = x[idx], y[idx].long()
+        dev = next(warm.parameters()).device
+        opt = torch.optim.SGD([p for p in warm.parameters() if p.requires_grad], lr=lr, momentum=momentum,
+                              dampening=dampening, nesterov=nesterov, weight_decay=weight_decay)
+        batches = _batch_stream(N, batch_size, sampling, torch.Generator().manual_seed(seed + 1))
+        warm.train()
+        for _ in range(K):
+            ell, acc = _subset_eval(warm, sx, sy, loss, eval_batch_size)
+            losses.append(ell), accs.append(acc)
+            b = next(batches)
+            t0 = time.perf_counter()
+            out = warm(x[b].to(dev))
+            opt.zero_grad(set_to_none=True)
+            _real_loss(out, y[b].long().to(dev), loss).backward()
+            opt.step()
+            step_times.append(time.perf_counter() - t0)
+    pred = HeadAwarePredictor(warm, (x, y), loss=loss, k=k, subset=subset, seed=seed, eval_batch_size=eval_batch_size,
+                              feature_rank=feature_rank, progress=progress)
+    velocity = sketch_velocity(warm, opt, k, seed) if opt is not None and momentum else None
+    q = pred.predict(lr=lr, batch_size=batch_size, max_steps=max_steps - K, momentum=momentum, dampening=dampening,
+                     nesterov=nesterov, weight_decay=weight_decay, paths=paths, seed=seed, sampling=sampling,
+                     on_divergence=on_divergence, eval_every=eval_every, feature_norm=feature_norm,
+                     measure_time=K < 3, velocity=velocity)
+    if not K:
+        return q
+    losses, accs = np.asarray(losses, dtype=np.float64), np.asarray(accs, dtype=np.float64)
+    per_path = (None if q.path_losses is None else
+                np.concatenate([np.broadcast_to(losses, (q.path_losses.shape[0], K)), q.path_losses], 1))
+    shift = None if q.feature_shift is None else np.concatenate([np.full(K, np.nan), q.feature_shift])
+    step_s = float(np.median(step_times)) if K >= 3 else q.step_seconds
+    return Prediction(loss_curve=np.concatenate([losses, q.loss_curve]),
+                      accuracy_curve=np.concatenate([accs, q.accuracy_curve]), n_samples=N,
+                      batch_size=batch_size, lr=lr, momentum=momentum, step_seconds=step_s,
+                      cost_seconds=time.perf_counter() - start, loss=loss, path_losses=per_path,
+                      diverged_at=None if q.diverged_at is None else q.diverged_at + K, feature_shift=shift,
+                      warmup_steps=K)
