@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from zoo_kernels import zoo
 from zoo_kernels.calibrate import HeadAwarePredictor, calibrate_time
 from zoo_kernels.predict import Predictor
+from zoo_kernels.warmstart import predict_after_warmup
 from zoo_kernels.zoo import data as D
 from zoo_kernels.zoo.finetune import _batches, evaluate
 
@@ -170,6 +171,15 @@ def run_pair(model_name, task, settings, args, log):
             rec["methods"]["head-aware+calib"] = {"integrate_s": rec["methods"]["head-aware"]["integrate_s"],
                                                   "calib_s": time.perf_counter() - t0, "scale": cal.calibration_scale,
                                                   "diverged_at": cal.diverged_at}
+        for K in args.warmup:  # K real steps, then the head-aware model linearized at w_K (zoo_kernels.warmstart)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                pr = predict_after_warmup(zoo.load_model(model_name, num_classes=C, seed=0), (x, y), lr=lr,
+                                          batch_size=batch, momentum=momentum, max_steps=horizon, warmup_steps=K,
+                                          subset=M, k=args.head_k, seed=0, feature_norm=args.feature_norm,
+                                          paths=args.paths, sampling="stream", on_divergence="truncate")
+            curves[f"head-aware+warm{K}"] = pr
+            rec["methods"][f"head-aware+warm{K}"] = {"total_s": pr.cost_seconds, "diverged_at": pr.diverged_at}
         for name in methods(args):
             out = rec["methods"].setdefault(name, {"diverged_at": 0})
             pr = curves.get(name)
@@ -180,7 +190,8 @@ def run_pair(model_name, task, settings, args, log):
             if pr.feature_shift is not None:  # how far the linearized features moved by each predicted target
                 out["shift_at"] = {k: (None if v is None else float(np.interp(v, tt, pr.feature_shift)))
                                    for k, v in out["T"].items()}
-            out["cost_s"] = setup[name.split("+")[0]] + out["integrate_s"] + out.get("calib_s", 0.0)
+            out["cost_s"] = out["total_s"] if "total_s" in out else \
+                setup[name.split("+")[0]] + out["integrate_s"] + out.get("calib_s", 0.0)
             out["loss_curve"] = [round(float(v), 5) if np.isfinite(v) else None
                                  for v in pr.loss_curve[::max(1, horizon // 300)]]
             out["curve_stride"] = max(1, horizon // 300)
@@ -200,7 +211,8 @@ def variant_name(v):
 
 def methods(args):
     variants = tuple(variant_name(v) for v in args.head_variants)
-    return METHODS + (("head-aware-full",) if args.full_check else ()) + variants
+    return (METHODS + (("head-aware-full",) if args.full_check else ()) + variants
+            + tuple(f"head-aware+warm{K}" for K in args.warmup))
 
 
 def cached_real_run(cache, model_name, task, x, y, C, lr, batch, momentum, steps):
@@ -480,6 +492,8 @@ def main(argv=None):
                     help="extra head-aware predictions with subset M (N = all), sketch width k, feature rank r")
     ap.add_argument("--feature-norm", choices=("linear", "fixed"), default="linear",
                     help="the head-aware predictions' feature model (HeadAwarePredictor.predict's feature_norm)")
+    ap.add_argument("--warmup", nargs="*", type=int, default=[], metavar="K",
+                    help="also predict after K real steps (zoo_kernels.warmstart.predict_after_warmup), per K")
     ap.add_argument("--accuracy", type=float, default=0.9)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="2 epochs, for a smoke test")

@@ -61,6 +61,22 @@ def test_predict_time_feature_rank(capsys):
     assert rc == 2 and "`feature_rank` must be None or an int in [1, 64]" in err
 
 
+def test_predict_time_warmup_and_feature_norm(capsys):
+    base = PRED + ["--k", "32", "--lr", "0.01", "--batch-size", "8", "--momentum", "0.9", "--curves"]
+    obj = run_json(capsys, base + ["--warmup-steps", "3", "--feature-norm", "fixed"])
+    assert obj["warmup_steps"] == 3 and obj["feature_norm"] == "fixed" and len(obj["loss_curve"]) == 7
+    assert obj["step_seconds"] > 0  # measured on the 3 real warm-up steps
+    fixed = run_json(capsys, base + ["--feature-norm", "fixed"])
+    free = run_json(capsys, base)
+    assert fixed["loss_curve"][0] == free["loss_curve"][0] and fixed["loss_curve"][-1] != free["loss_curve"][-1]
+    for extra, match in [(["--method", "sketch", "--warmup-steps", "2"], "apply to --method head-aware only"),
+                         (["--warmup-steps", "2", "--schedule", "cosine"], "not with --recommend or a schedule"),
+                         (["--warmup-steps", "6"], "`max_steps` must be an int > warmup_steps"),
+                         (["--warmup-steps", "-1"], "`warmup_steps` must be an int >= 0")]:
+        rc, _, err = run(capsys, base + extra)
+        assert rc == 2 and match in err, err
+
+
 def test_predict_time_table_seconds_and_plot(capsys, tmp_path):
     pytest.importorskip("matplotlib")
     png = tmp_path / "curves.png"

@@ -423,13 +423,19 @@ def cmd_predict(args):
     if args.verify and (args.nesterov or args.dampening or args.schedule != "constant" or args.loss != "ce"):
         raise InputError("--verify runs the MiniZoo recipe: constant lr, plain momentum, cross-entropy")
     model.eval()
+    if args.method != "head-aware" and (args.warmup_steps or args.feature_norm != "linear"):
+        raise InputError("--warmup-steps and --feature-norm apply to --method head-aware only")
+    if args.warmup_steps and (args.recommend or args.schedule != "constant"):
+        raise InputError("--warmup-steps runs real steps for one setting: not with --recommend or a schedule")
     try:
-        pred = build_predictor(model, x, y, args)
+        pred = None if args.warmup_steps else build_predictor(model, x, y, args)
     except ValueError as e:
         raise InputError(str(e)) from e
     obj = {"model": mname, "target_data": desc, "num_samples": int(len(x)), "num_classes": C,
-           "method": args.method, "k": pred.k, "subset": pred.subset, "loss": args.loss,
-           "setup_seconds": pred.setup_seconds, "units": {
+           "method": args.method, "k": pred.k if pred else (args.k or 512),
+           "subset": pred.subset if pred else (args.subset or len(x)), "loss": args.loss,
+           "setup_seconds": pred.setup_seconds if pred else None, "warmup_steps": args.warmup_steps,
+           "feature_norm": args.feature_norm if args.method == "head-aware" else None, "units": {
                "step": "one SGD update on one minibatch", "epoch": "N / batch_size steps (steps * B / N)",
                "seconds": "steps x the measured wall time of one real SGD step (forward, backward, update) "
                           "at this batch size on this machine, now"}}
@@ -437,7 +443,18 @@ def cmd_predict(args):
         return _recommend(args, pred, targets, obj)
     kw = _sgd_kwargs(args)
     try:
-        p = pred.predict(max_steps=args.max_steps, paths=args.paths, measure_time=not args.no_step_time, **kw)
+        if pred is None:  # K real steps, then the head-aware model at w_K
+            from .warmstart import predict_after_warmup  # noqa: PLC0415
+
+            p = predict_after_warmup(model, (x, y), max_steps=args.max_steps, warmup_steps=args.warmup_steps,
+                                     paths=args.paths, k=args.k or 512, subset=args.subset, seed=args.seed,
+                                     loss=args.loss, feature_norm=args.feature_norm, feature_rank=args.feature_rank,
+                                     progress=not args.no_progress,
+                                     **{k: v for k, v in kw.items() if k != "schedule"})
+        else:
+            extra = {"feature_norm": args.feature_norm} if args.method == "head-aware" else {}
+            p = pred.predict(max_steps=args.max_steps, paths=args.paths, measure_time=not args.no_step_time,
+                             **kw, **extra)
     except FloatingPointError as e:
         raise InputError(f"the predicted dynamics diverge: {e}. Lower --lr (outside the linear regime the "
                          "prediction does not apply)") from e
@@ -525,8 +542,12 @@ def _predict_text(obj, p, args):
     lines.append(f"predicted: loss {obj['initial_loss']:.4g} -> {obj['final_loss']:.4g}, accuracy "
                  f"{obj['initial_accuracy']:.3f} -> {obj['final_accuracy']:.3f} after {obj['max_steps']} steps "
                  "(expected full-training-set values; '-' = not reached within --max-steps)")
-    lines.append(f"prediction cost: {obj['prediction_seconds']:.2f} s (setup {obj['setup_seconds']:.2f} s, "
-                 "shared by every setting of one predictor)")
+    if obj["warmup_steps"]:
+        lines.append(f"prediction cost: {obj['prediction_seconds']:.2f} s, including {obj['warmup_steps']} real "
+                     "warm-up steps (the first steps of the curves are measured, not predicted)")
+    else:
+        lines.append(f"prediction cost: {obj['prediction_seconds']:.2f} s (setup {obj['setup_seconds']:.2f} s, "
+                     "shared by every setting of one predictor)")
     if "verify" in obj:
         v = obj["verify"]
         lines.append(f"real fine-tuning: {v['train_seconds']:.2f} s of optimization, final loss {v['final_loss']:.4g}, "
@@ -546,7 +567,8 @@ def _recommend(args, pred, targets, obj):
         try:
             p = pred.predict(max_steps=args.max_steps, paths=args.paths,
                              measure_time=(args.by == "seconds" and not args.no_step_time),
-                             **_sgd_kwargs(args, lr=lr, batch_size=b))
+                             **_sgd_kwargs(args, lr=lr, batch_size=b),
+                             **({"feature_norm": args.feature_norm} if args.method == "head-aware" else {}))
             rows.append({"lr": lr, "batch_size": b, **p.time_to(**{kind: v}), "diverged": False})
         except FloatingPointError:
             rows.append({"lr": lr, "batch_size": b, "steps": None, "epochs": None, "seconds": None, "diverged": True})
@@ -655,6 +677,10 @@ def build_parser():
     p.add_argument("--feature-rank", type=int, default=None,
                    help="head-aware: move the features only in their top-r energy directions (r backward passes "
                         "per sample instead of the feature width; default: all)")
+    p.add_argument("--feature-norm", choices=("linear", "fixed"), default="linear",
+                   help="head-aware: 'fixed' keeps each sample's feature norm (as GroupNorm/ReLU features do)")
+    p.add_argument("--warmup-steps", type=int, default=0,
+                   help="head-aware: run the first K steps for real, then linearize at w_K (costs K real steps)")
     p.add_argument("--subset", type=int, help="predict from M random samples (subset mode)")
     p.add_argument("--paths", type=int, default=4, help="Monte-Carlo SGD paths")
     p.add_argument("--sampling", choices=("epoch", "stream"),

@@ -316,7 +316,8 @@ class Predictor:
 
 def predict_training_time(model, data, *, lr, batch_size, max_steps, momentum=0.0, weight_decay=0.0, loss="ce",
                           seed=0, subset=None, k=None, method="sketch", dampening=0.0, nesterov=False,
-                          schedule="constant", paths=4, progress=False, feature_rank=None, **schedule_kwargs):
+                          schedule="constant", paths=4, progress=False, feature_rank=None, feature_norm="linear",
+                          warmup_steps=0, **schedule_kwargs):
     """Expected training loss/accuracy curves of SGD fine-tuning, predicted from the linearized model.
 
     data: (inputs, labels) tensors or a torch Dataset. Returns a Prediction: loss_curve and accuracy_curve
@@ -326,10 +327,23 @@ def predict_training_time(model, data, *, lr, batch_size, max_steps, momentum=0.
     method: "sketch" (the paper's linearization, dense JL sketch of width k), "exact" (exact NTK) or "head-aware"
     (zoo_kernels.calibrate.HeadAwarePredictor: linearized backbone, exact last linear layer; the better choice
     when fine-tuning starts from a new random head, see docs/PREDICT.md; k defaults to 512 there; feature_rank=r
-    lets the features move only in their r top-energy directions, r instead of D backward passes per sample).
+    lets the features move only in their r top-energy directions, r instead of D backward passes per sample;
+    feature_norm="fixed" keeps each sample's feature norm, as normalized networks do; warmup_steps=K runs the
+    first K steps for real and linearizes at w_K: zoo_kernels.warmstart.predict_after_warmup, constant schedule).
     """
     if method not in ("sketch", "exact", "head-aware"):
         raise ValueError(f"`method` must be 'sketch', 'exact' or 'head-aware', got {method!r}")
+    if method != "head-aware" and (warmup_steps or feature_norm != "linear"):
+        raise ValueError("`warmup_steps` and `feature_norm` apply to method='head-aware' only")
+    if warmup_steps:
+        if schedule != "constant":
+            raise ValueError("`warmup_steps` supports the constant schedule only")
+        from .warmstart import predict_after_warmup  # noqa: PLC0415
+        return predict_after_warmup(model, data, lr=lr, batch_size=batch_size, max_steps=max_steps,
+                                    warmup_steps=warmup_steps, momentum=momentum, dampening=dampening,
+                                    nesterov=nesterov, weight_decay=weight_decay, loss=loss, subset=subset,
+                                    k=512 if k is None else k, seed=seed, feature_norm=feature_norm,
+                                    feature_rank=feature_rank, paths=paths, progress=progress)
     if method == "head-aware":
         from .calibrate import HeadAwarePredictor  # noqa: PLC0415 (calibrate imports this module)
         pred = HeadAwarePredictor(model, data, loss=loss, k=512 if k is None else k, subset=subset, seed=seed,
@@ -339,6 +353,7 @@ def predict_training_time(model, data, *, lr, batch_size, max_steps, momentum=0.
             raise ValueError("`feature_rank` applies to method='head-aware' only")
         pred = Predictor(model, data, loss=loss, k=1024 if k is None else k, method=method, subset=subset,
                          seed=seed, progress=progress)
+    extra = {"feature_norm": feature_norm} if method == "head-aware" else {}
     return pred.predict(lr=lr, batch_size=batch_size, max_steps=max_steps, momentum=momentum,
                         weight_decay=weight_decay, dampening=dampening, nesterov=nesterov, schedule=schedule,
-                        paths=paths, **schedule_kwargs)
+                        paths=paths, **extra, **schedule_kwargs)
