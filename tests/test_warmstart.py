@@ -110,3 +110,18 @@ def test_bad_arguments(kwargs, match):
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         predict_after_warmup(model, (x, y), **args)
+
+
+def test_public_call_routes_warmup_and_feature_norm():
+    from zoo_kernels import predict_training_time
+    model, x, y = bilinear_problem()
+    kw = dict(lr=0.2, batch_size=6, max_steps=12, momentum=0.9, paths=1, k=16, seed=1)
+    a = predict_training_time(model, (x, y), method="head-aware", warmup_steps=4, feature_norm="fixed", **kw)
+    b = predict_after_warmup(model, (x, y), warmup_steps=4, feature_norm="fixed", **kw)
+    np.testing.assert_array_equal(a.loss_curve, b.loss_curve)
+    assert a.warmup_steps == 4
+    for bad in (dict(warmup_steps=2), dict(feature_norm="fixed")):
+        with pytest.raises(ValueError, match="apply to method='head-aware' only"):
+            predict_training_time(model, (x, y), method="sketch", **kw, **bad)
+    with pytest.raises(ValueError, match="constant schedule"):
+        predict_training_time(model, (x, y), method="head-aware", warmup_steps=2, schedule="cosine", **kw)
