@@ -25,6 +25,9 @@ What it does
   SFDA (``scores.sfda``) and NCTI (``scores.ncti``: its three per-model terms are cached and min-max combined over
   the models being ranked, like ETran), group "extra", computed from the features of the base pass, or from the
   features saved by ``--features-dir`` (so they are added to an existing cache without loading any model).
+  ``krr_loo`` (``scores.krr_loo_accuracy``: the closed-form leave-one-out accuracy of ridge regression of the
+  centered one-hot labels on [features, 1], ridge = 0.1 / tau per sample, tau = the recipe's lr / (1 - momentum) *
+  steps: a linearized fine-tuning accuracy), group "extra" too.
   ``random``: the metrics of a uniformly random ranking, averaged over 200 seeded draws per task.
   Scores are cached in a JSON file (``--cache``), so re-running on grown ground truth only scores what is missing.
 * Metrics per task (``zoo_kernels.evaluation.evaluate``): weighted Kendall tau (scipy defaults), Kendall tau-b,
@@ -41,6 +44,9 @@ What it does
   ground truth (``scores.group_prior``), beta chosen by an inner leave-one-task-out. The held-out task's ground
   truth is never used. ``SFDA_STRATEGIES`` (pre-registered 2026-11-27 after the 10-shot exploration of SFDA and
   NCTI, before their 50-shot level was evaluated): the fixed rank-averages knn + sfda and knn + logme + lfc + sfda.
+  ``KRR_STRATEGIES`` (pre-registered 2026-11-27 05:52 UTC after exploring 10/25/50 shots, before the 15-shot level
+  was generated; benchmarks/results/selection-minizoo-15shot-2026-11-27.md): the fixed rank-average (average ranks,
+  ``rank_average``) of knn and krr_loo.
 """
 from __future__ import annotations
 
@@ -65,7 +71,8 @@ if ROOT not in sys.path:
 
 from zoo_kernels import evaluation, rank, zoo  # noqa: E402
 from zoo_kernels.ranking import ZOO_SCORES  # noqa: E402
-from zoo_kernels.scores import combine, group_prior, ncti_combine, ncti_terms, ranks, sfda, standardize  # noqa: E402
+from zoo_kernels.scores import (combine, group_prior, krr_loo_accuracy, ncti_combine, ncti_terms, ranks,  # noqa: E402
+                                sfda, standardize)
 from zoo_kernels.zoo.finetune import RECIPE  # noqa: E402
 
 CACHE_VERSION = 1
@@ -76,13 +83,13 @@ PER_MODEL = FEATURE_SCORES + LOGIT_SCORES + ZOO_COMPONENTS
 # scores added after the first report, computed from the saved/shared features (group "extra"): SFDA per model,
 # and NCTI's three per-model terms, combined (min-max across the ranked models) at evaluation time like ETran
 NCTI_COMPONENTS = ["ncti_etf", "ncti_ncc", "ncti_vc"]
-EXTRA = ["sfda"] + NCTI_COMPONENTS
+EXTRA = ["sfda"] + NCTI_COMPONENTS + ["krr_loo"]
 LGC_K = 1024
 LGC_OPTIONS = {"lgc": {"k": LGC_K, "sketch": "kronecker", "head": "random", "output": "all"},
                "lgc_sum": {"k": LGC_K, "sketch": "kronecker", "head": "random", "output": "sum"}}
 PRIORS = ["source_accuracy", "num_params"]
 # reported scores (ETran is assembled from lda + energy over the ranked models)
-SCORE_ORDER = (["lgc", "lgc_sum"] + FEATURE_SCORES + ["sfda"] + LOGIT_SCORES + ["etran", "ncti"] + PRIORS)
+SCORE_ORDER = (["lgc", "lgc_sum"] + FEATURE_SCORES + ["sfda", "krr_loo"] + LOGIT_SCORES + ["etran", "ncti"] + PRIORS)
 MIN_MODELS = 5          # a task enters the evaluation when at least this many models have ground truth
 RANDOM_DRAWS = 200
 RANDOM_CONTROL_SOURCE_CLASSES = 10
@@ -92,12 +99,16 @@ ARCH_BETAS = (0.0, 0.25, 0.5, 1.0, 2.0)
 # pre-registered (2026-11-27, after the 10-shot exploration of SFDA / NCTI, before their 50-shot level was
 # evaluated): fixed rank-averages (mean of the within-task standardized ranks) with SFDA, nothing fitted
 SFDA_STRATEGIES = {"knn_sfda": ("knn", "sfda"), "trio_sfda": ("knn", "logme", "lfc", "sfda")}
+# pre-registered (2026-11-27 05:52 UTC, after exploring the 10/25/50-shot levels, before the 15-shot level was
+# generated): the fixed rank-average (average ranks: rank_average) of knn and the linearized fine-tuning accuracy
+KRR_STRATEGIES = {"knn_krr": ("knn", "krr_loo")}
 STRATEGY_NAMES = {"loto": "**LOTO-selected strategy**", "loto_top2": "LOTO rank-average of the best two",
                   "trio": "rank-average knn+logme+lfc (fixed)",
                   "trio_arch": "**rank-average knn+logme+lfc + architecture prior (LOTO)**",
                   "arch_prior": "architecture prior alone (LOTO; no target data)",
                   "knn_sfda": "**rank-average knn+sfda (fixed, pre-registered 2026-11-27)**",
                   "trio_sfda": "**rank-average knn+logme+lfc+sfda (fixed, pre-registered 2026-11-27)**",
+                  "knn_krr": "**rank-average knn+krr_loo (fixed, pre-registered 2026-11-27 for 15 shots)**",
                   "random": "random ranking (mean of 200)"}
 
 
@@ -196,8 +207,9 @@ def score_cell(task, shots, model_names, want, cache_cell, log, features_dir=Non
 
 
 def score_extras(task, shots, model_names, x, y, cache_cell, shared, log, features_dir=None):
-    """SFDA and NCTI's per-model terms of the models that lack them, from the features of this call's base
-    scoring (`shared`), else from the saved features (features_dir), else from a fresh feature pass."""
+    """SFDA, NCTI's per-model terms and krr_loo of the models that lack them (each computed only where missing),
+    from the features of this call's base scoring (`shared`), else from the saved features (features_dir), else from
+    a fresh feature pass."""
     todo = [m for m in model_names if not all(s in cache_cell.get(m, {}) for s in EXTRA)]
     if not todo:
         return
@@ -215,6 +227,16 @@ def score_extras(task, shots, model_names, x, y, cache_cell, shared, log, featur
         feats.update({m: shared[m]["features"] for m in missing})
     for m in todo:
         c = cache_cell.setdefault(m, {})
+        if "krr_loo" not in c:
+            t1 = time.perf_counter()
+            try:
+                c["krr_loo"] = krr_loo_accuracy(feats[m], y)
+            except Exception as e:  # noqa: BLE001 (recorded, ranked last)
+                c["krr_loo"] = float("nan")
+                c.setdefault("errors", {})["krr_loo"] = f"{type(e).__name__}: {e}"
+            c["krr_loo_s"] = time.perf_counter() - t1
+        if all(s in c for s in ["sfda"] + NCTI_COMPONENTS):
+            continue
         t1 = time.perf_counter()
         try:
             c["sfda"] = sfda(feats[m], y)
@@ -231,7 +253,8 @@ def score_extras(task, shots, model_names, x, y, cache_cell, shared, log, featur
         for k, v in terms.items():
             c["ncti_" + k] = v
         c["ncti_s"] = time.perf_counter() - t1
-    log(f"  {task} {shots}-shot: sfda + ncti terms of {len(todo)} models in {time.perf_counter() - t0:.1f} s "
+    log(f"  {task} {shots}-shot: extra scores (sfda, ncti terms, krr_loo) of {len(todo)} models in "
+        f"{time.perf_counter() - t0:.1f} s "
         f"({len(missing)} feature passes)")
 
 
@@ -310,7 +333,7 @@ def cell_costs(cache_cell, model_names):
     """{score: seconds for ranking these models} (the score's own time + the shared extraction it needs)."""
     cost = {}
     feat = sum(cache_cell[m].get("features_s", 0.0) for m in model_names if m in cache_cell)
-    for s in FEATURE_SCORES + LOGIT_SCORES + ["sfda", "ncti"]:
+    for s in FEATURE_SCORES + LOGIT_SCORES + ["sfda", "ncti", "krr_loo"]:
         if all(s + "_s" in cache_cell.get(m, {}) for m in model_names):
             cost[s] = feat + sum(cache_cell[m][s + "_s"] for m in model_names)
     if all("lda_s" in cache_cell.get(m, {}) for m in model_names):
@@ -446,7 +469,12 @@ def evaluate_level(cells, gt, cache, n_boot):
         if all(s in singles for s in members):
             comb = {t: zrank_mean([scores_by[s][t] for s in members]) for t in tasks}
             res[k] = _aggregate({t: evaluation.evaluate(comb[t], acc_by[t]) for t in tasks}, n_boot)
-    strategies = [k for k in ("loto", "loto_top2", "trio", "trio_arch") + tuple(SFDA_STRATEGIES) if k in res]
+    for k, members in KRR_STRATEGIES.items():
+        if all(s in singles for s in members):
+            comb = {t: rank_average([scores_by[s][t] for s in members]) for t in tasks}
+            res[k] = _aggregate({t: evaluation.evaluate(comb[t], acc_by[t]) for t in tasks}, n_boot)
+    strategies = [k for k in ("loto", "loto_top2", "trio", "trio_arch") + tuple(SFDA_STRATEGIES)
+                  + tuple(KRR_STRATEGIES) if k in res]
     # in-sample best candidate (optimistic, for deployment) and each strategy against the best single score
     insample = max(sorted(cand_eval), key=lambda c: np.mean([cand_eval[c][t]["weighted_tau"] for t in tasks]))
     best_single = max(singles, key=lambda s: res[s]["mean"]["weighted_tau"])
@@ -596,11 +624,12 @@ def summary_table(levels):
 
 def per_task_table(shots, L):
     lines = [f"#### {shots}-shot, per task (weighted τ; LOTO pick and its top-1 / top-3 regret)\n"]
-    show = [s for s in ("lgc", "lfc", "logme", "knn", "linear_probe", "leep", "sfda", "ncti", "source_accuracy")
-            if s in L["singles"]]
-    show += [k for k in ("trio", "trio_arch") + tuple(SFDA_STRATEGIES) if k in L["strategies"]]
+    show = [s for s in ("lgc", "lfc", "logme", "knn", "linear_probe", "leep", "sfda", "ncti", "krr_loo",
+                        "source_accuracy") if s in L["singles"]]
+    show += [k for k in ("trio", "trio_arch") + tuple(SFDA_STRATEGIES) + tuple(KRR_STRATEGIES)
+             if k in L["strategies"]]
     heads = [{"trio": "rankavg trio", "trio_arch": "trio + arch prior", "knn_sfda": "knn+sfda",
-              "trio_sfda": "trio+sfda"}.get(s, s) for s in show]
+              "trio_sfda": "trio+sfda", "knn_krr": "knn+krr_loo"}.get(s, s) for s in show]
     lines.append("| task | best model (acc) | " + " | ".join(heads) + " | LOTO pick | LOTO wτ | regret@1 | regret@3 |")
     lines.append("|---|---|" + "---|" * len(show) + "---|---|---|---|")
     for t in L["tasks"]:
@@ -665,6 +694,14 @@ def write_report(path, levels, gt_info, facts, command, elapsed, notes, n_boot, 
                    "exploratory, the 50-shot numbers are the test): the fixed rank-averages (mean of within-task "
                    "standardized ranks, nothing fitted) `knn+sfda` and `knn+logme+lfc+sfda`. The candidate pool of "
                    "the LOTO selection now includes sfda, ncti and their pairs.\n")
+    if any(k in L["strategies"] for L in levels.values() for k in KRR_STRATEGIES):
+        out.append("Pre-registered KRR strategy (written down and committed on 2026-11-27 05:52 UTC after exploring "
+                   "the 10-, 25- and 50-shot levels, before the 15-shot level was generated; only the 15-shot numbers "
+                   "are a test): `knn+krr_loo`, the fixed rank-average (average ranks, nothing fitted) of 1-NN LOO "
+                   "accuracy and `krr_loo`, the closed-form LOO accuracy of ridge regression of the centered one-hot "
+                   "labels on [features, 1] with ridge 0.1/τ per sample, τ = lr/(1−momentum)·steps = 4.5 of the "
+                   "recipe (a linearized fine-tuning accuracy; `zoo_kernels.scores.krr_loo_accuracy`). The LOTO "
+                   "pool now includes krr_loo and its pairs.\n")
     out.append("## Verdict (target: mean weighted τ above every single baseline, top-3 regret ≤ 1 point)\n")
     for shots, L in levels.items():
         out.append(verdict(shots, L))

@@ -23,6 +23,7 @@ from .scores import correlation, prior, probabilistic, zoo
 from .scores.gbc import gbc
 from .scores.hscore import hscore, hscore_shrinkage
 from .scores.knn import knn_accuracy
+from .scores.krr import krr_loo_accuracy
 from .scores.linear_probe import linear_probe_accuracy
 from .scores.transrate import transrate
 from .scores._common import as_tensor, check_labels
@@ -53,6 +54,7 @@ SCORES = {
     "gbc": ("features", gbc),
     "nleep": ("features", probabilistic.nleep),
     "knn": ("features", knn_accuracy),
+    "krr_loo": ("features", krr_loo_accuracy),
     "linear_probe": ("features", linear_probe_accuracy),
     "lda": ("features", zoo.lda_score),
     "energy": ("unlabelled", zoo.energy_score),
@@ -265,7 +267,7 @@ def rank(models, data, scores=DEFAULT_SCORES, *, features_fn=None, source_accura
     models: {name: nn.Module, or a callable returning one (loaded when its turn comes, released after)}.
     data: (inputs, labels) tensors/arrays, or an iterable of (x, y) batches; labels are class indices.
     scores: names from SCORES (per model) and ZOO_SCORES (whole-zoo, e.g. "etran").
-        features: lfc logme hscore hscore_shrinkage transrate gbc nleep knn linear_probe lda energy
+        features: lfc logme hscore hscore_shrinkage transrate gbc nleep knn krr_loo linear_probe lda energy
         outputs:  leep nce (softmax / argmax of the model's outputs)
         gradients: lgc (sketch of the trace NTK with a target head: score_kwargs["lgc"]["head"] = "random"
                    (default), "zero" (LGC = LFC) or "source" (the model's own outputs); other keys go to

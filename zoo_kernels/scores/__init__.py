@@ -8,6 +8,7 @@ from .correlation import gradient_kernel, label_matrix, lfc, lgc, lgc_from_kerne
 from .gbc import gbc
 from .hscore import hscore, hscore_shrinkage, ledoit_wolf
 from .knn import knn_accuracy
+from .krr import krr_loo_accuracy
 from .linear_probe import linear_probe_accuracy
 from .ncti import ncti, ncti_combine, ncti_terms
 from .prior import model_size, source_accuracy
@@ -20,6 +21,7 @@ from .zoo import (combine, energy_score, etran, group_prior, lda_score, minmax, 
 __all__ = [
     "lfc", "lgc", "lgc_from_kernel", "lgc_from_sketch", "gradient_kernel", "label_matrix", "with_target_head",
     "leep", "nce", "nleep", "logme", "hscore", "hscore_shrinkage", "transrate", "gbc", "knn_accuracy",
+    "krr_loo_accuracy",
     "linear_probe_accuracy", "model_size", "source_accuracy", "sfda", "fisher_lda",
     "etran", "ncti", "ncti_terms", "ncti_combine", "lda_score", "energy_score", "minmax", "combine", "ranks",
     "rank_average", "standardize", "group_prior",
