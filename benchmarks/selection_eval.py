@@ -9,8 +9,8 @@
 What it does
 * Ground truth: ``zoo.finetune_runs(tier)`` (default: the full tier), only rows of the current recipe
   (``finetune.RECIPE``: lr, momentum, batch, steps) at the ``--shots`` levels (default ``zoo.SHOTS``: 10, 50; the
-  full tier's held-out 25-shot level, ``zoo.HELDOUT_SHOTS``, only when asked for), averaged over the seeds present
-  per model x task x shots.
+  full tier's held-out 15- and 25-shot levels, ``zoo.HELDOUT_SHOTS``, only when asked for), averaged over the
+  seeds present per model x task x shots.
   Accuracies are used in points (x100), so regret is in accuracy points.
 * Scores, per target task and shot level, for every zoo model (the training split of the task, the same images
   the fine-tuning saw; never the test split), through ``zoo_kernels.rank`` with shared feature caches:

@@ -253,7 +253,7 @@ def test_sgd_runs_small_tier():
 def test_ground_truth_full_tier_complete():
     rows = zoo.ground_truth("full")
     keys = {(r["model"], r["task"], r["shots"]) for r in rows}
-    levels = zoo.SHOTS + zoo.HELDOUT_SHOTS  # 10, 50 and the held-out 25-shot level (only counted here, never read)
+    levels = zoo.SHOTS + zoo.HELDOUT_SHOTS  # 10, 50 and the held-out 15 and 25 shots (only counted here, never read)
     assert keys == {(m, t, s) for m in zoo.models() for t in zoo.tasks() for s in levels}
     assert all(r["seeds"] == len(SEEDS) and r["lr"] == RECIPE.lr for r in rows)
     runs = Counter(r["shots"] for r in zoo.finetune_runs("full"))

@@ -56,9 +56,10 @@ def sha256_file(path: str) -> str:
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 TIERS = ("small", "full")
 SHOTS = (10, 50)  # the shot levels of both tiers, and the default levels of scoring, evaluation and reports
-# The full tier also holds a 25-shot level (added 2026-11-27), held out for testing pre-registered
-# model-selection strategies; it is not in SHOTS, so nothing evaluates or prints it by default.
-HELDOUT_SHOTS = (25,)
+# The full tier also holds held-out levels for testing pre-registered model-selection strategies: 25 shots (added
+# 2026-11-27 03:00 UTC) and 15 shots (added 2026-11-27 06:00 UTC, after the 25-shot level had been seen). They are
+# not in SHOTS, so nothing evaluates or prints them by default.
+HELDOUT_SHOTS = (15, 25)
 
 # The small tier: one expert per kind of source + the multi-domain expert + a random control, on three targets
 # whose best expert differs (pen digits / Latin glyphs / textures).

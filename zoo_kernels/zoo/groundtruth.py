@@ -14,7 +14,7 @@ on any mismatch or missing row. It also compares each selected task's image fing
 Files (per tier, CSV, one header row; ``GT_VERSION`` in ``meta_<tier>.json``):
 
 * ``finetune_<tier>.csv``  one row per model x task x shots (``api.SHOTS``: 10, 50; the full tier also the held-out
-  level ``api.HELDOUT_SHOTS``: 25) x seed (0, 1): test accuracy/loss, final full-train loss/accuracy, optimization
+  levels ``api.HELDOUT_SHOTS``: 15, 25) x seed (0, 1): test accuracy/loss, final full-train loss/accuracy, optimization
   wall seconds, the recipe (``finetune.RECIPE``), sizes. ``--report`` shows ``api.SHOTS`` only; ``--blind`` keeps
   accuracies out of the progress log (how the held-out level was generated).
 * ``sgd_runs_<tier>.csv``  one row per SGD-grid run (lr x batch x momentum, ``finetune.SGD_GRID``) on the
