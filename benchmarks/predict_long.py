@@ -356,9 +356,10 @@ def summary_rows(records):
         costs = [rec["methods"][name].get("cost_s") for rec in records if rec["methods"][name].get("cost_s")]
         ratio = [rec["train_wall_s"] / rec["methods"][name]["cost_s"] for rec in records
                  if rec["methods"][name].get("cost_s")]
-        amort = [rec["train_wall_s"] / (rec["setup_s"][name.split("+")[0]] / len([r for r in records if (
-            r["model"], r["task"]) == (rec["model"], rec["task"])]) + rec["methods"][name]["integrate_s"]
-            + rec["methods"][name].get("calib_s", 0.0)) for rec in records if rec["methods"][name].get("cost_s")]
+        amort = [rec["train_wall_s"] / rec["methods"][name]["total_s"] if "total_s" in rec["methods"][name]  # warm
+                 else rec["train_wall_s"] / (rec["setup_s"][name.split("+")[0]] / len([r for r in records if (
+                     r["model"], r["task"]) == (rec["model"], rec["task"])]) + rec["methods"][name]["integrate_s"]
+                     + rec["methods"][name].get("calib_s", 0.0)) for rec in records if rec["methods"][name].get("cost_s")]
         e = np.asarray(errs)
         rows.append({"method": name, "pairs": len(errs), "median": float(np.median(e)) if e.size else None,
                      "p90": p90(e) if e.size else None,
@@ -551,16 +552,18 @@ def main(argv=None):
         log(f"done; load average {os.getloadavg()}")
         return
     records = []
+    stamp = datetime.date.today().isoformat()
+    os.makedirs(args.out, exist_ok=True)
+    base = os.path.join(args.out, f"predict-long-cpu-{stamp}{args.tag}")
     for pair in args.pairs:
         model_name, task = pair.split(":")
         records += run_pair(model_name, task, settings, args, log)
+        with open(base + ".json", "w") as fh:  # kept as it grows: --rescore rebuilds the rest
+            json.dump({"meta": {"args": vars(args)}, "summary": [], "records": records}, fh)
     rows = summary_rows(records)
-    stamp = datetime.date.today().isoformat()
     meta = {"date": stamp, "machine": platform.machine(), "cpus": os.cpu_count(), "torch": torch.__version__,
             "threads": args.threads, "load_average": list(os.getloadavg()), "wall_s": time.time() - start,
             "args": vars(args)}
-    os.makedirs(args.out, exist_ok=True)
-    base = os.path.join(args.out, f"predict-long-cpu-{stamp}{args.tag}")
     with open(base + ".json", "w") as fh:
         json.dump({"meta": meta, "summary": rows, "records": records}, fh)
     md = markdown(records, rows, meta)
