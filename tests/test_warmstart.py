@@ -125,3 +125,18 @@ def test_public_call_routes_warmup_and_feature_norm():
             predict_training_time(model, (x, y), method="sketch", **kw, **bad)
     with pytest.raises(ValueError, match="constant schedule"):
         predict_training_time(model, (x, y), method="head-aware", warmup_steps=2, schedule="cosine", **kw)
+
+
+def test_bad_data_and_divergence_are_clear_errors():
+    model, x, y = bilinear_problem()
+    args = dict(lr=0.1, batch_size=4, max_steps=10, warmup_steps=3)
+    bad = x.clone()
+    bad[2, 1] = float("nan")
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        predict_after_warmup(model, (bad, y), **args)
+    with pytest.raises(ValueError, match="`subset`"):
+        predict_after_warmup(model, (x, y), subset=999, **args)
+    with pytest.raises(ValueError, match="`loss`"):
+        predict_after_warmup(model, (x, y), loss="hinge", **args)
+    with pytest.raises(FloatingPointError, match="diverged during the warm-up"):
+        predict_after_warmup(model, (x, y), **{**args, "lr": 1e300, "warmup_steps": 8})

@@ -12,6 +12,7 @@ head-aware setup at w_K. Weight decay is torch's (toward 0) during the warm-up a
 """
 import copy
 import time
+import types
 
 import numpy as np
 import torch
@@ -19,7 +20,7 @@ import torch
 from . import ops
 from .calibrate import HeadAwarePredictor, _last_linear
 from .dynamics import _batch_stream, _loss_and_grad
-from .predict import Prediction, _as_tensors, subset_indices
+from .predict import Prediction, _load_data
 
 __all__ = ["predict_after_warmup", "sketch_velocity"]
 
@@ -79,28 +80,32 @@ def predict_after_warmup(model, data, *, lr, batch_size, max_steps, warmup_steps
         raise ValueError(f"`lr` must be a positive number, got {lr!r}")
     start = time.perf_counter()
     K = warmup_steps
-    x, y = _as_tensors(data)
-    N = len(x)
+    checked = types.SimpleNamespace()  # the predictors' checks of model, data, loss, subset; the subset itself
+    _load_data(checked, model, data, loss, subset, seed)
+    x, y, N = checked.x_all, checked.y_all, checked.n_samples
     if not isinstance(batch_size, int) or not 1 <= batch_size <= N:
         raise ValueError(f"`batch_size` must be an int in [1, {N}] (the number of samples), got {batch_size!r}")
     warm = copy.deepcopy(model)
     losses, accs, step_times, opt = [], [], [], None
     if K:
-        idx = subset_indices(N, N if subset is None else subset, seed)
-        sx, sy = x[idx], y[idx].long()
+        sx, sy = checked.x, checked.y
         dev = next(warm.parameters()).device
         opt = torch.optim.SGD([p for p in warm.parameters() if p.requires_grad], lr=lr, momentum=momentum,
                               dampening=dampening, nesterov=nesterov, weight_decay=weight_decay)
         batches = _batch_stream(N, batch_size, sampling, torch.Generator().manual_seed(seed + 1))
         warm.train()
-        for _ in range(K):
+        for t in range(K):
             ell, acc = _subset_eval(warm, sx, sy, loss, eval_batch_size)
             losses.append(ell), accs.append(acc)
             b = next(batches)
             t0 = time.perf_counter()
             out = warm(x[b].to(dev))
             opt.zero_grad(set_to_none=True)
-            _real_loss(out, y[b].long().to(dev), loss).backward()
+            batch_loss = _real_loss(out, y[b].long().to(dev), loss)
+            if not torch.isfinite(batch_loss):
+                raise FloatingPointError(f"real training diverged during the warm-up, at step {t} (lr {lr}): "
+                                         "lower the learning rate")
+            batch_loss.backward()
             opt.step()
             step_times.append(time.perf_counter() - t0)
     pred = HeadAwarePredictor(warm, (x, y), loss=loss, k=k, subset=subset, seed=seed, eval_batch_size=eval_batch_size,
