@@ -315,7 +315,7 @@ def cell_scores(cache_cell, model_names):
             out[s] = {m: float(cache_cell[m][s]) for m in model_names}
     if all(c in out for c in ZOO_COMPONENTS):
         comps = {c: finite_or_last(out[c])[0] for c in ZOO_COMPONENTS}
-        out["etran"] = combine(comps, ZOO_SCORES["etran"])
+        out["etran"] = combine(comps, ZOO_SCORES["etran"][1])
     if all(c in out for c in NCTI_COMPONENTS):
         good = [m for m in model_names if all(math.isfinite(out[c][m]) for c in NCTI_COMPONENTS)]
         if good:  # a model whose terms failed is ranked last (NaN)

@@ -77,6 +77,17 @@ def test_rank_table(data):
     assert set(table.evaluate({"a": 90.0, "b": 80.0, "c": 85.0}, metric=None)["lfc"]) >= {"weighted_tau", "rel@1"}
 
 
+def test_knn_krr_strategy_is_the_rank_average(data):
+    """The documented selection strategy: the Borda rank-average of knn and krr_loo over the ranked models."""
+    models = {n: make_model(i, width=w) for i, (n, w) in enumerate([("a", 8), ("b", 12), ("c", 4), ("d", 6)])}
+    table = rank(models, data, scores=["knn_krr", "knn", "krr_loo"], progress=False, batch_size=16)
+    knn, krr = table.column("knn"), table.column("krr_loo")
+    expect = S.rank_average({"knn": knn, "krr_loo": krr})
+    assert table.column("knn_krr") == pytest.approx(expect, abs=1e-12)
+    alone = rank(models, data, scores=["knn_krr"], progress=False, batch_size=16)
+    assert alone.column("knn_krr") == pytest.approx(expect, abs=1e-12) and "knn" not in alone["a"]
+
+
 def test_features_are_extracted_once_and_cached(data):
     model = Counting(make_model(3))
     cache = {}
