@@ -206,6 +206,17 @@ def score_cell(task, shots, model_names, want, cache_cell, log, features_dir=Non
         log(f"  {task} {shots}-shot: {variant} of {len(todo)} models in {time.perf_counter() - t0:.1f} s")
 
 
+def _timed_score(c, name, fn):
+    """c[name] = fn() and c[name + "_s"] its seconds; a failure is recorded as NaN (ranked last) with its message."""
+    t1 = time.perf_counter()
+    try:
+        c[name] = fn()
+    except Exception as e:  # noqa: BLE001 (recorded, ranked last)
+        c[name] = float("nan")
+        c.setdefault("errors", {})[name] = f"{type(e).__name__}: {e}"
+    c[name + "_s"] = time.perf_counter() - t1
+
+
 def score_extras(task, shots, model_names, x, y, cache_cell, shared, log, features_dir=None):
     """SFDA, NCTI's per-model terms and krr_loo of the models that lack them (each computed only where missing),
     from the features of this call's base scoring (`shared`), else from the saved features (features_dir), else from
@@ -228,22 +239,10 @@ def score_extras(task, shots, model_names, x, y, cache_cell, shared, log, featur
     for m in todo:
         c = cache_cell.setdefault(m, {})
         if "krr_loo" not in c:
-            t1 = time.perf_counter()
-            try:
-                c["krr_loo"] = krr_loo_accuracy(feats[m], y)
-            except Exception as e:  # noqa: BLE001 (recorded, ranked last)
-                c["krr_loo"] = float("nan")
-                c.setdefault("errors", {})["krr_loo"] = f"{type(e).__name__}: {e}"
-            c["krr_loo_s"] = time.perf_counter() - t1
+            _timed_score(c, "krr_loo", lambda: krr_loo_accuracy(feats[m], y))
         if all(s in c for s in ["sfda"] + NCTI_COMPONENTS):
             continue
-        t1 = time.perf_counter()
-        try:
-            c["sfda"] = sfda(feats[m], y)
-        except Exception as e:  # noqa: BLE001 (recorded, ranked last)
-            c["sfda"] = float("nan")
-            c.setdefault("errors", {})["sfda"] = f"{type(e).__name__}: {e}"
-        c["sfda_s"] = time.perf_counter() - t1
+        _timed_score(c, "sfda", lambda: sfda(feats[m], y))
         t1 = time.perf_counter()
         try:
             terms = ncti_terms(feats[m], y)

@@ -110,3 +110,13 @@ def bilinear_problem(n=24, d=5, h=6, C=3, seed=0):
     torch.manual_seed(seed)
     model = torch.nn.Sequential(torch.nn.Linear(d, h), torch.nn.Linear(h, C)).double()
     return model, x, y
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for tiny problems: avoids OpenMP oversubscription on a shared machine. Files opt in with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

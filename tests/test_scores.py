@@ -15,13 +15,7 @@ from zoo_kernels.scores.transrate import coding_rate
 # ------------------------------------------------------------------------------------------------ helpers
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These problems are tiny: one intra-op thread avoids OpenMP oversubscription on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny problems: no OpenMP oversubscription
 
 
 

@@ -12,12 +12,7 @@ from zoo_kernels import scores as S
 from zoo_kernels.scores import krr as krr_module
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny problems: no OpenMP oversubscription
 
 
 def naive_loo(features, labels, ridge):

@@ -16,12 +16,7 @@ sfda_module = importlib.import_module("zoo_kernels.scores.sfda")
 ncti_module = importlib.import_module("zoo_kernels.scores.ncti")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny problems: no OpenMP oversubscription
 
 
 def clustered(gen, n=90, d=8, c=3, sep=1.0, scale=0.5):

@@ -10,6 +10,25 @@ from zoo_kernels.dynamics import _batch_stream, path_batches
 from zoo_kernels.warmstart import predict_after_warmup, sketch_velocity
 
 
+def _real_sgd(model, params, x, y, lr, B, K, steps, seed, hp):
+    """Full-set losses of torch.optim.SGD over `params` after 0..steps steps, with predict_after_warmup's minibatches:
+    its warm-up stream (seed + 1) for K steps, then the prediction's path 0 (seed)."""
+    opt = torch.optim.SGD(params, lr=lr, **hp)
+    warm = _batch_stream(len(x), B, "stream", torch.Generator().manual_seed(seed + 1))
+    rest = path_batches(len(x), B, "stream", seed, 1, steps - K)[0]
+    ref = []
+    for t in range(steps + 1):
+        with torch.no_grad():
+            ref.append(float(nn.functional.cross_entropy(model(x), y)))
+        if t == steps:
+            break
+        b = next(warm) if t < K else rest[t - K]
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x[b]), y[b]).backward()
+        opt.step()
+    return ref
+
+
 def test_sketch_velocity_is_the_sketched_gradient():
     """After one full-batch step the momentum buffer is the gradient Σ_i J_iᵀ ∂L/∂φ_i; its sketch must be
     Σ_i S_iᵀ ∂L/∂φ_i with the predictor's own S (same random rows, order and scale)."""
@@ -53,19 +72,7 @@ def test_frozen_backbone_warmup_joins_real_sgd_exactly(hp):
                              seed=seed, sampling="stream", **hp)
     ref_model = bilinear_problem()[0]
     ref_model.load_state_dict(model.state_dict())
-    opt = torch.optim.SGD(ref_model[1].parameters(), lr=lr, **hp)
-    warm = _batch_stream(len(x), B, "stream", torch.Generator().manual_seed(seed + 1))
-    rest = path_batches(len(x), B, "stream", seed, 1, steps - K)[0]
-    ref = []
-    for t in range(steps + 1):
-        with torch.no_grad():
-            ref.append(float(nn.functional.cross_entropy(ref_model(x), y)))
-        if t == steps:
-            break
-        b = next(warm) if t < K else rest[t - K]
-        opt.zero_grad()
-        nn.functional.cross_entropy(ref_model(x[b]), y[b]).backward()
-        opt.step()
+    ref = _real_sgd(ref_model, ref_model[1].parameters(), x, y, lr, B, K, steps, seed, hp)
     assert p.warmup_steps == K and len(p.loss_curve) == steps + 1
     np.testing.assert_allclose(p.loss_curve, ref, rtol=1e-9)
     assert np.isnan(p.feature_shift[:K]).all() and (p.feature_shift[K:] == 0).all()
@@ -81,19 +88,7 @@ def test_warmup_with_a_trained_backbone_tracks_the_network():
     p = predict_after_warmup(model, (x, y), lr=lr, batch_size=B, max_steps=steps, warmup_steps=K, paths=1,
                              seed=seed, sampling="stream", k=8192, **hp)
     ref_model = bilinear_problem(n=30)[0]
-    opt = torch.optim.SGD(ref_model.parameters(), lr=lr, **hp)
-    warm = _batch_stream(len(x), B, "stream", torch.Generator().manual_seed(seed + 1))
-    rest = path_batches(len(x), B, "stream", seed, 1, steps - K)[0]
-    ref = []
-    for t in range(steps + 1):
-        with torch.no_grad():
-            ref.append(float(nn.functional.cross_entropy(ref_model(x), y)))
-        if t == steps:
-            break
-        b = next(warm) if t < K else rest[t - K]
-        opt.zero_grad()
-        nn.functional.cross_entropy(ref_model(x[b]), y[b]).backward()
-        opt.step()
+    ref = _real_sgd(ref_model, ref_model.parameters(), x, y, lr, B, K, steps, seed, hp)
     np.testing.assert_allclose(p.loss_curve[:K + 1], ref[:K + 1], rtol=1e-12)  # the measured part
     # 0.1 % measured (k = 8192); without the backbone's velocity it is 2 %, so this catches a lost momentum state
     np.testing.assert_allclose(p.loss_curve, ref, rtol=6e-3)

@@ -15,13 +15,7 @@ from zoo_kernels.zoo.finetune import RECIPE, SEEDS, SGD_GRID, SGD_GRID_SHOTS, SG
 GLYPH_SOURCES = {"latin", "greekcyr"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny convolutions: one thread is faster, and far faster on a loaded machine (no OpenMP spinning)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny problems: no OpenMP oversubscription
 
 
 GLYPH_TARGETS = {"digits_fonts", "latin_heldout", "greek_upper", "script_id", "font_style", "math_symbols"}
