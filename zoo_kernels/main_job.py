@@ -5,7 +5,7 @@
     python -m zoo_kernels.main_job --task latin_heldout --score lfc --json summary.json
 
 1. Ranks the 18 MiniZoo experts for the target task (default pendigits_inverted, 10 images per class) with
-   transferability scores (zoo_kernels.ranking.rank) and picks the best by --score (default LogME); the stored
+   transferability scores (zoo_kernels.ranking.rank) and picks the best by --score (default knn_krr, the rank-average of kNN and krr_loo); the stored
    MiniZoo fine-tuning ground truth says how good the choice and each score's ranking are.
 2. Predicts, without training, how many SGD steps / epochs / seconds fine-tuning the chosen expert with the
    MiniZoo recipe (zoo.finetune.RECIPE: SGD with momentum, batch 32, new head of seed 0) takes to reach 1/2, 1/4, 1/10
@@ -34,7 +34,7 @@ from .predict import Predictor
 from .ranking import rank
 from .zoo.finetune import RECIPE, finetune
 
-SCORES = ("logme", "lfc", "leep", "linear_probe")
+SCORES = ("knn_krr", "knn", "logme", "lfc", "leep", "linear_probe")  # knn_krr: the selection strategy
 FRACTIONS = (0.5, 0.25, 0.1)
 
 
@@ -52,7 +52,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--task", default="pendigits_inverted", help="MiniZoo target task (default pendigits_inverted)")
     ap.add_argument("--shots", type=int, default=10, help="training images per class (default 10)")
-    ap.add_argument("--score", default="logme", choices=SCORES, help="the score that picks the model")
+    ap.add_argument("--score", default="knn_krr", choices=SCORES, help="the score that picks the model")
     ap.add_argument("--lr", type=float, default=RECIPE.lr)
     ap.add_argument("--batch-size", type=int, default=RECIPE.batch)
     ap.add_argument("--momentum", type=float, default=RECIPE.momentum)
