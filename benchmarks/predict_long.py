@@ -341,6 +341,15 @@ def rel(p, r):
     return None if r is None else (abs((p if p is not None else math.inf) - r) / r)
 
 
+def _amortized_cost(rec, name, records):
+    """A method's seconds for one setting with its setup shared by the pair's settings (a warm start shares none)."""
+    meth = rec["methods"][name]
+    if "total_s" in meth:
+        return meth["total_s"]
+    settings = len([r for r in records if (r["model"], r["task"]) == (rec["model"], rec["task"])])
+    return rec["setup_s"][name.split("+")[0]] / settings + meth["integrate_s"] + meth.get("calib_s", 0.0)
+
+
 def summary_rows(records):
     rows = []
     keys = list(records[0]["real"])
@@ -360,10 +369,8 @@ def summary_rows(records):
         costs = [rec["methods"][name].get("cost_s") for rec in records if rec["methods"][name].get("cost_s")]
         ratio = [rec["train_wall_s"] / rec["methods"][name]["cost_s"] for rec in records
                  if rec["methods"][name].get("cost_s")]
-        amort = [rec["train_wall_s"] / rec["methods"][name]["total_s"] if "total_s" in rec["methods"][name]  # warm
-                 else rec["train_wall_s"] / (rec["setup_s"][name.split("+")[0]] / len([r for r in records if (
-                     r["model"], r["task"]) == (rec["model"], rec["task"])]) + rec["methods"][name]["integrate_s"]
-                     + rec["methods"][name].get("calib_s", 0.0)) for rec in records if rec["methods"][name].get("cost_s")]
+        amort = [rec["train_wall_s"] / _amortized_cost(rec, name, records) for rec in records
+                 if rec["methods"][name].get("cost_s")]
         e = np.asarray(errs)
         rows.append({"method": name, "pairs": len(errs), "median": float(np.median(e)) if e.size else None,
                      "p90": p90(e) if e.size else None,

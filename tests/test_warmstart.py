@@ -10,7 +10,13 @@ from zoo_kernels.dynamics import _batch_stream, path_batches
 from zoo_kernels.warmstart import predict_after_warmup, sketch_velocity
 
 
-def _real_sgd(model, params, x, y, lr, B, K, steps, seed, hp):
+def _loss(out, y, loss):
+    if loss == "ce":
+        return nn.functional.cross_entropy(out, y)
+    return 0.5 * (out - nn.functional.one_hot(y, out.shape[1]).to(out.dtype)).square().sum(1).mean()
+
+
+def _real_sgd(model, params, x, y, lr, B, K, steps, seed, hp, loss="ce"):
     """Full-set losses of torch.optim.SGD over `params` after 0..steps steps, with predict_after_warmup's minibatches:
     its warm-up stream (seed + 1) for K steps, then the prediction's path 0 (seed)."""
     opt = torch.optim.SGD(params, lr=lr, **hp)
@@ -19,12 +25,12 @@ def _real_sgd(model, params, x, y, lr, B, K, steps, seed, hp):
     ref = []
     for t in range(steps + 1):
         with torch.no_grad():
-            ref.append(float(nn.functional.cross_entropy(model(x), y)))
+            ref.append(float(_loss(model(x), y, loss)))
         if t == steps:
             break
         b = next(warm) if t < K else rest[t - K]
         opt.zero_grad()
-        nn.functional.cross_entropy(model(x[b]), y[b]).backward()
+        _loss(model(x[b]), y[b], loss).backward()
         opt.step()
     return ref
 
@@ -59,9 +65,10 @@ def test_no_warmup_is_the_head_aware_prediction():
     assert a.warmup_steps == 0
 
 
-@pytest.mark.parametrize("hp", [dict(momentum=0.0), dict(momentum=0.9), dict(momentum=0.8, nesterov=True),
-                                dict(momentum=0.5, dampening=0.3)])
-def test_frozen_backbone_warmup_joins_real_sgd_exactly(hp):
+@pytest.mark.parametrize("hp, loss", [(dict(momentum=0.0), "ce"), (dict(momentum=0.9), "ce"),
+                                      (dict(momentum=0.8, nesterov=True), "ce"),
+                                      (dict(momentum=0.5, dampening=0.3), "ce"), (dict(momentum=0.9), "mse")])
+def test_frozen_backbone_warmup_joins_real_sgd_exactly(hp, loss):
     """With the backbone frozen the head-aware model is the network (a linear probe): K real steps, the head's
     momentum buffers carried over and the predicted rest must reproduce one torch.optim.SGD run step for step."""
     model, x, y = bilinear_problem()
@@ -69,10 +76,10 @@ def test_frozen_backbone_warmup_joins_real_sgd_exactly(hp):
         p.requires_grad_(False)
     K, steps, B, lr, seed = 7, 20, 5, 0.4, 4
     p = predict_after_warmup(model, (x, y), lr=lr, batch_size=B, max_steps=steps, warmup_steps=K, paths=1,
-                             seed=seed, sampling="stream", **hp)
+                             seed=seed, sampling="stream", loss=loss, **hp)
     ref_model = bilinear_problem()[0]
     ref_model.load_state_dict(model.state_dict())
-    ref = _real_sgd(ref_model, ref_model[1].parameters(), x, y, lr, B, K, steps, seed, hp)
+    ref = _real_sgd(ref_model, ref_model[1].parameters(), x, y, lr, B, K, steps, seed, hp, loss)
     assert p.warmup_steps == K and len(p.loss_curve) == steps + 1
     np.testing.assert_allclose(p.loss_curve, ref, rtol=1e-9)
     assert np.isnan(p.feature_shift[:K]).all() and (p.feature_shift[K:] == 0).all()

@@ -5,8 +5,9 @@
     python -m zoo_kernels.main_job --task latin_heldout --score lfc --json summary.json
 
 1. Ranks the 18 MiniZoo experts for the target task (default pendigits_inverted, 10 images per class) with
-   transferability scores (zoo_kernels.ranking.rank) and picks the best by --score (default knn_krr, the rank-average of kNN and krr_loo); the stored
-   MiniZoo fine-tuning ground truth says how good the choice and each score's ranking are.
+   transferability scores (zoo_kernels.ranking.rank) and picks the best by --score (default knn_krr, the
+   rank-average of kNN and krr_loo); the stored MiniZoo fine-tuning ground truth says how good the choice and each
+   score's ranking are.
 2. Predicts, without training, how many SGD steps / epochs / seconds fine-tuning the chosen expert with the
    MiniZoo recipe (zoo.finetune.RECIPE: SGD with momentum, batch 32, new head of seed 0) takes to reach 1/2, 1/4, 1/10
    of the initial training loss and an accuracy target (head-aware linearization, zoo_kernels.calibrate; the
