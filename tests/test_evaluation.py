@@ -68,6 +68,7 @@ def test_kendall_and_pearson_hand_computed():
     assert E.kendall_tau([1, 2, 3], [1, 3, 2]) == pytest.approx(1 / 3)
     assert E.pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0)
     assert math.isnan(E.pearson([1, 1, 1], [1, 2, 3]))
+    assert math.isnan(E.weighted_tau([1, 1, 1], [1, 2, 3]))  # a constant ranking orders nothing
 
 
 def test_top_k_hand_computed():

@@ -67,7 +67,9 @@ def test_rank_table(data):
     md = table.to_markdown()
     assert md.count("\n") == 4 and "| a |" in md and "rank_logme" in md and "etran_s" in md
     ev = table.evaluate({"a": 90.0, "b": 80.0, "c": 85.0})
-    assert set(ev) == set(table.scores) and all(-1 <= v <= 1 for v in ev.values())
+    assert set(ev) == set(table.scores)
+    for s, v in ev.items():  # NaN only for a score that ties every model (e.g. equal probe accuracies on tiny data)
+        assert -1 <= v <= 1 or (math.isnan(v) and len(set(table.column(s).values())) == 1), (s, v)
     assert set(table.evaluate({"a": 90.0, "b": 80.0, "c": 85.0}, metric=None)["lfc"]) >= {"weighted_tau", "rel@1"}
 
 

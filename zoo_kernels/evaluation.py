@@ -49,7 +49,8 @@ def _align(scores, accuracy):
 
 
 def weighted_tau(scores, accuracy):
-    """scipy.stats.weightedtau(accuracy, scores) with default arguments (symmetric in its two arguments)."""
+    """scipy.stats.weightedtau(accuracy, scores) with default arguments (symmetric in its two arguments); NaN, as
+    scipy gives, when the scores are all equal (a constant ranking orders nothing)."""
     s, a = _align(scores, accuracy)
     return float(stats.weightedtau(a, s).statistic)
 
