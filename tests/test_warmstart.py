@@ -142,3 +142,18 @@ def test_bad_data_and_divergence_are_clear_errors():
         predict_after_warmup(model, (x, y), loss="hinge", **args)
     with pytest.raises(FloatingPointError, match="diverged during the warm-up"):
         predict_after_warmup(model, (x, y), **{**args, "lr": 1e300, "warmup_steps": 8})
+
+
+def test_velocity_is_checked():
+    model, x, y = bilinear_problem()
+    pred = HeadAwarePredictor(model, (x, y), k=16)
+    kw = dict(lr=0.1, batch_size=4, max_steps=3, momentum=0.9, measure_time=False)
+    good = (torch.zeros(3, 6, dtype=torch.float64), torch.zeros(3, dtype=torch.float64),
+            torch.zeros(16, dtype=torch.float64))
+    np.testing.assert_array_equal(pred.predict(velocity=good, **kw).loss_curve, pred.predict(**kw).loss_curve)
+    for bad in [good[:2], (good[0], good[1], torch.zeros(8, dtype=torch.float64)),
+                (good[0] * float("nan"), good[1], good[2])]:
+        with pytest.raises(ValueError, match="`velocity` must be 3 finite tensors"):
+            pred.predict(velocity=bad, **kw)
+    with pytest.raises(ValueError, match="with stride 1"):
+        pred.predict(velocity=good, stride=2, **kw)

@@ -250,11 +250,17 @@ class HeadAwarePredictor(Predictor):
         per path instead of O(M·D·k). A divergence is located to within E steps.
         feature_norm="fixed": each sample's features keep their norm, φ_t(x) = ‖φ_0(x)‖ · z/‖z‖ with z = φ_0 + S θ
         the linearized features (the real GroupNorm/ReLU features keep 0.83-1.04 of their norm over 10 epochs
-        while their centered part grows 3-7×; docs/PREDICT.md); the default "linear" is φ_t = z.
+        while their centered part grows up to 8×; docs/PREDICT.md); the default "linear" is φ_t = z.
         velocity: the initial momentum state (head weight, head bias, backbone in sketch coordinates), as
         zoo_kernels.warmstart.sketch_velocity returns it; None starts at rest, as torch.optim.SGD does."""
         if not isinstance(eval_every, int) or eval_every < 1:
             raise ValueError(f"`eval_every` must be a positive int, got {eval_every!r}")
+        if velocity is not None:
+            want = (tuple(self.W0.shape), tuple(self.b0.shape), (0 if self.S is None else self.S.shape[-1],))
+            got = tuple(tuple(v.shape) for v in velocity) if len(velocity) == 3 else None
+            if got != want or stride != 1 or not all(torch.isfinite(v).all() for v in velocity):
+                raise ValueError(f"`velocity` must be 3 finite tensors of shapes {want} (head weight, head bias, "
+                                 f"sketch coordinates), with stride 1; got shapes {got}, stride {stride}")
         start = time.perf_counter()
         check_divergence_mode(on_divergence)
         if not isinstance(max_steps, int) or max_steps < 1:
