@@ -71,7 +71,7 @@ if ROOT not in sys.path:
 
 from zoo_kernels import evaluation, rank, zoo  # noqa: E402
 from zoo_kernels.ranking import ZOO_SCORES  # noqa: E402
-from zoo_kernels.scores import (combine, group_prior, krr_loo_accuracy, ncti_combine, ncti_terms, ranks,  # noqa: E402
+from zoo_kernels.scores import (group_prior, krr_loo_accuracy, ncti_combine, ncti_terms, ranks,  # noqa: E402
                                 sfda, standardize)
 from zoo_kernels.zoo.finetune import RECIPE  # noqa: E402
 
@@ -314,7 +314,8 @@ def cell_scores(cache_cell, model_names):
             out[s] = {m: float(cache_cell[m][s]) for m in model_names}
     if all(c in out for c in ZOO_COMPONENTS):
         comps = {c: finite_or_last(out[c])[0] for c in ZOO_COMPONENTS}
-        out["etran"] = combine(comps, ZOO_SCORES["etran"][1])
+        combiner, weights = ZOO_SCORES["etran"]
+        out["etran"] = combiner(comps, weights)
     if all(c in out for c in NCTI_COMPONENTS):
         good = [m for m in model_names if all(math.isfinite(out[c][m]) for c in NCTI_COMPONENTS)]
         if good:  # a model whose terms failed is ranked last (NaN)
@@ -464,14 +465,12 @@ def evaluate_level(cells, gt, cache, n_boot):
         res["arch_prior"] = _aggregate({t: evaluation.evaluate({m: trio_prior[t].get(arch_of(m), 0.0)
                                                                 for m in acc_by[t]}, acc_by[t]) for t in tasks},
                                        n_boot)
-    for k, members in SFDA_STRATEGIES.items():
-        if all(s in singles for s in members):
-            comb = {t: zrank_mean([scores_by[s][t] for s in members]) for t in tasks}
-            res[k] = _aggregate({t: evaluation.evaluate(comb[t], acc_by[t]) for t in tasks}, n_boot)
-    for k, members in KRR_STRATEGIES.items():
-        if all(s in singles for s in members):
-            comb = {t: rank_average([scores_by[s][t] for s in members]) for t in tasks}
-            res[k] = _aggregate({t: evaluation.evaluate(comb[t], acc_by[t]) for t in tasks}, n_boot)
+    # the fixed pre-registered combinations, each with the combiner it was registered with
+    for fixed, combiner in ((SFDA_STRATEGIES, zrank_mean), (KRR_STRATEGIES, rank_average)):
+        for k, members in fixed.items():
+            if all(s in singles for s in members):
+                comb = {t: combiner([scores_by[s][t] for s in members]) for t in tasks}
+                res[k] = _aggregate({t: evaluation.evaluate(comb[t], acc_by[t]) for t in tasks}, n_boot)
     strategies = [k for k in ("loto", "loto_top2", "trio", "trio_arch") + tuple(SFDA_STRATEGIES)
                   + tuple(KRR_STRATEGIES) if k in res]
     # in-sample best candidate (optimistic, for deployment) and each strategy against the best single score

@@ -356,6 +356,11 @@ def _sgd_kwargs(args, lr=None, batch_size=None):
     return kw
 
 
+def _head_kwargs(args):
+    """predict() options that only the head-aware predictor takes."""
+    return {"feature_norm": args.feature_norm} if args.method == "head-aware" else {}
+
+
 def _check_predict_args(args, n):
     for name in ("lr", "momentum", "dampening", "weight_decay"):
         v = getattr(args, name)
@@ -452,9 +457,8 @@ def cmd_predict(args):
                                      progress=not args.no_progress,
                                      **{k: v for k, v in kw.items() if k != "schedule"})
         else:
-            extra = {"feature_norm": args.feature_norm} if args.method == "head-aware" else {}
             p = pred.predict(max_steps=args.max_steps, paths=args.paths, measure_time=not args.no_step_time,
-                             **kw, **extra)
+                             **kw, **_head_kwargs(args))
     except FloatingPointError as e:
         raise InputError(f"the predicted dynamics diverge: {e}. Lower --lr (outside the linear regime the "
                          "prediction does not apply)") from e
@@ -567,8 +571,7 @@ def _recommend(args, pred, targets, obj):
         try:
             p = pred.predict(max_steps=args.max_steps, paths=args.paths,
                              measure_time=(args.by == "seconds" and not args.no_step_time),
-                             **_sgd_kwargs(args, lr=lr, batch_size=b),
-                             **({"feature_norm": args.feature_norm} if args.method == "head-aware" else {}))
+                             **_sgd_kwargs(args, lr=lr, batch_size=b), **_head_kwargs(args))
             rows.append({"lr": lr, "batch_size": b, **p.time_to(**{kind: v}), "diverged": False})
         except FloatingPointError:
             rows.append({"lr": lr, "batch_size": b, "steps": None, "epochs": None, "seconds": None, "diverged": True})

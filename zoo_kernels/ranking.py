@@ -64,7 +64,6 @@ SCORES = {
     "num_params": ("prior", None),
     "source_accuracy": ("prior", None),
 }
-# whole-zoo scores: name -> (component scores, weights of their min-max normalized values)
 # whole-zoo scores: (combiner over the models, component weights)
 ZOO_SCORES = {
     "etran": (zoo.combine, {"lda": 0.85, "energy": 0.15}),  # min-max normalized weighted sum (ETran)

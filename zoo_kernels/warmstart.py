@@ -19,8 +19,8 @@ import torch
 
 from . import ops
 from .calibrate import HeadAwarePredictor, _last_linear
-from .dynamics import _batch_stream, _loss_and_grad
-from .predict import Prediction, _load_data
+from .dynamics import _accuracy, _batch_stream, _loss_and_grad
+from .predict import Prediction, _load_data, _outputs
 
 __all__ = ["predict_after_warmup", "sketch_velocity"]
 
@@ -48,13 +48,10 @@ def sketch_velocity(model, optimizer, k, seed=0, head=None):
 def _subset_eval(model, x, y, loss, batch_size):
     """(mean loss, accuracy) of the model (eval mode) on the subset, with the predictors' loss definitions."""
     was = model.training
-    model.eval()
-    dev = next(model.parameters()).device
-    f = torch.cat([model(x[s:s + batch_size].to(dev)).double().cpu() for s in range(0, len(x), batch_size)])
+    f = _outputs(model.eval(), x, batch_size)
     model.train(was)
-    onehot = torch.nn.functional.one_hot(y, f.shape[1]).double()
-    ell, _ = _loss_and_grad(f, y, onehot, loss)
-    return float(ell.mean()), float((f.argmax(1) == y).double().mean())
+    ell, _ = _loss_and_grad(f, y, torch.nn.functional.one_hot(y, f.shape[1]).double(), loss)
+    return float(ell.mean()), float(_accuracy(f, y))
 
 
 def _real_loss(out, y, loss):
