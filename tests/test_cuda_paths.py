@@ -14,6 +14,7 @@ import torch
 import zoo_kernels as zk
 from zoo_kernels import zoo
 from zoo_kernels.ranking import rank
+from zoo_kernels.warmstart import predict_after_warmup
 
 OTHER = os.environ.get("ZK_TEST_OTHER_DEVICE", "cuda")
 pytestmark = [pytest.mark.cuda,
@@ -87,3 +88,13 @@ def test_predict_training_time(task, method):
     np.testing.assert_allclose(p_dev.loss_curve, p_cpu.loss_curve, rtol=1e-2)
     assert np.abs(p_dev.accuracy_curve - p_cpu.accuracy_curve).max() <= 0.05
     assert p_dev.step_seconds > 0 and math.isfinite(p_dev.step_seconds)
+
+
+def test_predict_after_warmup(task):
+    x, y = task
+    args = dict(lr=0.05, batch_size=10, max_steps=30, warmup_steps=5, momentum=0.9, k=128, seed=3, subset=40,
+                feature_rank=8)
+    p_cpu = predict_after_warmup(expert(), (x, y), **args)
+    p_dev = predict_after_warmup(expert().to(OTHER), (x.to(OTHER), y.to(OTHER)), **args)
+    assert np.isfinite(p_dev.loss_curve).all()
+    np.testing.assert_allclose(p_dev.loss_curve, p_cpu.loss_curve, rtol=1e-2)

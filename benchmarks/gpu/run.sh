@@ -76,12 +76,41 @@ for req in tqdm pytest; do
 done
 
 # ---- build (in place; --no-deps semantics: nothing is downloaded) -------------------------------------
-log "building zoo_kernels with CUDA (log: $OUT/build.log)"
-if ! ZOO_KERNELS_FORCE_CUDA=1 "$PY" setup.py build_ext --inplace >"$OUT/build.log" 2>&1; then
-  tail -n 80 "$OUT/build.log" >&2
-  die "build failed (full log: $OUT/build.log)"
-fi
+build() {  # $1: the C++ compiler (empty: setup.py's default)
+  rm -rf build zoo_kernels/_C.*.so
+  log "building zoo_kernels with CUDA, CXX=${1:-default} (log: $OUT/build.log)"
+  if ! ${1:+env CXX=$1} ZOO_KERNELS_FORCE_CUDA=1 "$PY" setup.py build_ext --inplace >>"$OUT/build.log" 2>&1; then
+    tail -n 80 "$OUT/build.log" >&2
+    return 1
+  fi
+}
+# A C++ exception (bad input) must reach Python as a RuntimeError. A compiler whose libgcc/libstdc++ differs from
+# the ones torch runs with can crash there instead (seen on the H200 image with /opt/gcc's g++, 2026-11-27).
+throw_check() {
+  "$PY" - <<'PY'
+import torch, zoo_kernels.ops as o
+for dev in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
+    try:
+        o.project_dense(torch.ones(2, 3, device=dev), torch.ones(3, 4, device=dev), 8, 0)
+    except RuntimeError as e:
+        print(f"C++ error reached Python ({dev}):", str(e).splitlines()[0][:100])
+    else:
+        raise SystemExit(f"bad input to project_dense on {dev} raised nothing")
+PY
+}
 export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}
+: >"$OUT/build.log"
+for cxx in g++ /usr/bin/g++; do
+  [[ $cxx == g++ ]] && cxx=""
+  [[ -z $cxx || -x $cxx ]] || continue
+  log "C++ compiler: $(${cxx:-g++} --version | head -n1) ($(command -v ${cxx:-g++}))"
+  build "$cxx" || die "build failed (full log: $OUT/build.log)"
+  throw_check 2>&1 | tee -a "$OUT/build.log"
+  throw_rc=${PIPESTATUS[0]}
+  [[ $throw_rc == 0 ]] && break
+  log "C++ exceptions do not reach Python with this build (exit $throw_rc)"
+done
+[[ $throw_rc == 0 ]] || status=1
 "$PY" -c '
 import torch, zoo_kernels._build as b
 info = b.build_info()
@@ -90,10 +119,12 @@ assert info["with_cuda"], "the extension was built without CUDA"
 import os
 assert torch.cuda.is_available() or os.environ.get("ZK_GPU_RUN_NO_GPU_OK") == "1", "torch sees no GPU"
 ' 2>&1 | tee -a "$OUT/build.log" || die "the built extension does not have working CUDA support"
-
 # ---- tests ---------------------------------------------------------------------------------------------
 log "tests (log: $OUT/tests.log)"
-timeout "${ZK_GPU_TEST_TIMEOUT:-240}" "$PY" -m pytest -q tests -m "cuda or not slow" -p no:cacheprovider 2>&1 | tee "$OUT/tests.log"
+# with pytest-xdist: 8 workers, one test file per worker (a crashing test then fails alone, not the whole run)
+XDIST=$("$PY" -c 'import xdist' 2>/dev/null && echo "-n 8 --dist loadfile")
+timeout "${ZK_GPU_TEST_TIMEOUT:-240}" "$PY" -m pytest -q -rfE $XDIST tests -m "cuda or not slow" -p no:cacheprovider \
+  2>&1 | tee "$OUT/tests.log"
 rc=${PIPESTATUS[0]}
 if [[ $rc != 0 ]]; then log "tests FAILED (exit $rc)"; status=1; fi
 
