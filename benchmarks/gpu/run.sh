@@ -79,7 +79,7 @@ done
 build() {  # $1: the C++ compiler (empty: setup.py's default)
   rm -rf build zoo_kernels/_C.*.so
   log "building zoo_kernels with CUDA, CXX=${1:-default} (log: $OUT/build.log)"
-  if ! ${1:+env CXX=$1} ZOO_KERNELS_FORCE_CUDA=1 "$PY" setup.py build_ext --inplace >>"$OUT/build.log" 2>&1; then
+  if ! env ${1:+CXX=$1} ZOO_KERNELS_FORCE_CUDA=1 "$PY" setup.py build_ext --inplace >>"$OUT/build.log" 2>&1; then
     tail -n 80 "$OUT/build.log" >&2
     return 1
   fi
