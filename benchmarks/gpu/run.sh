@@ -7,7 +7,8 @@
 #
 # Environment: PYTHON (default: python, else python3), CUDA_HOME (default: the root of the nvcc on PATH),
 # TORCH_CUDA_ARCH_LIST (default: the compute capability nvidia-smi reports), MAX_JOBS (default: nproc),
-# ZK_WHEELHOUSE (see below), ZK_GPU_RUN_NO_GPU_OK=1 (go on without a visible GPU: to test this script).
+# ZK_WHEELHOUSE (see below), ZK_GPU_RUN_NO_GPU_OK=1 (go on without a visible GPU: to test this script),
+# ZK_GPU_TEST_TIMEOUT / ZK_GPU_BENCH_TIMEOUT (seconds, default 240 each), ZK_GPU_BENCH_K (a pytest -k filter).
 # Exit status: non-zero if the build fails or if the tests or benchmarks fail (the later steps still run).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -100,7 +101,7 @@ PY
 }
 export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}
 : >"$OUT/build.log"
-for cxx in g++ /usr/bin/g++; do
+for cxx in /usr/bin/g++ g++; do  # the system compiler first (the H200 image's default g++ fails the check)
   [[ $cxx == g++ ]] && cxx=""
   [[ -z $cxx || -x $cxx ]] || continue
   log "C++ compiler: $(${cxx:-g++} --version | head -n1) ($(command -v ${cxx:-g++}))"
@@ -123,8 +124,9 @@ assert torch.cuda.is_available() or os.environ.get("ZK_GPU_RUN_NO_GPU_OK") == "1
 log "tests (log: $OUT/tests.log)"
 # with pytest-xdist: 8 workers, one test file per worker (a crashing test then fails alone, not the whole run)
 XDIST=$("$PY" -c 'import xdist' 2>/dev/null && echo "-n 8 --dist loadfile")
-timeout "${ZK_GPU_TEST_TIMEOUT:-240}" "$PY" -m pytest -q -rfE $XDIST tests -m "cuda or not slow" -p no:cacheprovider \
-  2>&1 | tee "$OUT/tests.log"
+# -v: each result is in tests.log as it comes (a time-out keeps them); the terminal gets failures and the summary
+OMP_NUM_THREADS=2 timeout "${ZK_GPU_TEST_TIMEOUT:-240}" "$PY" -m pytest -v -rfE $XDIST tests -m "cuda or not slow" \
+  -p no:cacheprovider 2>&1 | tee "$OUT/tests.log" | grep -E "FAILED|ERROR|Error|passed|failed|Fatal"
 rc=${PIPESTATUS[0]}
 if [[ $rc != 0 ]]; then log "tests FAILED (exit $rc)"; status=1; fi
 
@@ -138,7 +140,7 @@ elif ! "$PY" -c 'import pytest_benchmark' 2>/dev/null; then
 else
   log "benchmarks (log: $OUT/bench.log)"
   # the GPU benchmarks only: the CPU suite's numbers come from the project's CPU machine
-  timeout "${ZK_GPU_BENCH_TIMEOUT:-240}" "$PY" -m pytest benchmarks/gpu -q -p no:cacheprovider \
+  timeout "${ZK_GPU_BENCH_TIMEOUT:-240}" "$PY" -m pytest benchmarks/gpu -q -p no:cacheprovider ${ZK_GPU_BENCH_K:+-k "$ZK_GPU_BENCH_K"} \
     --benchmark-json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log"
   rc=${PIPESTATUS[0]}
   if [[ $rc != 0 ]]; then log "benchmarks FAILED (exit $rc)"; status=1; fi
