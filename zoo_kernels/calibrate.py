@@ -143,7 +143,7 @@ class HeadAwarePredictor(Predictor):
         is evaluated every `eval_every` steps (and at the last) and interpolated in between (log-linear for the
         loss; a divergence is then located to within `eval_every` steps)."""
         N, D = self.phi0.shape
-        y = self.y.cpu()  # the simulation runs on the CPU in float64
+        y = self.y
         C = self.W0.shape[0]
         onehot = torch.nn.functional.one_hot(y, C).double()
         P = 1 if sgd.batch_size == N else paths

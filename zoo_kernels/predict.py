@@ -142,7 +142,7 @@ def _load_data(pred, model, data, loss, subset, seed):
         raise ValueError(f"`subset` must be an int in [2, {N}], got {subset!r}")
     pred.subset = M
     idx = subset_indices(N, M, seed)
-    pred.x, pred.y = x[idx], y[idx].long()
+    pred.x, pred.y = x[idx], y[idx].long().cpu()  # labels on the CPU, where the simulations run
     pred.x_all, pred.y_all = x, y
 
 
