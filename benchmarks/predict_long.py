@@ -180,7 +180,8 @@ def run_pair(model_name, task, settings, args, log):
                                           batch_size=batch, momentum=momentum, max_steps=horizon, warmup_steps=K,
                                           subset=M, k=args.head_k, seed=0, feature_norm=args.feature_norm,
                                           paths=args.paths, sampling="stream", on_divergence="truncate",
-                                          feature_rank=args.warm_rank, eval_every=args.eval_every)
+                                          feature_rank=args.warm_rank, eval_every=args.eval_every,
+                                          sketch_method=args.warm_sketch)
             curves[f"head-aware+warm{K}"] = pr
             rec["methods"][f"head-aware+warm{K}"] = {"total_s": pr.cost_seconds, "diverged_at": pr.diverged_at}
         for name in methods(args):
@@ -513,6 +514,8 @@ def main(argv=None):
                     help="also predict after K real steps (zoo_kernels.warmstart.predict_after_warmup), per K")
     ap.add_argument("--warm-rank", type=int, help="feature_rank of the --warmup predictions (default: all)")
     ap.add_argument("--eval-every", type=int, default=1, help="eval_every of the --warmup predictions")
+    ap.add_argument("--warm-sketch", choices=("dense", "kronecker"), default="dense",
+                    help="sketch_method of the --warmup predictions")
     ap.add_argument("--warm-only", action="store_true", help="only the --warmup predictions")
     ap.add_argument("--accuracy", type=float, default=0.9)
     ap.add_argument("--threads", type=int, default=1)

@@ -50,6 +50,19 @@ def test_predict_time_json(capsys, method, k):
             assert t["epochs"] == pytest.approx(t["steps"] * 8 / 16)
 
 
+@pytest.mark.parametrize("warmup", ["0", "2"])
+def test_predict_time_sketch_method(capsys, warmup):
+    args = PRED + ["--method", "head-aware", "--k", "32", "--lr", "0.01", "--batch-size", "8", "--curves",
+                   "--warmup-steps", warmup]
+    kron = run_json(capsys, args + ["--sketch-method", "kronecker"])
+    dense = run_json(capsys, args)
+    assert kron["sketch_method"] == "kronecker" and dense["sketch_method"] == "dense"
+    assert kron["loss_curve"][0] == pytest.approx(dense["loss_curve"][0], rel=1e-9)  # the same start, another sketch
+    assert kron["loss_curve"][1:] != dense["loss_curve"][1:]
+    rc, _, err = run(capsys, args + ["--sketch-method", "gaussian"])
+    assert rc == 2 and "--sketch-method" in err
+
+
 def test_predict_time_feature_rank(capsys):
     obj = run_json(capsys, PRED + ["--method", "head-aware", "--k", "32", "--feature-rank", "4", "--lr", "0.01",
                                    "--batch-size", "8", "--target", "fraction=0.9"])
@@ -418,6 +431,15 @@ def test_head_aware_feature_rank_restricts_the_feature_motion():
     args = dict(lr=0.2, batch_size=6, max_steps=30, measure_time=False, paths=1, seed=0, sampling="stream")
     q = part.predict(**args)
     assert np.isfinite(q.loss_curve).all() and q.loss_curve[-1] < q.loss_curve[0]
+    # the factored sketch (U, S_r) gives the same dynamics as its expansion U S_r stored whole
+    assert part.S_r.shape == (30, 3, 64) and part.U is not None
+    whole = HeadAwarePredictor(model, (x, y), k=64, seed=4, feature_rank=3)
+    whole.S = part.S  # the setter keeps the full (M, D, k) sketch, U = None
+    assert whole.U is None and whole.S_r.shape == (30, 8, 64)
+    for kw in (dict(momentum=0.9), dict(feature_norm="fixed", weight_decay=0.01)):
+        a, b = part.predict(**args, **kw), whole.predict(**args, **kw)
+        np.testing.assert_allclose(a.loss_curve, b.loss_curve, rtol=1e-10)
+        np.testing.assert_allclose(a.feature_shift, b.feature_shift, rtol=1e-9, atol=1e-12)
     assert HeadAwarePredictor(model, (x, y), k=64, seed=4, feature_rank=8).predict(**args).loss_curve == \
         pytest.approx(full.predict(**args).loss_curve, rel=1e-12)
     for bad in (0, 9, 2.5):

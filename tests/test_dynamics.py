@@ -205,6 +205,32 @@ def test_predict_training_time_head_aware_method():
         zk.predict_training_time(model, (x, y), method="sketch", feature_rank=2, **args)
 
 
+def test_predict_training_time_kronecker_sketch():
+    """sketch_method='kronecker' reaches both predictors and the warm start: the same call as the predictor's own,
+    a different (independent) sketch than the dense one, and a clear error for an unknown method."""
+    from zoo_kernels.calibrate import HeadAwarePredictor
+    from zoo_kernels.warmstart import predict_after_warmup
+    model, x, y = problem(n=40, d=5, C=3, seed=4)
+    args = dict(lr=0.1, batch_size=8, max_steps=12, momentum=0.9, paths=2)
+    p = zk.predict_training_time(model, (x, y), method="head-aware", k=64, sketch_method="kronecker", **args)
+    q = HeadAwarePredictor(model, (x, y), k=64, sketch_method="kronecker").predict(**args)
+    np.testing.assert_allclose(p.loss_curve, q.loss_curve, rtol=1e-12)
+    dense = zk.predict_training_time(model, (x, y), method="head-aware", k=64, **args)
+    assert not np.allclose(p.loss_curve[1:], dense.loss_curve[1:], rtol=1e-9)
+    s = zk.predict_training_time(model, (x, y), method="sketch", k=64, sketch_method="kronecker", **args)
+    t = zk.Predictor(model, (x, y), k=64, sketch_method="kronecker").predict(**args)
+    np.testing.assert_allclose(s.loss_curve, t.loss_curve, rtol=1e-12)
+    w = zk.predict_training_time(model, (x, y), method="head-aware", k=64, sketch_method="kronecker",
+                                 warmup_steps=3, **args)
+    v = predict_after_warmup(model, (x, y), k=64, warmup_steps=3, sketch_method="kronecker", **args)
+    np.testing.assert_allclose(w.loss_curve, v.loss_curve, rtol=1e-12)
+    for bad in ("gaussian", None):
+        with pytest.raises(ValueError, match="`sketch_method` must be one of"):
+            zk.predict_training_time(model, (x, y), method="head-aware", k=64, sketch_method=bad, **args)
+        with pytest.raises(ValueError, match="`sketch_method` must be one of"):
+            predict_after_warmup(model, (x, y), k=64, warmup_steps=3, sketch_method=bad, **args)
+
+
 def test_recommend_grid_and_predict_kwargs():
     model, x, y = problem(n=60, d=5, C=3, seed=1)
     pred = zk.Predictor(model, (x, y), method="exact")

@@ -32,7 +32,7 @@ from torch import nn
 
 from .dynamics import (SGD, _accuracy, _loss_and_grad, check_divergence_mode, coarsen, expand_curve, expand_curves,
                        mark_divergence, path_batches)
-from .predict import Prediction, Predictor, _load_data, _outputs, subset_batch_size
+from .predict import Prediction, Predictor, _load_data, _outputs, check_sketch_method, subset_batch_size
 from .sketch import sketch_jacobian
 
 __all__ = ["HeadAwarePredictor", "calibrate_time", "fit_time_scale", "rescale_curve", "calibration_cost"]
@@ -93,6 +93,7 @@ class HeadAwarePredictor(Predictor):
     def __init__(self, model, data, *, loss="ce", k=512, subset=None, seed=0, sketch_method="dense",
                  eval_batch_size=32, head=None, feature_rank=None, progress=False):
         start = time.perf_counter()
+        check_sketch_method(sketch_method)
         _load_data(self, model, data, loss, subset, seed)
         head_name = head or _last_linear(model)
         lin = model.get_submodule(head_name)
@@ -123,16 +124,28 @@ class HeadAwarePredictor(Predictor):
                 proj.weight.requires_grad_(False)
                 S = sketch_jacobian(nn.Sequential(fm, proj), self.x, k, method=sketch_method, seed=seed,
                                     batch_size=eval_batch_size, progress=progress)  # (M, r, k)
-                S = torch.einsum("dr,nrk->ndk", U.to(S.dtype), S.cpu())
+                self.S_r, self.U = S.cpu().contiguous(), U  # the sketch is U S_r: kept factored (r/D the work)
             else:
-                S = sketch_jacobian(fm, self.x, k, method=sketch_method, seed=seed, batch_size=eval_batch_size,
-                                    progress=progress)  # (M, D, k)
-            self.S = S.cpu().contiguous()  # (M, D, k), the model's dtype
+                self.S = sketch_jacobian(fm, self.x, k, method=sketch_method, seed=seed, batch_size=eval_batch_size,
+                                         progress=progress)  # (M, D, k)
         else:  # a frozen backbone: only the head trains (a linear probe)
             self.S = None
         self.method, self.k = "head-aware", k
         self.setup_seconds = time.perf_counter() - start
         self._step_seconds = {}
+
+    @property
+    def S(self):
+        """The feature-Jacobian sketch (M, D, k) in the model's dtype (None for a frozen backbone). With
+        feature_rank r < D it is stored factored, U (D, r) times S_r (M, r, k), and expanded here on demand."""
+        if self.U is None or self.S_r is None:
+            return self.S_r
+        return torch.einsum("dr,nrk->ndk", self.U.to(self.S_r.dtype), self.S_r)
+
+    @S.setter
+    def S(self, value):  # a full (M, D, k) sketch (or None)
+        self.S_r = None if value is None else value.cpu().contiguous()
+        self.U = None
 
     def _simulate(self, sgd, max_steps, paths, seed, sampling, on_divergence="raise", eval_every=1,
                   feature_norm="linear", velocity=None):
@@ -152,7 +165,8 @@ class HeadAwarePredictor(Predictor):
         losses, accs, shift = np.full(shape, np.nan), np.full(shape, np.nan), np.full(shape, np.nan)
         spread = float((self.phi0 - self.phi0.mean(0)).square().sum().sqrt()) or 1.0
         m, d, wd = sgd.momentum, sgd.dampening, sgd.weight_decay
-        S = self.S
+        S, U = self.S_r, self.U  # the sketch is S (M, D, k), or U (D, r) times S (M, r, k)
+        r = D if S is None else S.shape[1]
         if feature_norm not in ("linear", "fixed"):
             raise ValueError(f"`feature_norm` must be 'linear' or 'fixed', got {feature_norm!r}")
         r0 = self.phi0.norm(dim=1).clamp_min(1e-12) if feature_norm == "fixed" and S is not None else None
@@ -162,6 +176,9 @@ class HeadAwarePredictor(Predictor):
                 return zz, None
             sc = rr / zz.norm(dim=-1).clamp_min(1e-12)
             return zz * sc[..., None], sc
+        def up(dz):  # feature displacement (…, r) -> (…, D)
+            return dz if U is None else dz @ U.T
+
         W, b = self.W0.expand(P, C, D).clone(), self.b0.expand(P, C).clone()
         theta = torch.zeros(P, S.shape[-1] if S is not None else 0, dtype=torch.float64)
         dead = np.full(P, -1)  # the step after which a path diverged (-1: alive)
@@ -171,7 +188,7 @@ class HeadAwarePredictor(Predictor):
             full = t % eval_every == 0 or t == max_steps
             if full:  # the whole training set: φ = φ_0 + S θ for all samples (one product for all paths)
                 z = self.phi0.expand(P, N, D) if S is None else \
-                    self.phi0 + (S.view(N * D, -1) @ theta.T.to(S.dtype)).T.reshape(P, N, D).double()
+                    self.phi0 + up((S.view(N * r, -1) @ theta.T.to(S.dtype)).T.reshape(P, N, r).double())
                 phi, scale = sphere(z, r0)
                 f = torch.einsum("pnd,pcd->pnc", phi, W) + b[:, None]
                 ell, grad = _loss_and_grad(f, y, onehot, self.loss)
@@ -192,7 +209,7 @@ class HeadAwarePredictor(Predictor):
             else:  # only the batch's features and outputs
                 zb = self.phi0[bidx]
                 if S is not None:
-                    zb = zb + torch.stack([Sb[q] @ theta[q].to(S.dtype) for q in range(P)]).double()
+                    zb = zb + up(torch.stack([Sb[q] @ theta[q].to(S.dtype) for q in range(P)]).double())
                 phib, scb = sphere(zb, None if r0 is None else r0[bidx])
                 G = _loss_and_grad(torch.einsum("pbd,pcd->pbc", phib, W) + b[:, None], y[bidx], onehot[bidx],
                                    self.loss)[1] / B
@@ -207,7 +224,7 @@ class HeadAwarePredictor(Predictor):
                 if scb is not None:  # back through φ = r0 z/‖z‖: (r0/‖z‖)(I − ẑẑᵀ)
                     zh = zb * (scb / r0[bidx])[..., None]
                     v = scb[..., None] * (v - zh * (zh * v).sum(-1, keepdim=True))
-                v = v.to(S.dtype)
+                v = (v if U is None else v @ U).to(S.dtype)  # (P, B, r)
                 gth = torch.stack([torch.einsum("bdk,bd->k", Sb[q], v[q]) for q in range(P)]).double()
                 if wd:  # toward w0: wd (φ − φ_0) = S (wd θ)
                     gth = gth + wd * theta
@@ -256,7 +273,7 @@ class HeadAwarePredictor(Predictor):
         if not isinstance(eval_every, int) or eval_every < 1:
             raise ValueError(f"`eval_every` must be a positive int, got {eval_every!r}")
         if velocity is not None:
-            want = (tuple(self.W0.shape), tuple(self.b0.shape), (0 if self.S is None else self.S.shape[-1],))
+            want = (tuple(self.W0.shape), tuple(self.b0.shape), (0 if self.S_r is None else self.S_r.shape[-1],))
             got = tuple(tuple(v.shape) for v in velocity) if len(velocity) == 3 else None
             if got != want or stride != 1 or not all(torch.isfinite(v).all() for v in velocity):
                 raise ValueError(f"`velocity` must be 3 finite tensors of shapes {want} (head weight, head bias, "

@@ -20,7 +20,7 @@ import torch
 from . import ops
 from .calibrate import HeadAwarePredictor, _last_linear
 from .dynamics import _accuracy, _batch_stream, _loss_and_grad
-from .predict import Prediction, _load_data, _outputs
+from .predict import Prediction, _load_data, _outputs, check_sketch_method
 
 __all__ = ["predict_after_warmup", "sketch_velocity"]
 
@@ -64,7 +64,7 @@ def _real_loss(out, y, loss):
 def predict_after_warmup(model, data, *, lr, batch_size, max_steps, warmup_steps, momentum=0.0, dampening=0.0,
                          nesterov=False, weight_decay=0.0, loss="ce", subset=None, k=512, seed=0,
                          feature_norm="linear", feature_rank=None, paths=4, sampling="epoch", eval_every=1,
-                         on_divergence="raise", eval_batch_size=32, progress=False):
+                         on_divergence="raise", eval_batch_size=32, sketch_method="dense", progress=False):
     """Prediction of `max_steps` SGD steps whose first `warmup_steps` are run for real (see the module doc).
 
     The arguments are HeadAwarePredictor's and its predict()'s; warmup_steps = 0 is the plain head-aware
@@ -76,6 +76,7 @@ def predict_after_warmup(model, data, *, lr, batch_size, max_steps, warmup_steps
         raise ValueError(f"`max_steps` must be an int > warmup_steps ({warmup_steps}), got {max_steps!r}")
     if not (isinstance(lr, (int, float)) and lr > 0):
         raise ValueError(f"`lr` must be a positive number, got {lr!r}")
+    check_sketch_method(sketch_method)
     start = time.perf_counter()
     K = warmup_steps
     checked = types.SimpleNamespace()  # the predictors' checks of model, data, loss, subset; the subset itself
@@ -107,7 +108,7 @@ def predict_after_warmup(model, data, *, lr, batch_size, max_steps, warmup_steps
             opt.step()
             step_times.append(time.perf_counter() - t0)
     pred = HeadAwarePredictor(warm, (x, y), loss=loss, k=k, subset=subset, seed=seed, eval_batch_size=eval_batch_size,
-                              feature_rank=feature_rank, progress=progress)
+                              feature_rank=feature_rank, sketch_method=sketch_method, progress=progress)
     velocity = sketch_velocity(warm, opt, k, seed) if opt is not None and momentum else None
     q = pred.predict(lr=lr, batch_size=batch_size, max_steps=max_steps - K, momentum=momentum, dampening=dampening,
                      nesterov=nesterov, weight_decay=weight_decay, paths=paths, seed=seed, sampling=sampling,
