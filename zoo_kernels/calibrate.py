@@ -164,7 +164,7 @@ class HeadAwarePredictor(Predictor):
         shape = (P, max_steps + 1)
         losses, accs, shift = np.full(shape, np.nan), np.full(shape, np.nan), np.full(shape, np.nan)
         spread = float((self.phi0 - self.phi0.mean(0)).square().sum().sqrt()) or 1.0
-        m, d, wd = sgd.momentum, sgd.dampening, sgd.weight_decay
+        wd = sgd.weight_decay
         S, U = self.S_r, self.U  # the sketch is S (M, D, k), or U (D, r) times S (M, r, k)
         r = D if S is None else S.shape[1]
         if feature_norm not in ("linear", "fixed"):
@@ -230,12 +230,8 @@ class HeadAwarePredictor(Predictor):
                     gth = gth + wd * theta
             else:
                 gth = theta
-            g = (gW, gb, gth)
-            if buf is None or m == 0:
-                buf = tuple(v.clone() for v in g)
-            else:
-                buf = tuple(m * v + (1 - d) * gi for v, gi in zip(buf, g))
-            step = tuple(gi + m * v for gi, v in zip(g, buf)) if sgd.nesterov else buf
+            moved = [sgd.direction(bi, gi) for bi, gi in zip(buf or (None,) * 3, (gW, gb, gth))]
+            buf, step = tuple(u for u, _ in moved), tuple(v for _, v in moved)
             eta = sgd.lr_at(t, max_steps)
             W, b, theta = W - eta * step[0], b - eta * step[1], theta - eta * step[2]
             finite = (torch.isfinite(W).flatten(1).all(1) & torch.isfinite(theta).all(1)).numpy()

@@ -69,6 +69,12 @@ class SGD:
             raise ValueError(f"`schedule` must be one of {SCHEDULES} or a callable step -> lr, got {self.schedule!r}")
         return self
 
+    def direction(self, buf, g):
+        """torch.optim.SGD's momentum update: (new buffer, step direction) for the gradient g (buf None: no buffer
+        yet; without momentum torch keeps none)."""
+        buf = g.clone() if buf is None or self.momentum == 0 else self.momentum * buf + (1 - self.dampening) * g
+        return buf, (g + self.momentum * buf if self.nesterov else buf)
+
     def lr_at(self, t, max_steps):
         if callable(self.schedule):
             return float(self.schedule(t))
@@ -199,8 +205,8 @@ def path_batches(N, B, sampling, seed, paths, steps):
     return [[next(s) for _ in range(steps)] for s in streams]
 
 
-def simulate_sgd(op, f0, labels, loss, sgd, max_steps, paths=4, seed=0, targets=None, device=None,
-                 sampling="epoch", on_divergence="raise"):
+def simulate_sgd(op, f0, labels, loss, sgd, max_steps, paths=4, seed=0, targets=None, sampling="epoch",
+                 on_divergence="raise"):
     """Expected full-training-set loss and accuracy after 0..max_steps SGD steps of the linearized model.
 
     op: KernelOperator; f0 (N, C) initial outputs; labels (N,) int classes (targets: optional float (N, C) for
@@ -234,11 +240,7 @@ def simulate_sgd(op, f0, labels, loss, sgd, max_steps, paths=4, seed=0, targets=
         g = op.apply_batches(rows, gb).view(P, N, C) / B
         if sgd.weight_decay:
             g = g + sgd.weight_decay * (f - f0)
-        if phi is None or sgd.momentum == 0:  # torch.optim.SGD keeps no buffer without momentum
-            phi = g.clone()
-        else:
-            phi = sgd.momentum * phi + (1 - sgd.dampening) * g
-        step = g + sgd.momentum * phi if sgd.nesterov else phi
+        phi, step = sgd.direction(phi, g)
         f = f - sgd.lr_at(t, max_steps) * step
         if mark_divergence(dead, torch.isfinite(f).flatten(1).all(1).numpy(), t, on_divergence,
                            f"the linearized dynamics diverged at step {t}: the learning rate "
