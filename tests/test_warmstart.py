@@ -102,6 +102,24 @@ def test_warmup_with_a_trained_backbone_tracks_the_network():
     assert ref[-1] < 0.8 * ref[K]  # the predicted part covers real progress
 
 
+def test_warmup_eval_every_spaces_the_measurements():
+    """eval_every=E: the warm-up measures the subset every E real steps (the steps themselves are unchanged) and
+    interpolates log-linearly in between, up to the prediction's first point at w_K."""
+    model, x, y = bilinear_problem(n=30)
+    kw = dict(lr=0.05, batch_size=6, max_steps=30, warmup_steps=7, paths=1, seed=1, sampling="stream", k=64,
+              momentum=0.9)
+    every = predict_after_warmup(model, (x, y), **kw)
+    sparse = predict_after_warmup(model, (x, y), eval_every=3, **kw)
+    L, S = every.loss_curve, sparse.loss_curve
+    np.testing.assert_allclose(S[[0, 3, 6]], L[[0, 3, 6]], rtol=1e-12)  # measured: the same real steps
+    assert S[7] == pytest.approx(L[7], rel=1e-12)  # w_K: the same linearization point
+    # between measurements: log-linear in the measured values (steps 0, 3, 6 and the prediction's 7)
+    want = np.exp(np.interp(np.arange(7), [0, 3, 6, 7], np.log(L[[0, 3, 6, 7]])))
+    np.testing.assert_allclose(S[:7], want, rtol=1e-12)
+    assert not np.allclose(S[1:3], L[1:3], rtol=1e-9)  # interpolated, not measured
+    assert np.all((S[1:3] - L[0]) * (S[1:3] - L[3]) <= 0)  # between its measured neighbours
+
+
 @pytest.mark.parametrize("kwargs, match", [
     (dict(warmup_steps=-1), "`warmup_steps`"), (dict(warmup_steps=2.5), "`warmup_steps`"),
     (dict(warmup_steps=10), "`max_steps`"), (dict(warmup_steps=2, lr=0.0), "`lr`"),

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from .dynamics import (SGD, _accuracy, _loss_and_grad, check_divergence_mode, coarsen, expand_curve, expand_curves,
-                       mark_divergence, path_batches)
+                       interpolate_loss, mark_divergence, path_batches)
 from .predict import Prediction, Predictor, _load_data, _outputs, check_sketch_method, subset_batch_size
 from .sketch import sketch_jacobian
 
@@ -245,9 +245,7 @@ class HeadAwarePredictor(Predictor):
             keep = ev[ev <= last]
             tt = np.arange(last + 1)
             if len(keep) < len(tt):
-                pos = losses[q, keep] > 0
-                losses[q, :last + 1] = (np.exp(np.interp(tt, keep, np.log(losses[q, keep]))) if pos.all()
-                                        else np.interp(tt, keep, losses[q, keep]))
+                losses[q, :last + 1] = interpolate_loss(keep, losses[q, keep], tt)
                 accs[q, :last + 1] = np.interp(tt, keep, accs[q, keep])
                 shift[q, :last + 1] = np.interp(tt, keep, shift[q, keep])
             losses[q, last + 1:], accs[q, last + 1:], shift[q, last + 1:] = np.nan, np.nan, np.nan

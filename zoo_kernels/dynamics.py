@@ -205,6 +205,15 @@ def path_batches(N, B, sampling, seed, paths, steps):
     return [[next(s) for _ in range(steps)] for s in streams]
 
 
+def interpolate_loss(ts, values, steps):
+    """Losses measured at the increasing steps `ts`, interpolated at `steps`: log-linear where all are positive
+    (losses decay roughly exponentially), else linear."""
+    values = np.asarray(values, dtype=np.float64)
+    if (values > 0).all():
+        return np.exp(np.interp(steps, ts, np.log(values)))
+    return np.interp(steps, ts, values)
+
+
 def simulate_sgd(op, f0, labels, loss, sgd, max_steps, paths=4, seed=0, targets=None, sampling="epoch",
                  on_divergence="raise"):
     """Expected full-training-set loss and accuracy after 0..max_steps SGD steps of the linearized model.

@@ -19,7 +19,7 @@ import torch
 
 from . import ops
 from .calibrate import HeadAwarePredictor, _last_linear
-from .dynamics import _accuracy, _batch_stream, _loss_and_grad
+from .dynamics import _accuracy, _batch_stream, _loss_and_grad, interpolate_loss
 from .predict import Prediction, _load_data, _outputs, check_sketch_method
 
 __all__ = ["predict_after_warmup", "sketch_velocity"]
@@ -69,7 +69,8 @@ def predict_after_warmup(model, data, *, lr, batch_size, max_steps, warmup_steps
 
     The arguments are HeadAwarePredictor's and its predict()'s; warmup_steps = 0 is the plain head-aware
     prediction. `model` is not modified. Prediction.warmup_steps = K; its step_seconds is the median measured
-    warm-up step (K ≥ 3), and its feature_shift is NaN over the warm-up (it is relative to the features at w_K)."""
+    warm-up step (K ≥ 3), and its feature_shift is NaN over the warm-up (it is relative to the features at w_K).
+    eval_every=E also spaces the warm-up's subset evaluations (every E real steps, interpolated as in predict())."""
     if not isinstance(warmup_steps, int) or isinstance(warmup_steps, bool) or warmup_steps < 0:
         raise ValueError(f"`warmup_steps` must be an int >= 0, got {warmup_steps!r}")
     if not isinstance(max_steps, int) or max_steps <= warmup_steps:
@@ -85,7 +86,7 @@ def predict_after_warmup(model, data, *, lr, batch_size, max_steps, warmup_steps
     if not isinstance(batch_size, int) or not 1 <= batch_size <= N:
         raise ValueError(f"`batch_size` must be an int in [1, {N}] (the number of samples), got {batch_size!r}")
     warm = copy.deepcopy(model)
-    losses, accs, step_times, opt = [], [], [], None
+    evals, losses, accs, step_times, opt = [], [], [], [], None  # subset loss/accuracy at the steps `evals`
     if K:
         sx, sy = checked.x, checked.y
         dev = next(warm.parameters()).device
@@ -94,8 +95,9 @@ def predict_after_warmup(model, data, *, lr, batch_size, max_steps, warmup_steps
         batches = _batch_stream(N, batch_size, sampling, torch.Generator().manual_seed(seed + 1))
         warm.train()
         for t in range(K):
-            ell, acc = _subset_eval(warm, sx, sy, loss, eval_batch_size)
-            losses.append(ell), accs.append(acc)
+            if t % eval_every == 0:  # as in the prediction: every eval_every steps, interpolated in between
+                ell, acc = _subset_eval(warm, sx, sy, loss, eval_batch_size)
+                evals.append(t), losses.append(ell), accs.append(acc)
             b = next(batches)
             t0 = time.perf_counter()
             out = warm(x[b].to(dev))
@@ -116,7 +118,9 @@ def predict_after_warmup(model, data, *, lr, batch_size, max_steps, warmup_steps
                      measure_time=K < 3, velocity=velocity)
     if not K:
         return q
-    losses, accs = np.asarray(losses, dtype=np.float64), np.asarray(accs, dtype=np.float64)
+    tt, evals = np.arange(K), evals + [K]  # the prediction's first point is the subset at w_K
+    losses = interpolate_loss(evals, losses + [q.loss_curve[0]], tt)
+    accs = np.interp(tt, evals, accs + [q.accuracy_curve[0]])
     per_path = (None if q.path_losses is None else
                 np.concatenate([np.broadcast_to(losses, (q.path_losses.shape[0], K)), q.path_losses], 1))
     shift = None if q.feature_shift is None else np.concatenate([np.full(K, np.nan), q.feature_shift])
