@@ -50,7 +50,7 @@ def test_predict_time_json(capsys, method, k):
             assert t["epochs"] == pytest.approx(t["steps"] * 8 / 16)
 
 
-@pytest.mark.parametrize("warmup", ["0", "2"])
+@pytest.mark.parametrize("warmup", ["0", "3"])  # multiples of --eval-every 3: [::3] is measured
 def test_predict_time_sketch_method(capsys, warmup):
     args = PRED + ["--method", "head-aware", "--k", "32", "--lr", "0.01", "--batch-size", "8", "--curves",
                    "--warmup-steps", warmup]
@@ -61,6 +61,10 @@ def test_predict_time_sketch_method(capsys, warmup):
     assert kron["loss_curve"][1:] != dense["loss_curve"][1:]
     rc, _, err = run(capsys, args + ["--sketch-method", "gaussian"])
     assert rc == 2 and "--sketch-method" in err
+    sparse = run_json(capsys, args + ["--eval-every", "3"])
+    assert sparse["loss_curve"][::3] == pytest.approx(dense["loss_curve"][::3], rel=1e-9)  # measured points
+    rc, _, err = run(capsys, args + ["--eval-every", "0"])
+    assert rc == 2 and "eval_every" in err
 
 
 def test_predict_time_feature_rank(capsys):

@@ -221,9 +221,14 @@ def test_predict_training_time_kronecker_sketch():
     t = zk.Predictor(model, (x, y), k=64, sketch_method="kronecker").predict(**args)
     np.testing.assert_allclose(s.loss_curve, t.loss_curve, rtol=1e-12)
     w = zk.predict_training_time(model, (x, y), method="head-aware", k=64, sketch_method="kronecker",
-                                 warmup_steps=3, **args)
-    v = predict_after_warmup(model, (x, y), k=64, warmup_steps=3, sketch_method="kronecker", **args)
+                                 warmup_steps=3, eval_every=2, **args)
+    v = predict_after_warmup(model, (x, y), k=64, warmup_steps=3, sketch_method="kronecker", eval_every=2, **args)
     np.testing.assert_allclose(w.loss_curve, v.loss_curve, rtol=1e-12)
+    e = zk.predict_training_time(model, (x, y), method="head-aware", k=64, eval_every=4, **args)
+    f = HeadAwarePredictor(model, (x, y), k=64).predict(eval_every=4, **args)
+    np.testing.assert_allclose(e.loss_curve, f.loss_curve, rtol=1e-12)
+    with pytest.raises(ValueError, match="apply to method='head-aware' only"):
+        zk.predict_training_time(model, (x, y), method="sketch", eval_every=4, **args)
     for bad in ("gaussian", None):
         with pytest.raises(ValueError, match="`sketch_method` must be one of"):
             zk.predict_training_time(model, (x, y), method="head-aware", k=64, sketch_method=bad, **args)

@@ -122,7 +122,7 @@ def test_warmup_eval_every_spaces_the_measurements():
 
 @pytest.mark.parametrize("kwargs, match", [
     (dict(warmup_steps=-1), "`warmup_steps`"), (dict(warmup_steps=2.5), "`warmup_steps`"),
-    (dict(warmup_steps=10), "`max_steps`"), (dict(warmup_steps=2, lr=0.0), "`lr`"),
+    (dict(warmup_steps=2, eval_every=0), "`eval_every`"), (dict(warmup_steps=10), "`max_steps`"), (dict(warmup_steps=2, lr=0.0), "`lr`"),
     (dict(warmup_steps=2, batch_size=99), "`batch_size`")])
 def test_bad_arguments(kwargs, match):
     model, x, y = bilinear_problem()

@@ -359,7 +359,7 @@ def _sgd_kwargs(args, lr=None, batch_size=None):
 
 def _head_kwargs(args):
     """predict() options that only the head-aware predictor takes."""
-    return {"feature_norm": args.feature_norm} if args.method == "head-aware" else {}
+    return {"feature_norm": args.feature_norm, "eval_every": args.eval_every} if args.method == "head-aware" else {}
 
 
 def _check_predict_args(args, n):
@@ -429,8 +429,8 @@ def cmd_predict(args):
     if args.verify and (args.nesterov or args.dampening or args.schedule != "constant" or args.loss != "ce"):
         raise InputError("--verify runs the MiniZoo recipe: constant lr, plain momentum, cross-entropy")
     model.eval()
-    if args.method != "head-aware" and (args.warmup_steps or args.feature_norm != "linear"):
-        raise InputError("--warmup-steps and --feature-norm apply to --method head-aware only")
+    if args.method != "head-aware" and (args.warmup_steps or args.feature_norm != "linear" or args.eval_every != 1):
+        raise InputError("--warmup-steps, --feature-norm and --eval-every apply to --method head-aware only")
     if args.warmup_steps and (args.recommend or args.schedule != "constant"):
         raise InputError("--warmup-steps runs real steps for one setting: not with --recommend or a schedule")
     try:
@@ -456,7 +456,8 @@ def cmd_predict(args):
             p = predict_after_warmup(model, (x, y), max_steps=args.max_steps, warmup_steps=args.warmup_steps,
                                      paths=args.paths, k=args.k or 512, subset=args.subset, seed=args.seed,
                                      loss=args.loss, feature_norm=args.feature_norm, feature_rank=args.feature_rank,
-                                     sketch_method=args.sketch_method, progress=not args.no_progress,
+                                     sketch_method=args.sketch_method, eval_every=args.eval_every,
+                                     progress=not args.no_progress,
                                      **{k: v for k, v in kw.items() if k != "schedule"})
         else:
             p = pred.predict(max_steps=args.max_steps, paths=args.paths, measure_time=not args.no_step_time,
@@ -682,6 +683,8 @@ def build_parser():
     p.add_argument("--feature-rank", type=int, default=None,
                    help="head-aware: move the features only in their top-r energy directions (r backward passes "
                         "per sample instead of the feature width; default: all)")
+    p.add_argument("--eval-every", type=int, default=1,
+                   help="head-aware: compute the full-set curves every E steps, interpolated in between (faster)")
     p.add_argument("--sketch-method", choices=("dense", "kronecker"), default="dense",
                    help="Jacobian sketch: dense (exact JL; default) or kronecker (3-4x cheaper setup, same k)")
     p.add_argument("--feature-norm", choices=("linear", "fixed"), default="linear",

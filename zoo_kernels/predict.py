@@ -323,7 +323,7 @@ class Predictor:
 def predict_training_time(model, data, *, lr, batch_size, max_steps, momentum=0.0, weight_decay=0.0, loss="ce",
                           seed=0, subset=None, k=None, method="sketch", dampening=0.0, nesterov=False,
                           schedule="constant", paths=4, progress=False, feature_rank=None, feature_norm="linear",
-                          warmup_steps=0, sketch_method="dense", **schedule_kwargs):
+                          warmup_steps=0, sketch_method="dense", eval_every=1, **schedule_kwargs):
     """Expected training loss/accuracy curves of SGD fine-tuning, predicted from the linearized model.
 
     data: (inputs, labels) tensors or a torch Dataset. Returns a Prediction: loss_curve and accuracy_curve
@@ -337,12 +337,13 @@ def predict_training_time(model, data, *, lr, batch_size, max_steps, momentum=0.
     feature_norm="fixed" keeps each sample's feature norm, as normalized networks do; warmup_steps=K runs the
     first K steps for real and linearizes at w_K: zoo_kernels.warmstart.predict_after_warmup, constant schedule).
     sketch_method: the Jacobian sketch of method "sketch" and "head-aware", "dense" (exact JL) or "kronecker"
-    (3-4× cheaper to set up, same width k; see sketch_jacobian).
+    (3-4× cheaper to set up, same width k; see sketch_jacobian). eval_every=E (head-aware): the full-set curves
+    are computed every E steps and interpolated in between (HeadAwarePredictor.predict); the dynamics stay exact.
     """
     if method not in ("sketch", "exact", "head-aware"):
         raise ValueError(f"`method` must be 'sketch', 'exact' or 'head-aware', got {method!r}")
-    if method != "head-aware" and (warmup_steps or feature_norm != "linear"):
-        raise ValueError("`warmup_steps` and `feature_norm` apply to method='head-aware' only")
+    if method != "head-aware" and (warmup_steps or feature_norm != "linear" or eval_every != 1):
+        raise ValueError("`warmup_steps`, `feature_norm` and `eval_every` apply to method='head-aware' only")
     if warmup_steps:
         if schedule != "constant":
             raise ValueError("`warmup_steps` supports the constant schedule only")
@@ -352,7 +353,7 @@ def predict_training_time(model, data, *, lr, batch_size, max_steps, momentum=0.
                                     nesterov=nesterov, weight_decay=weight_decay, loss=loss, subset=subset,
                                     k=512 if k is None else k, seed=seed, feature_norm=feature_norm,
                                     feature_rank=feature_rank, paths=paths, sketch_method=sketch_method,
-                                    progress=progress)
+                                    eval_every=eval_every, progress=progress)
     if method == "head-aware":
         from .calibrate import HeadAwarePredictor  # noqa: PLC0415 (calibrate imports this module)
         pred = HeadAwarePredictor(model, data, loss=loss, k=512 if k is None else k, subset=subset, seed=seed,
@@ -362,7 +363,7 @@ def predict_training_time(model, data, *, lr, batch_size, max_steps, momentum=0.
             raise ValueError("`feature_rank` applies to method='head-aware' only")
         pred = Predictor(model, data, loss=loss, k=1024 if k is None else k, method=method, subset=subset,
                          seed=seed, sketch_method=sketch_method, progress=progress)
-    extra = {"feature_norm": feature_norm} if method == "head-aware" else {}
+    extra = {"feature_norm": feature_norm, "eval_every": eval_every} if method == "head-aware" else {}
     return pred.predict(lr=lr, batch_size=batch_size, max_steps=max_steps, momentum=momentum,
                         weight_decay=weight_decay, dampening=dampening, nesterov=nesterov, schedule=schedule,
                         paths=paths, **extra, **schedule_kwargs)

@@ -78,6 +78,8 @@ def predict_after_warmup(model, data, *, lr, batch_size, max_steps, warmup_steps
     if not (isinstance(lr, (int, float)) and lr > 0):
         raise ValueError(f"`lr` must be a positive number, got {lr!r}")
     check_sketch_method(sketch_method)
+    if not isinstance(eval_every, int) or isinstance(eval_every, bool) or eval_every < 1:
+        raise ValueError(f"`eval_every` must be a positive int, got {eval_every!r}")
     start = time.perf_counter()
     K = warmup_steps
     checked = types.SimpleNamespace()  # the predictors' checks of model, data, loss, subset; the subset itself
