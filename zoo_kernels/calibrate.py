@@ -176,6 +176,7 @@ class HeadAwarePredictor(Predictor):
                 return zz, None
             sc = rr / zz.norm(dim=-1).clamp_min(1e-12)
             return zz * sc[..., None], sc
+
         def up(dz):  # feature displacement (…, r) -> (…, D)
             return dz if U is None else dz @ U.T
 
