@@ -410,6 +410,36 @@ def shift_rows(records, name="head-aware", edges=(0.25, 0.5, 1.0, 2.0)):
     return rows, rho
 
 
+def subset_vs_full(sub_records, full_records):
+    """Markdown rows: per method, |T_M − T_N| / T_N of the predicted steps to each target, over the targets both
+    predictions reach (and how many only one reaches), for two runs of the same pairs and settings that differ
+    only in the subset (--subset-div 20 against --subset-div 1). As in the summary, a warm start's targets count
+    only where the real run reaches them after its K real steps."""
+    key = lambda r: (r["model"], r["task"], r["lr"], r["batch"], r["momentum"])  # noqa: E731
+    full = {key(r): r for r in full_records}
+    out = ["| method | pairs | median | p90 | within 20 % | reached by one only |", "|---|---|---|---|---|---|"]
+    names = sorted({n for r in sub_records for n in r["methods"]})
+    for name in names:
+        errs, one_only = [], 0
+        for r in sub_records:
+            f = full.get(key(r))
+            if f is None or name not in f["methods"] or name not in r["methods"]:
+                continue
+            K = int(name.split("+warm")[1]) if "+warm" in name else 0
+            for tgt, t_sub in r["methods"][name]["T"].items():
+                if r["real"].get(tgt) is None or r["real"][tgt] <= K:
+                    continue
+                t_full = f["methods"][name]["T"].get(tgt)
+                if (t_sub is None) != (t_full is None):
+                    one_only += 1
+                elif t_sub is not None and t_full > 0:
+                    errs.append(abs(t_sub - t_full) / t_full)
+        if errs:
+            out.append(f"| {name} | {len(errs)} | {np.median(errs):.3f} | {p90(errs):.3f} | "
+                       f"{np.mean(np.asarray(errs) <= 0.2):.2f} | {one_only} |")
+    return "\n".join(out)
+
+
 def markdown(records, rows, meta):
     keys = list(records[0]["real"])
     names = [r["method"] for r in rows]
@@ -526,8 +556,14 @@ def main(argv=None):
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--cache", default=".benchmarks/predict_long_real", help="real runs stored here ('' = none)")
     ap.add_argument("--tag", default="")
+    ap.add_argument("--compare-subset", nargs=2, metavar=("SUBSET_JSON", "FULL_JSON"),
+                    help="print the subset predictions' step errors against full-data predictions of the same runs")
     ap.add_argument("--rescore", metavar="JSON", help="rebuild the summary, tables and plot of a saved result (no run)")
     args = ap.parse_args(argv)
+    if args.compare_subset:
+        sub, full = (json.load(open(f))["records"] for f in args.compare_subset)
+        print(subset_vs_full(sub, full))
+        return
     if args.rescore:
         with open(args.rescore) as fh:
             saved = json.load(fh)
