@@ -125,7 +125,7 @@ def targets(ts, loss, acc, accuracy):
 def run_pair(model_name, task, settings, args, log):
     C, x, y = task_data(task, args.per_class)
     N = len(x)
-    M = N // args.subset_div
+    M = min(N, max(N // args.subset_div, args.min_per_class * C))
     model = zoo.load_model(model_name, num_classes=C, seed=0)
     preds = {} if args.warm_only else {
         "linear-sketch": Predictor(model, (x, y), method="sketch", k=args.k, subset=M, seed=0),
@@ -544,6 +544,8 @@ def main(argv=None):
                     help="also predict after K real steps (zoo_kernels.warmstart.predict_after_warmup), per K")
     ap.add_argument("--warm-rank", type=int, help="feature_rank of the --warmup predictions (default: all)")
     ap.add_argument("--eval-every", type=int, default=1, help="eval_every of the --warmup predictions")
+    ap.add_argument("--min-per-class", type=int, default=0,
+                    help="subset M = max(N / subset-div, this × the number of classes)")
     ap.add_argument("--warm-sketch", choices=("dense", "kronecker"), default="dense",
                     help="sketch_method of the --warmup predictions")
     ap.add_argument("--warm-only", action="store_true", help="only the --warmup predictions")
