@@ -67,6 +67,14 @@ def test_predict_time_sketch_method(capsys, warmup):
     assert rc == 2 and "eval_every" in err
 
 
+def test_predict_time_auto_subset(capsys):
+    obj = run_json(capsys, PRED + ["--k", "32", "--lr", "0.01", "--batch-size", "4", "--subset", "auto",
+                                   "--warmup-steps", "2"])
+    assert obj["subset"] == 16  # 20 per class of 8 classes is more than the 16 samples: all of them
+    rc, _, err = run(capsys, PRED + ["--lr", "0.01", "--batch-size", "4", "--subset", "most"])
+    assert rc == 2 and "--subset" in err and "'auto' or an int" in err
+
+
 def test_predict_time_feature_rank(capsys):
     obj = run_json(capsys, PRED + ["--method", "head-aware", "--k", "32", "--feature-rank", "4", "--lr", "0.01",
                                    "--batch-size", "8", "--target", "fraction=0.9"])
@@ -158,7 +166,7 @@ def test_predict_time_user_checkpoint_and_data(capsys, tmp_path):
     (["--lr", "0.1", "--batch-size", "4", "--target", "fraction=2"], "fraction must be in"),
     (["--lr", "0.1", "--batch-size", "4", "--target", "speed=3"], "KIND=VALUE"),
     (["--lr", "0.1", "--batch-size", "4", "--momentum", "1.0"], "`momentum` must be in \\[0, 1\\)"),
-    (["--lr", "0.1", "--batch-size", "4", "--subset", "40"], "--subset must be in"),
+    (["--lr", "0.1", "--batch-size", "4", "--subset", "40"], "--subset must be .auto. or in"),
     (["--lr", "0.1", "--batch-size", "4", "--max-steps", "0"], "--max-steps must be >= 1"),
     (["--lr", "0.1", "--batch-size", "4", "--nesterov"], "`nesterov` needs momentum"),
     (["--recommend", "--lrs", "0.1", "-1"], "--lrs must all be > 0"),

@@ -205,6 +205,22 @@ def test_predict_training_time_head_aware_method():
         zk.predict_training_time(model, (x, y), method="sketch", feature_rank=2, **args)
 
 
+def test_auto_subset_rule_and_errors():
+    from zoo_kernels.calibrate import HeadAwarePredictor
+    from zoo_kernels.predict import auto_subset
+    assert auto_subset(4000, 10) == 200 and auto_subset(4004, 26) == 520 and auto_subset(100, 26) == 100
+    assert auto_subset(3, 1) == 3 and auto_subset(40, 1) == 20
+    model, x, y = problem(n=90, d=5, C=3, seed=4)
+    pred = HeadAwarePredictor(model, (x, y), k=16, subset="auto")
+    assert pred.subset == 60 and pred.n_samples == 90  # 20 per class beats N/20 = 4
+    same = HeadAwarePredictor(model, (x, y), k=16, subset=60)
+    torch.testing.assert_close(pred.x, same.x)  # the same seeded draw as an explicit M
+    assert zk.Predictor(model, (x, y), k=16, subset="auto").subset == 60
+    for bad in ("half", 1, 91, True, 2.5):
+        with pytest.raises(ValueError, match="`subset` must be None, 'auto' or an int in"):
+            zk.Predictor(model, (x, y), k=16, subset=bad)
+
+
 def test_predict_training_time_kronecker_sketch():
     """sketch_method='kronecker' reaches both predictors and the warm start: the same call as the predictor's own,
     a different (independent) sketch than the dense one, and a clear error for an unknown method."""

@@ -362,6 +362,15 @@ def _head_kwargs(args):
     return {"feature_norm": args.feature_norm, "eval_every": args.eval_every} if args.method == "head-aware" else {}
 
 
+def _subset_arg(text):
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or an int, got {text!r}") from None
+
+
 def _check_predict_args(args, n):
     for name in ("lr", "momentum", "dampening", "weight_decay"):
         v = getattr(args, name)
@@ -376,8 +385,8 @@ def _check_predict_args(args, n):
                              f"got {args.batch_size}")
     if args.max_steps < 1:
         raise InputError(f"--max-steps must be >= 1, got {args.max_steps}")
-    if args.subset is not None and not 2 <= args.subset <= n:
-        raise InputError(f"--subset must be in [2, N={n}], got {args.subset}")
+    if args.subset is not None and args.subset != "auto" and not 2 <= args.subset <= n:
+        raise InputError(f"--subset must be 'auto' or in [2, N={n}], got {args.subset}")
     if args.recommend:
         if any(v <= 0 or not math.isfinite(v) for v in args.lrs):
             raise InputError(f"--lrs must all be > 0, got {args.lrs}")
@@ -437,10 +446,14 @@ def cmd_predict(args):
         pred = None if args.warmup_steps else build_predictor(model, x, y, args)
     except ValueError as e:
         raise InputError(str(e)) from e
+    from .predict import auto_subset  # noqa: PLC0415
+
+    subset = (pred.subset if pred else auto_subset(len(x), int(y.max()) + 1) if args.subset == "auto"
+              else args.subset or len(x))
     obj = {"model": mname, "target_data": desc, "num_samples": int(len(x)), "num_classes": C,
            "method": args.method, "sketch_method": None if args.method == "exact" else args.sketch_method,
            "k": pred.k if pred else (args.k or 512),
-           "subset": pred.subset if pred else (args.subset or len(x)), "loss": args.loss,
+           "subset": subset, "loss": args.loss,
            "setup_seconds": pred.setup_seconds if pred else None, "warmup_steps": args.warmup_steps,
            "feature_norm": args.feature_norm if args.method == "head-aware" else None, "units": {
                "step": "one SGD update on one minibatch", "epoch": "N / batch_size steps (steps * B / N)",
@@ -691,7 +704,8 @@ def build_parser():
                    help="head-aware: 'fixed' keeps each sample's feature norm (as GroupNorm/ReLU features do)")
     p.add_argument("--warmup-steps", type=int, default=0,
                    help="head-aware: run the first K steps for real, then linearize at w_K (costs K real steps)")
-    p.add_argument("--subset", type=int, help="predict from M random samples (subset mode)")
+    p.add_argument("--subset", type=_subset_arg,
+                   help="predict from M random samples (subset mode); 'auto': max(N/20, 20 per class)")
     p.add_argument("--paths", type=int, default=4, help="Monte-Carlo SGD paths")
     p.add_argument("--sampling", choices=("epoch", "stream"),
                    help="minibatches: epoch (DataLoader shuffle) or stream (MiniZoo recipe; default for MiniZoo)")

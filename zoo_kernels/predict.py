@@ -127,6 +127,12 @@ def check_sketch_method(sketch_method):
         raise ValueError(f"`sketch_method` must be one of {SKETCH_METHODS}, got {sketch_method!r}")
 
 
+def auto_subset(n, num_classes):
+    """subset="auto": M = max(N/20, 20 per class), at most N. On the long-run validation (docs/PREDICT.md) N/20
+    alone over-fitted a 26-class task (8 samples per class); 20 per class did not."""
+    return min(n, max(n // 20, 20 * num_classes, 2))
+
+
 def _load_data(pred, model, data, loss, subset, seed):
     """Checks (model, data, loss, subset) and sets the data attributes shared by the predictors."""
     if not isinstance(model, torch.nn.Module):
@@ -142,9 +148,9 @@ def _load_data(pred, model, data, loss, subset, seed):
         raise ValueError("`data` labels must be integer class labels")
     pred.model, pred.loss, pred.seed = model, loss, seed
     pred.n_samples = N = len(x)
-    M = N if subset is None else subset
-    if not isinstance(M, int) or not 2 <= M <= N:
-        raise ValueError(f"`subset` must be an int in [2, {N}], got {subset!r}")
+    M = N if subset is None else auto_subset(N, int(y.max()) + 1) if subset == "auto" else subset
+    if not isinstance(M, int) or isinstance(M, bool) or not 2 <= M <= N:
+        raise ValueError(f"`subset` must be None, 'auto' or an int in [2, {N}], got {subset!r}")
     pred.subset = M
     idx = subset_indices(N, M, seed)
     pred.x, pred.y = x[idx], y[idx].long().cpu()  # labels on the CPU, where the simulations run
