@@ -165,6 +165,7 @@ class Predictor:
     subset=M: the dynamics are integrated on M random samples with the batch size that keeps the per-step
     SGD noise of the full set (1/B_M − 1/M = 1/B − 1/N); per-step rates are N-independent under the
     spectral rescaling λ_N ≈ (N/M) λ_M, so the curves estimate the full set's at M/N of the cost.
+    subset="auto": M = max(N/20, 20 per class) (auto_subset).
     In theory M samples fit the label noise (σ² per mode, zoo_kernels.spectrum) too fast, as it sits in M·C
     modes instead of N·C; `predict(subset_correction=True)` corrects the loss decrease by the linearized (MSE)
     ratio of the full set's to the subset's decrease. Measured at N = 10,000, M = N/20, k = 1024
