@@ -178,7 +178,8 @@ def run_pair(model_name, task, settings, args, log):
                 warnings.simplefilter("ignore", RuntimeWarning)
                 pr = predict_after_warmup(zoo.load_model(model_name, num_classes=C, seed=0), (x, y), lr=lr,
                                           batch_size=batch, momentum=momentum, max_steps=horizon, warmup_steps=K,
-                                          subset=M, k=args.head_k, seed=0, feature_norm=args.feature_norm,
+                                          subset=M, k=args.head_k, seed=args.pred_seed,
+                                          feature_norm=args.feature_norm,
                                           paths=args.paths, sampling="stream", on_divergence="truncate",
                                           feature_rank=args.warm_rank, eval_every=args.eval_every,
                                           sketch_method=args.warm_sketch)
@@ -544,6 +545,8 @@ def main(argv=None):
                     help="also predict after K real steps (zoo_kernels.warmstart.predict_after_warmup), per K")
     ap.add_argument("--warm-rank", type=int, help="feature_rank of the --warmup predictions (default: all)")
     ap.add_argument("--eval-every", type=int, default=1, help="eval_every of the --warmup predictions")
+    ap.add_argument("--pred-seed", type=int, default=0,
+                    help="seed of the --warmup predictions (subset, sketch, warm-up and path minibatches)")
     ap.add_argument("--min-per-class", type=int, default=0,
                     help="subset M = max(N / subset-div, this × the number of classes)")
     ap.add_argument("--warm-sketch", choices=("dense", "kronecker"), default="dense",
