@@ -270,10 +270,11 @@ def test_finetune_baseline(benchmark, finetune_problem, ceilings):
     record(benchmark, ceilings, N=N, steps=steps, epochs=EPOCHS, **SETTING)
 
 
-@pytest.mark.parametrize("warmup", [0, 50])
+@pytest.mark.parametrize("warmup", [0, 100])
 def test_predict(benchmark, finetune_problem, ceilings, warmup):
-    """predict_after_warmup (head-aware; warmup 0 is the plain head-aware prediction), subset M = N/20, the fast
-    configuration of docs/PREDICT.md (k 512, feature_rank 16, eval_every 10), all EPOCHS epochs predicted."""
+    """predict_after_warmup (head-aware; warmup 0 is the plain head-aware prediction) in the recommended mode of
+    docs/PREDICT.md (subset "auto", k 512, Kronecker sketch, feature_rank 16, eval_every 10, fixed feature norm),
+    all EPOCHS epochs predicted."""
     from zoo_kernels.warmstart import predict_after_warmup
     benchmark.group = "predict vs train"
     C, x, y, load = finetune_problem
@@ -281,8 +282,9 @@ def test_predict(benchmark, finetune_problem, ceilings, warmup):
     steps = EPOCHS * (N // B)
     model = load()
     run = lambda: predict_after_warmup(model, (x, y), max_steps=steps, warmup_steps=min(warmup, steps - 1),
-                                       subset=max(C, N // 20), k=512, seed=0, feature_rank=16, eval_every=10,
-                                       sampling="stream", on_divergence="truncate", **SETTING)
+                                       subset="auto", k=512, seed=0, feature_rank=16, eval_every=10,
+                                       sketch_method="kronecker", feature_norm="fixed", sampling="stream",
+                                       on_divergence="truncate", **SETTING)
     pred = bench(benchmark, run, rounds=2)
     assert len(pred.loss_curve) == steps + 1
     record(benchmark, ceilings, baseline="finetune", N=N, steps=steps, warmup=warmup,
