@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from zoo_kernels import zoo
 from zoo_kernels.calibrate import HeadAwarePredictor, calibrate_time
-from zoo_kernels.predict import Predictor, subset_indices
+from zoo_kernels.predict import Predictor, auto_subset, subset_indices
 from zoo_kernels.warmstart import predict_after_warmup
 from zoo_kernels.zoo import data as D
 from zoo_kernels.zoo.finetune import _batches, evaluate
@@ -125,7 +125,7 @@ def targets(ts, loss, acc, accuracy):
 def run_pair(model_name, task, settings, args, log):
     C, x, y = task_data(task, args.per_class)
     N = len(x)
-    M = min(N, max(N // args.subset_div, args.min_per_class * C))
+    M = auto_subset(N, C) if args.auto_subset else min(N, max(N // args.subset_div, args.min_per_class * C))
     model = zoo.load_model(model_name, num_classes=C, seed=0)
     preds = {} if args.warm_only else {
         "linear-sketch": Predictor(model, (x, y), method="sketch", k=args.k, subset=M, seed=0),
@@ -178,7 +178,8 @@ def run_pair(model_name, task, settings, args, log):
                 warnings.simplefilter("ignore", RuntimeWarning)
                 pr = predict_after_warmup(zoo.load_model(model_name, num_classes=C, seed=0), (x, y), lr=lr,
                                           batch_size=batch, momentum=momentum, max_steps=horizon, warmup_steps=K,
-                                          subset=M, k=args.head_k, seed=args.pred_seed,
+                                          subset="auto" if args.auto_subset else M, k=args.head_k,
+                                          seed=args.pred_seed,
                                           feature_norm=args.feature_norm,
                                           paths=args.paths, sampling="stream", on_divergence="truncate",
                                           feature_rank=args.warm_rank, eval_every=args.eval_every,
@@ -545,6 +546,8 @@ def main(argv=None):
                     help="also predict after K real steps (zoo_kernels.warmstart.predict_after_warmup), per K")
     ap.add_argument("--warm-rank", type=int, help="feature_rank of the --warmup predictions (default: all)")
     ap.add_argument("--eval-every", type=int, default=1, help="eval_every of the --warmup predictions")
+    ap.add_argument("--auto-subset", action="store_true",
+                    help="the --warmup predictions use subset='auto' (the library's rule)")
     ap.add_argument("--pred-seed", type=int, default=0,
                     help="seed of the --warmup predictions (subset, sketch, warm-up and path minibatches)")
     ap.add_argument("--min-per-class", type=int, default=0,
