@@ -270,8 +270,8 @@ def test_finetune_baseline(benchmark, finetune_problem, ceilings):
     record(benchmark, ceilings, N=N, steps=steps, epochs=EPOCHS, **SETTING)
 
 
-@pytest.mark.parametrize("warmup", [0, 100])
-def test_predict(benchmark, finetune_problem, ceilings, warmup):
+@pytest.mark.parametrize("warmup,threads", [(0, None), (100, None), (0, 1)])
+def test_predict(benchmark, finetune_problem, ceilings, warmup, threads):
     """predict_after_warmup (head-aware; warmup 0 is the plain head-aware prediction) in the recommended mode of
     docs/PREDICT.md (subset "auto", k 512, Kronecker sketch, feature_rank 16, eval_every 10, fixed feature norm),
     all EPOCHS epochs predicted."""
@@ -285,7 +285,12 @@ def test_predict(benchmark, finetune_problem, ceilings, warmup):
                                        subset="auto", k=512, seed=0, feature_rank=16, eval_every=10,
                                        sketch_method="kronecker", feature_norm="fixed", sampling="stream",
                                        on_divergence="truncate", **SETTING)
-    pred = bench(benchmark, run, rounds=2)
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads or saved)  # threads=1: does the CPU simulation suffer from many threads?
+    try:
+        pred = bench(benchmark, run, rounds=2)
+    finally:
+        torch.set_num_threads(saved)
     assert len(pred.loss_curve) == steps + 1
-    record(benchmark, ceilings, baseline="finetune", N=N, steps=steps, warmup=warmup,
+    record(benchmark, ceilings, baseline="finetune", N=N, steps=steps, warmup=warmup, threads=threads or saved,
            predicted_steps_to_half_loss=pred.steps_to(fraction=0.5), **SETTING)
