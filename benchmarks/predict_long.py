@@ -30,6 +30,7 @@ import time
 import warnings
 
 import numpy as np
+import scipy.stats
 import torch
 import torch.nn.functional as F
 
@@ -400,8 +401,7 @@ def shift_rows(records, name="head-aware", edges=(0.25, 0.5, 1.0, 2.0)):
     if len(pts) < 3:
         return [], float("nan")
     sh, err = np.asarray(pts).T
-    rank = lambda v: np.argsort(np.argsort(v))  # noqa: E731
-    rho = float(np.corrcoef(rank(sh), rank(err))[0, 1])
+    rho = float(scipy.stats.spearmanr(sh, err).statistic)  # ties get average ranks
     bounds = (0.0,) + tuple(edges) + (math.inf,)
     rows = []
     for lo, hi in zip(bounds[:-1], bounds[1:]):
