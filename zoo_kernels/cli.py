@@ -446,10 +446,9 @@ def cmd_predict(args):
         pred = None if args.warmup_steps else build_predictor(model, x, y, args)
     except ValueError as e:
         raise InputError(str(e)) from e
-    from .predict import auto_subset  # noqa: PLC0415
+    from .predict import resolve_subset  # noqa: PLC0415
 
-    subset = (pred.subset if pred else auto_subset(len(x), int(y.max()) + 1) if args.subset == "auto"
-              else args.subset or len(x))
+    subset = pred.subset if pred else resolve_subset(args.subset, y)
     obj = {"model": mname, "target_data": desc, "num_samples": int(len(x)), "num_classes": C,
            "method": args.method, "sketch_method": None if args.method == "exact" else args.sketch_method,
            "k": pred.k if pred else (args.k or 512),

@@ -133,6 +133,12 @@ def auto_subset(n, num_classes):
     return min(n, max(n // 20, 20 * num_classes, 2))
 
 
+def resolve_subset(subset, labels):
+    """The number of samples M that `subset` (None: all, "auto", or an int, unchecked) means for these labels."""
+    n = len(labels)
+    return n if subset is None else auto_subset(n, int(labels.max()) + 1) if subset == "auto" else subset
+
+
 def _load_data(pred, model, data, loss, subset, seed):
     """Checks (model, data, loss, subset) and sets the data attributes shared by the predictors."""
     if not isinstance(model, torch.nn.Module):
@@ -148,7 +154,7 @@ def _load_data(pred, model, data, loss, subset, seed):
         raise ValueError("`data` labels must be integer class labels")
     pred.model, pred.loss, pred.seed = model, loss, seed
     pred.n_samples = N = len(x)
-    M = N if subset is None else auto_subset(N, int(y.max()) + 1) if subset == "auto" else subset
+    M = resolve_subset(subset, y)
     if not isinstance(M, int) or isinstance(M, bool) or not 2 <= M <= N:
         raise ValueError(f"`subset` must be None, 'auto' or an int in [2, {N}], got {subset!r}")
     pred.subset = M

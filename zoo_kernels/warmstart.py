@@ -48,9 +48,8 @@ def sketch_velocity(model, optimizer, k, seed=0, head=None):
 def _subset_eval(model, x, y, loss, batch_size):
     """(mean loss, accuracy) of the model (eval mode) on the subset, with the predictors' loss definitions."""
     was = model.training
-    f = _outputs(model.eval(), x, batch_size)  # float64, on the CPU
+    f = _outputs(model.eval(), x, batch_size)  # float64, on the CPU, as the labels (_load_data)
     model.train(was)
-    y = y.cpu()
     ell, _ = _loss_and_grad(f, y, torch.nn.functional.one_hot(y, f.shape[1]).double(), loss)
     return float(ell.mean()), float(_accuracy(f, y))
 
