@@ -198,7 +198,7 @@ class Predictor:
             raise ValueError(f"`data` labels must be integers in [0, {C}) for a model with {C} outputs")
         if method == "exact":
             K = ntk(model, self.x, batch_size=eval_batch_size, progress=progress)
-            self.op = KernelOperator(M, C, kernel=K.permute(0, 2, 1, 3).reshape(M * C, M * C).double())
+            self.op = KernelOperator(M, C, kernel=K.permute(0, 2, 1, 3).reshape(M * C, M * C).double().cpu())
         else:
             S = sketch_jacobian(model, self.x, k, method=sketch_method, seed=seed, batch_size=eval_batch_size,
                                 progress=progress)
