@@ -102,6 +102,19 @@ def test_predict_time_warmup_and_feature_norm(capsys):
         assert rc == 2 and match in err, err
 
 
+def test_predict_time_recommended_method(capsys):
+    base = PRED + ["--lr", "0.01", "--batch-size", "8", "--momentum", "0.9"]
+    for extra, match in [(["--k", "32"], "--method recommended sets --k itself"),
+                         (["--feature-norm", "fixed", "--subset", "8"], "sets --feature-norm, --subset itself"),
+                         ([], "--max-steps must be an int above"),
+                         (["--max-steps", "110", "--recommend", "--batch-sizes", "4"], "not with --recommend or a schedule")]:
+        rc, _, err = run(capsys, base + ["--method", "recommended"] + extra)
+        assert rc == 2 and match in err, err
+    obj = run_json(capsys, base + ["--method", "recommended", "--max-steps", "110", "--curves"])
+    assert obj["method"] == "recommended" and obj["warmup_steps"] == 100 and obj["feature_norm"] == "fixed"
+    assert obj["sketch_method"] == "kronecker" and obj["k"] == 512 and len(obj["loss_curve"]) == 111
+
+
 def test_predict_time_table_seconds_and_plot(capsys, tmp_path):
     pytest.importorskip("matplotlib")
     png = tmp_path / "curves.png"

@@ -175,3 +175,25 @@ def test_velocity_is_checked():
             pred.predict(velocity=bad, **kw)
     with pytest.raises(ValueError, match="with stride 1"):
         pred.predict(velocity=good, stride=2, **kw)
+
+
+def test_recommended_method_is_the_validated_configuration():
+    """method="recommended" is head-aware with predict.RECOMMENDED (feature_rank capped at the feature width), and
+    refuses the arguments it sets."""
+    from zoo_kernels import predict_training_time
+    from zoo_kernels.predict import RECOMMENDED
+    model, x, y = bilinear_problem(n=60, h=6)  # feature width 6 < RECOMMENDED's 16
+    kw = dict(lr=0.05, batch_size=8, max_steps=RECOMMENDED["warmup_steps"] + 20, momentum=0.9, paths=2, seed=2)
+    a = predict_training_time(model, (x, y), method="recommended", **kw)
+    b = predict_after_warmup(model, (x, y), **kw, **dict(RECOMMENDED, feature_rank=6))
+    np.testing.assert_array_equal(a.loss_curve, b.loss_curve)
+    assert a.warmup_steps == RECOMMENDED["warmup_steps"] and np.isfinite(a.loss_curve).all()
+    assert RECOMMENDED["feature_norm"] == "fixed" and RECOMMENDED["subset"] == "auto"
+    for bad, name in [(dict(k=64), "`k`"), (dict(subset=30), "`subset`"), (dict(eval_every=1, warmup_steps=5),
+                                                                           "`warmup_steps`")]:
+        with pytest.raises(ValueError, match=f"sets {name} itself"):
+            predict_training_time(model, (x, y), method="recommended", **kw | bad)
+    with pytest.raises(ValueError, match="`max_steps` must be an int above"):
+        predict_training_time(model, (x, y), method="recommended", **kw | dict(max_steps=100))
+    with pytest.raises(TypeError, match="`model` must be a torch.nn.Module"):
+        predict_training_time("resnet", (x, y), method="recommended", **kw)

@@ -32,7 +32,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 TARGET_KINDS = ("loss", "fraction", "accuracy", "epsilon")
-PREDICT_METHODS = ("sketch", "exact", "head-aware")
+PREDICT_METHODS = ("sketch", "exact", "head-aware", "recommended")
 DEFAULT_SCORES = ("logme", "lfc", "leep", "hscore_shrinkage", "linear_probe")
 
 
@@ -438,6 +438,20 @@ def cmd_predict(args):
     if args.verify and (args.nesterov or args.dampening or args.schedule != "constant" or args.loss != "ce"):
         raise InputError("--verify runs the MiniZoo recipe: constant lr, plain momentum, cross-entropy")
     model.eval()
+    label = args.method
+    if args.method == "recommended":  # head-aware with the validated settings (predict.RECOMMENDED)
+        from .predict import recommended_settings  # noqa: PLC0415
+
+        if args.recommend or args.schedule != "constant":
+            raise InputError("--method recommended runs real steps for one setting: not with --recommend or a "
+                             "schedule")
+        try:
+            chosen = recommended_settings(model, args.max_steps, cli=True, **{
+                key: getattr(args, key) for key in ("warmup_steps", "feature_norm", "feature_rank", "sketch_method",
+                                                    "eval_every", "subset", "k")})
+        except ValueError as e:
+            raise InputError(str(e)) from e
+        vars(args).update(chosen, method="head-aware")
     if args.method != "head-aware" and (args.warmup_steps or args.feature_norm != "linear" or args.eval_every != 1):
         raise InputError("--warmup-steps, --feature-norm and --eval-every apply to --method head-aware only")
     if args.warmup_steps and (args.recommend or args.schedule != "constant"):
@@ -450,7 +464,7 @@ def cmd_predict(args):
 
     subset = pred.subset if pred else resolve_subset(args.subset, y)
     obj = {"model": mname, "target_data": desc, "num_samples": int(len(x)), "num_classes": C,
-           "method": args.method, "sketch_method": None if args.method == "exact" else args.sketch_method,
+           "method": label, "sketch_method": None if args.method == "exact" else args.sketch_method,
            "k": pred.k if pred else (args.k or 512),
            "subset": subset, "loss": args.loss,
            "setup_seconds": pred.setup_seconds if pred else None, "warmup_steps": args.warmup_steps,
@@ -690,7 +704,8 @@ def build_parser():
     p.add_argument("--max-steps", type=int, default=300)
     p.add_argument("--loss", default="ce", help="ce (cross-entropy) or mse")
     p.add_argument("--method", choices=PREDICT_METHODS, default="head-aware",
-                   help="head-aware (linearized backbone, exact head; default), sketch or exact (full linearization)")
+                   help="head-aware (linearized backbone, exact head; default), sketch or exact (full linearization), "
+                        "or recommended (head-aware after 100 real steps, with the validated settings; docs/PREDICT.md)")
     p.add_argument("--k", type=int, help="sketch width (default 512 head-aware, 1024 sketch)")
     p.add_argument("--feature-rank", type=int, default=None,
                    help="head-aware: move the features only in their top-r energy directions (r backward passes "

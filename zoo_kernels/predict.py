@@ -333,6 +333,36 @@ class Predictor:
         return sorted(rows, key=lambda r: (r[by] is None, r[by] if r[by] is not None else 0))
 
 
+# method="recommended": the configuration validated on the long runs (docs/PREDICT.md, "Warm start"): 100 real
+# steps, then the head-aware model at w_100 with fixed feature norms, 16 feature directions (at most the feature
+# width), a Kronecker sketch of width 512 on max(N/20, 20 per class) samples, full-set curves every 10 steps
+RECOMMENDED = {"warmup_steps": 100, "feature_norm": "fixed", "feature_rank": 16, "sketch_method": "kronecker",
+               "eval_every": 10, "subset": "auto", "k": 512}
+_FREE = {"warmup_steps": 0, "feature_norm": "linear", "feature_rank": None, "sketch_method": "dense",
+         "eval_every": 1, "subset": None, "k": None}  # predict_training_time's defaults of RECOMMENDED's keys
+
+
+def recommended_settings(model, max_steps, cli=False, **given):
+    """RECOMMENDED for this model (feature_rank at most the head's input width); `given` holds the caller's values of
+    RECOMMENDED's keys, which must be left at their defaults. cli=True names the arguments as the CLI's flags."""
+    arg = (lambda key: "--" + key.replace("_", "-")) if cli else (lambda key: f"`{key}`")  # noqa: E731
+    method = (lambda m: f"--method {m}") if cli else (lambda m: f"method={m!r}")  # noqa: E731
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
+    changed = sorted(key for key, v in given.items() if v != _FREE[key])
+    if changed:
+        raise ValueError(f"{method('recommended')} sets {', '.join(map(arg, changed))} itself; use "
+                         f"{method('head-aware')} to choose them")
+    if not isinstance(max_steps, int) or max_steps <= RECOMMENDED["warmup_steps"]:
+        raise ValueError(f"{method('recommended')} runs the first {RECOMMENDED['warmup_steps']} steps for real: "
+                         f"{arg('max_steps')} must be an int above that, got {max_steps!r} (use "
+                         f"{method('head-aware')} for shorter horizons)")
+    from .calibrate import _last_linear  # noqa: PLC0415 (calibrate imports this module)
+
+    width = model.get_submodule(_last_linear(model)).in_features
+    return dict(RECOMMENDED, feature_rank=min(RECOMMENDED["feature_rank"], width))
+
+
 def predict_training_time(model, data, *, lr, batch_size, max_steps, momentum=0.0, weight_decay=0.0, loss="ce",
                           seed=0, subset=None, k=None, method="sketch", dampening=0.0, nesterov=False,
                           schedule="constant", paths=4, progress=False, feature_rank=None, feature_norm="linear",
@@ -352,9 +382,20 @@ def predict_training_time(model, data, *, lr, batch_size, max_steps, momentum=0.
     sketch_method: the Jacobian sketch of method "sketch" and "head-aware", "dense" (exact JL) or "kronecker"
     (3-4× cheaper to set up, same width k; see sketch_jacobian). eval_every=E (head-aware): the full-set curves
     are computed every E steps and interpolated in between (HeadAwarePredictor.predict); the dynamics stay exact.
+    method="recommended": head-aware with the settings of RECOMMENDED (100 real steps first, then the validated
+    configuration; docs/PREDICT.md); it sets warmup_steps, feature_norm, feature_rank, sketch_method, eval_every,
+    subset and k, which must then be left at their defaults.
     """
-    if method not in ("sketch", "exact", "head-aware"):
-        raise ValueError(f"`method` must be 'sketch', 'exact' or 'head-aware', got {method!r}")
+    if method not in ("sketch", "exact", "head-aware", "recommended"):
+        raise ValueError(f"`method` must be 'sketch', 'exact', 'head-aware' or 'recommended', got {method!r}")
+    if method == "recommended":
+        chosen = recommended_settings(model, max_steps, warmup_steps=warmup_steps, feature_norm=feature_norm,
+                                      feature_rank=feature_rank, sketch_method=sketch_method, eval_every=eval_every,
+                                      subset=subset, k=k)
+        return predict_training_time(model, data, lr=lr, batch_size=batch_size, max_steps=max_steps,
+                                     momentum=momentum, weight_decay=weight_decay, loss=loss, seed=seed,
+                                     method="head-aware", dampening=dampening, nesterov=nesterov, schedule=schedule,
+                                     paths=paths, progress=progress, **chosen, **schedule_kwargs)
     if method != "head-aware" and (warmup_steps or feature_norm != "linear" or eval_every != 1):
         raise ValueError("`warmup_steps`, `feature_norm` and `eval_every` apply to method='head-aware' only")
     if warmup_steps:
