@@ -502,8 +502,9 @@ def test_head_aware_eval_every_keeps_the_dynamics():
                                                                                       one.loss_curve[at[1:]])
     inner = five.loss_curve[1:5]  # interpolated between steps 0 and 5
     assert ((inner >= lo[0] - 1e-12) & (inner <= hi[0] + 1e-12)).all()
-    with pytest.raises(ValueError, match="`eval_every` must be a positive int"):
-        pred.predict(eval_every=0, **args)
+    for bad_every in (0, True, 2.0):  # the warm start's check too (predict.check_eval_every)
+        with pytest.raises(ValueError, match="`eval_every` must be a positive int"):
+            pred.predict(eval_every=bad_every, **args)
     bad = dict(args, lr=60.0, max_steps=200)
     with pytest.warns(RuntimeWarning, match="diverged at step"):
         d1 = pred.predict(on_divergence="truncate", **bad).diverged_at

@@ -32,7 +32,8 @@ from torch import nn
 
 from .dynamics import (SGD, _accuracy, _loss_and_grad, check_divergence_mode, coarsen, expand_curve, expand_curves,
                        interpolate_loss, mark_divergence, path_batches)
-from .predict import Prediction, Predictor, _load_data, _outputs, check_sketch_method, subset_batch_size
+from .predict import (Prediction, Predictor, _load_data, _outputs, check_eval_every, check_sketch_method,
+                      subset_batch_size)
 from .sketch import sketch_jacobian
 
 __all__ = ["HeadAwarePredictor", "calibrate_time", "fit_time_scale", "rescale_curve", "calibration_cost"]
@@ -265,8 +266,7 @@ class HeadAwarePredictor(Predictor):
         while their centered part grows up to 8×; docs/PREDICT.md); the default "linear" is φ_t = z.
         velocity: the initial momentum state (head weight, head bias, backbone in sketch coordinates), as
         zoo_kernels.warmstart.sketch_velocity returns it; None starts at rest, as torch.optim.SGD does."""
-        if not isinstance(eval_every, int) or eval_every < 1:
-            raise ValueError(f"`eval_every` must be a positive int, got {eval_every!r}")
+        check_eval_every(eval_every)
         if velocity is not None:
             want = (tuple(self.W0.shape), tuple(self.b0.shape), (0 if self.S_r is None else self.S_r.shape[-1],))
             got = tuple(tuple(v.shape) for v in velocity) if len(velocity) == 3 else None

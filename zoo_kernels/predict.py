@@ -127,6 +127,11 @@ def check_sketch_method(sketch_method):
         raise ValueError(f"`sketch_method` must be one of {SKETCH_METHODS}, got {sketch_method!r}")
 
 
+def check_eval_every(eval_every):
+    if not isinstance(eval_every, int) or isinstance(eval_every, bool) or eval_every < 1:
+        raise ValueError(f"`eval_every` must be a positive int, got {eval_every!r}")
+
+
 def auto_subset(n, num_classes):
     """subset="auto": M = max(N/20, 20 per class), at most N. On the long-run validation (docs/PREDICT.md) N/20
     alone over-fitted a 26-class task (8 samples per class); 20 per class did not."""

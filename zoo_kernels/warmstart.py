@@ -20,7 +20,7 @@ import torch
 from . import ops
 from .calibrate import HeadAwarePredictor, _last_linear
 from .dynamics import _accuracy, _batch_stream, _loss_and_grad, interpolate_loss
-from .predict import Prediction, _load_data, _outputs, check_sketch_method
+from .predict import Prediction, _load_data, _outputs, check_eval_every, check_sketch_method
 
 __all__ = ["predict_after_warmup", "sketch_velocity"]
 
@@ -77,8 +77,7 @@ def predict_after_warmup(model, data, *, lr, batch_size, max_steps, warmup_steps
     if not (isinstance(lr, (int, float)) and lr > 0):
         raise ValueError(f"`lr` must be a positive number, got {lr!r}")
     check_sketch_method(sketch_method)
-    if not isinstance(eval_every, int) or isinstance(eval_every, bool) or eval_every < 1:
-        raise ValueError(f"`eval_every` must be a positive int, got {eval_every!r}")
+    check_eval_every(eval_every)
     start = time.perf_counter()
     K = warmup_steps
     checked = types.SimpleNamespace()  # the predictors' checks of model, data, loss, subset; the subset itself
