@@ -113,6 +113,7 @@ def test_predict_time_recommended_method(capsys):
     obj = run_json(capsys, base + ["--method", "recommended", "--max-steps", "110", "--curves"])
     assert obj["method"] == "recommended" and obj["warmup_steps"] == 100 and obj["feature_norm"] == "fixed"
     assert obj["sketch_method"] == "kronecker" and obj["k"] == 512 and len(obj["loss_curve"]) == 111
+    assert "median error" in obj["validation"]
 
 
 def test_predict_time_table_seconds_and_plot(capsys, tmp_path):
