@@ -512,3 +512,13 @@ def test_head_aware_eval_every_keeps_the_dynamics():
     with pytest.warns(RuntimeWarning, match="diverged at step"):
         d5 = pred.predict(on_divergence="truncate", eval_every=5, **bad).diverged_at
     assert d1 - 5 <= d5 <= d1
+
+
+def test_fresh_head_replaces_the_last_linear_or_says_there_is_none():
+    model = nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 3))
+    out = cli.fresh_head(model, 4, seed=1)
+    assert out[2].out_features == 4 and out[2].in_features == 7 and out[0].out_features == 7
+    again = cli.fresh_head(nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 3)), 4, seed=1)
+    assert torch.equal(out[2].weight, again[2].weight)  # seeded
+    with pytest.raises(cli.InputError, match="no nn.Linear head to replace"):
+        cli.fresh_head(nn.Sequential(nn.Conv2d(1, 2, 3)), 4)

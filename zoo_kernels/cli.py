@@ -159,12 +159,12 @@ def fresh_head(model, num_classes, seed=0):
     if hasattr(model, "reset_head"):
         model.reset_head(num_classes, generator=gen)
         return model
-    name = None
-    for n, m in model.named_modules():
-        if isinstance(m, nn.Linear):
-            name = n
-    if name is None:
-        raise InputError("the model has no nn.Linear head to replace")
+    from .calibrate import _last_linear  # noqa: PLC0415
+
+    try:
+        name = _last_linear(model)
+    except ValueError:
+        raise InputError("the model has no nn.Linear head to replace") from None
     old = model.get_submodule(name)
     head = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
     bound = 1.0 / math.sqrt(old.in_features)
