@@ -182,7 +182,7 @@ def test_recommended_method_is_the_validated_configuration():
     refuses the arguments it sets."""
     from zoo_kernels import predict_training_time
     from zoo_kernels.predict import RECOMMENDED
-    model, x, y = bilinear_problem(n=60, h=6)  # feature width 6 < RECOMMENDED's 16
+    model, x, y = bilinear_problem(n=60, h=6)  # feature width 6 < RECOMMENDED's 8
     kw = dict(lr=0.05, batch_size=8, max_steps=RECOMMENDED["warmup_steps"] + 20, momentum=0.9, paths=2, seed=2)
     a = predict_training_time(model, (x, y), method="recommended", **kw)
     b = predict_after_warmup(model, (x, y), **kw, **dict(RECOMMENDED, feature_rank=6))

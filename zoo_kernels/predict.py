@@ -339,13 +339,14 @@ class Predictor:
 
 
 # method="recommended": the configuration validated on the long runs (docs/PREDICT.md, "Warm start"): 100 real
-# steps, then the head-aware model at w_100 with fixed feature norms, 16 feature directions (at most the feature
-# width), a Kronecker sketch of width 512 on max(N/20, 20 per class) samples, full-set curves every 10 steps
-RECOMMENDED = {"warmup_steps": 100, "feature_norm": "fixed", "feature_rank": 16, "sketch_method": "kronecker",
+# steps, then the head-aware model at w_100 with fixed feature norms, 8 feature directions (at most the feature
+# width; 16 were as accurate and 25 % dearer), a Kronecker sketch of width 512 on max(N/20, 20 per class) samples,
+# full-set curves every 10 steps
+RECOMMENDED = {"warmup_steps": 100, "feature_norm": "fixed", "feature_rank": 8, "sketch_method": "kronecker",
                "eval_every": 10, "subset": "auto", "k": 512}
 # what the validation measured for it (docs/PREDICT.md), shown with its predictions by the CLI
 RECOMMENDED_VALIDATION = ("validated on 10-epoch MiniZoo fine-tuning, 9 expert/task pairs: median error of the steps to "
-                          "a target after step 100 of 9-22 % per set of pairs (p90 34-56 %), more often too early "
+                          "a target after step 100 of 9-22 % per set of pairs (p90 27-71 %), more often too early "
                           "than too late")
 _FREE = {"warmup_steps": 0, "feature_norm": "linear", "feature_rank": None, "sketch_method": "dense",
          "eval_every": 1, "subset": None, "k": None}  # predict_training_time's defaults of RECOMMENDED's keys

@@ -273,7 +273,7 @@ def test_finetune_baseline(benchmark, finetune_problem, ceilings):
 @pytest.mark.parametrize("warmup,threads", [(0, None), (100, None), (0, 1)])
 def test_predict(benchmark, finetune_problem, ceilings, warmup, threads):
     """predict_after_warmup (head-aware; warmup 0 is the plain head-aware prediction) in the recommended mode of
-    docs/PREDICT.md (subset "auto", k 512, Kronecker sketch, feature_rank 16, eval_every 10, fixed feature norm),
+    docs/PREDICT.md (subset "auto", k 512, Kronecker sketch, feature_rank 8, eval_every 10, fixed feature norm),
     all EPOCHS epochs predicted."""
     from zoo_kernels.warmstart import predict_after_warmup
     benchmark.group = "predict vs train"
@@ -282,7 +282,7 @@ def test_predict(benchmark, finetune_problem, ceilings, warmup, threads):
     steps = EPOCHS * (N // B)
     model = load()
     run = lambda: predict_after_warmup(model, (x, y), max_steps=steps, warmup_steps=min(warmup, steps - 1),
-                                       subset="auto", k=512, seed=0, feature_rank=16, eval_every=10,
+                                       subset="auto", k=512, seed=0, feature_rank=8, eval_every=10,
                                        sketch_method="kronecker", feature_norm="fixed", sampling="stream",
                                        on_divergence="truncate", **SETTING)
     saved = torch.get_num_threads()
