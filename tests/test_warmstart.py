@@ -197,3 +197,12 @@ def test_recommended_method_is_the_validated_configuration():
         predict_training_time(model, (x, y), method="recommended", **kw | dict(max_steps=100))
     with pytest.raises(TypeError, match="`model` must be a torch.nn.Module"):
         predict_training_time("resnet", (x, y), method="recommended", **kw)
+
+
+def test_progress_shows_the_warmup(capsys):
+    model, x, y = bilinear_problem()
+    kw = dict(lr=0.1, batch_size=4, max_steps=8, warmup_steps=5, k=16, paths=1)
+    predict_after_warmup(model, (x, y), progress=True, **kw)
+    assert "warm-up (real steps)" in capsys.readouterr().err
+    predict_after_warmup(model, (x, y), **kw)
+    assert "warm-up" not in capsys.readouterr().err  # quiet by default

@@ -16,6 +16,7 @@ import types
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from . import ops
 from .calibrate import HeadAwarePredictor, _last_linear
@@ -94,7 +95,7 @@ def predict_after_warmup(model, data, *, lr, batch_size, max_steps, warmup_steps
                               dampening=dampening, nesterov=nesterov, weight_decay=weight_decay)
         batches = _batch_stream(N, batch_size, sampling, torch.Generator().manual_seed(seed + 1))
         warm.train()
-        for t in range(K):
+        for t in tqdm(range(K), desc="warm-up (real steps)", unit="step", disable=not progress):
             if t % eval_every == 0:  # as in the prediction: every eval_every steps, interpolated in between
                 ell, acc = _subset_eval(warm, sx, sy, loss, eval_batch_size)
                 evals.append(t), losses.append(ell), accs.append(acc)
