@@ -359,7 +359,7 @@ def summary_rows(records):
     keys = list(records[0]["real"])
     for name in [n for n in records[0]["methods"] if n in METHODS or n.startswith("head-aware")]:
         errs, per_key, signed = [], {k: [] for k in keys}, []
-        warm = int(name.rpartition("+warm")[2]) if "+warm" in name else 0
+        warm = warmup_of(name)
         for rec in records:
             for k in keys:
                 r, p = rec["real"][k], rec["methods"][name]["T"].get(k)
@@ -412,6 +412,11 @@ def shift_rows(records, name="head-aware", edges=(0.25, 0.5, 1.0, 2.0)):
     return rows, rho
 
 
+def warmup_of(name):
+    """The K of a method named "...+warmK" (0 for the others)."""
+    return int(name.rpartition("+warm")[2]) if "+warm" in name else 0
+
+
 def subset_vs_full(sub_records, full_records):
     """Markdown rows: per method, |T_M − T_N| / T_N of the predicted steps to each target, over the targets both
     predictions reach (and how many only one reaches), for two runs of the same pairs and settings that differ
@@ -427,7 +432,7 @@ def subset_vs_full(sub_records, full_records):
             f = full.get(key(r))
             if f is None or name not in f["methods"] or name not in r["methods"]:
                 continue
-            K = int(name.split("+warm")[1]) if "+warm" in name else 0
+            K = warmup_of(name)
             for tgt, t_sub in r["methods"][name]["T"].items():
                 if r["real"].get(tgt) is None or r["real"][tgt] <= K:
                     continue

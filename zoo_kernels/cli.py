@@ -440,15 +440,14 @@ def cmd_predict(args):
     model.eval()
     label = args.method
     if args.method == "recommended":  # head-aware with the validated settings (predict.RECOMMENDED)
-        from .predict import recommended_settings  # noqa: PLC0415
+        from .predict import RECOMMENDED, recommended_settings  # noqa: PLC0415
 
         if args.recommend or args.schedule != "constant":
             raise InputError("--method recommended runs real steps for one setting: not with --recommend or a "
                              "schedule")
         try:
-            chosen = recommended_settings(model, args.max_steps, cli=True, **{
-                key: getattr(args, key) for key in ("warmup_steps", "feature_norm", "feature_rank", "sketch_method",
-                                                    "eval_every", "subset", "k")})
+            chosen = recommended_settings(model, args.max_steps, cli=True,
+                                          **{key: getattr(args, key) for key in RECOMMENDED})
         except ValueError as e:
             raise InputError(str(e)) from e
         vars(args).update(chosen, method="head-aware")

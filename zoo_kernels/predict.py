@@ -5,6 +5,7 @@ samples or a random subset); `predict(lr=..., batch_size=..., momentum=...)` the
 (zoo_kernels.dynamics) for any hyper-parameters at small cost. `predict_training_time` does both.
 """
 import copy
+import inspect
 import math
 import time
 import warnings
@@ -348,8 +349,6 @@ RECOMMENDED = {"warmup_steps": 100, "feature_norm": "fixed", "feature_rank": 8, 
 RECOMMENDED_VALIDATION = ("validated on 10-epoch MiniZoo fine-tuning, 9 expert/task pairs: median error of the steps to "
                           "a target after step 100 of 9-22 % per set of pairs (p90 27-71 %), more often too early "
                           "than too late")
-_FREE = {"warmup_steps": 0, "feature_norm": "linear", "feature_rank": None, "sketch_method": "dense",
-         "eval_every": 1, "subset": None, "k": None}  # predict_training_time's defaults of RECOMMENDED's keys
 
 
 def recommended_settings(model, max_steps, cli=False, **given):
@@ -359,7 +358,8 @@ def recommended_settings(model, max_steps, cli=False, **given):
     method = (lambda m: f"--method {m}") if cli else (lambda m: f"method={m!r}")  # noqa: E731
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
-    changed = sorted(key for key, v in given.items() if v != _FREE[key])
+    free = inspect.signature(predict_training_time).parameters  # the defaults of RECOMMENDED's keys
+    changed = sorted(key for key, v in given.items() if v != free[key].default)
     if changed:
         raise ValueError(f"{method('recommended')} sets {', '.join(map(arg, changed))} itself; use "
                          f"{method('head-aware')} to choose them")
