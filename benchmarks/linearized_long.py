@@ -1,0 +1,234 @@
+"""The warm start's linearization error on the long runs, apart from its sketch and subset.
+
+    python -m benchmarks.linearized_long --compare benchmarks/results/predict-long-cpu-2026-11-27-warmup-auto-r8-seed0.json
+
+The recommended prediction (zoo_kernels.warmstart, method="recommended") makes two approximations after its K real
+steps: it linearizes the backbone at w_K (the head stays exact), and it integrates that model through a rank-8,
+k = 512 sketch on a subset of M = max(N/20, 20 per class) samples. This benchmark removes the second: it runs the
+same model *exactly*, in weight space, on all N samples:
+
+    φ(x) = φ_K(x) + J_φ(w_K)(w − w_K)     (forward-mode jvp; no sketch, no subset)
+    fixed feature norm: φ ← ‖φ_K(x)‖ φ / ‖φ‖;  logits = W φ + b (the head exact)
+
+The first K steps are the real run's own (the recipe's SGD, its minibatch stream, head of seed 0); the linearized
+model then continues with the *same minibatches* and the optimizer's momentum buffers, so the SGD noise realization
+is the real run's and only the linearization differs. Its full-training-set loss is measured at the real run's
+evaluation steps. Per target, three errors: exact linearization vs real (the linearization error), the saved
+prediction vs real (the total error), and the prediction vs the exact linearization (the sketch + subset error).
+Writes benchmarks/results/linearized-long-cpu-<date><tag>.{json,md}.
+"""
+import argparse
+import datetime
+import json
+import math
+import os
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call, jvp
+
+from benchmarks.predict_long import cached_real_run, crossing, p90, rel, targets, task_data, warmup_of
+from zoo_kernels import zoo
+from zoo_kernels.zoo.finetune import _batches, evaluate
+
+
+class _Features(torch.nn.Module):
+    """model.features as a module, so functional_call can swap its (backbone) parameters."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.m = model
+
+    def forward(self, x):
+        return self.m.features(x)
+
+
+class LinearizedRun:
+    """SGD on the head-aware model linearized at the weights of `model` (see the module doc), in weight space."""
+
+    def __init__(self, model, optimizer, x, y, feature_norm="fixed", chunk=128):
+        self.feat, self.x, self.y, self.chunk, self.norm = _Features(model), x, y, chunk, feature_norm
+        names = [n for n, p in model.named_parameters() if not n.startswith("head.")]
+        self.names = ["m." + n for n in names]
+        self.w_K = [model.get_parameter(n) for n in names]
+        self.delta = [torch.zeros_like(p, requires_grad=True) for p in self.w_K]
+        self.W = model.head.weight.detach().clone().requires_grad_(True)
+        self.b = model.head.bias.detach().clone().requires_grad_(True)
+        lr, mom = optimizer.defaults["lr"], optimizer.defaults["momentum"]
+        self.opt = torch.optim.SGD([self.W, self.b] + self.delta, lr=lr, momentum=mom)
+        old = [model.head.weight, model.head.bias] + self.w_K
+        for new, p in zip([self.W, self.b] + self.delta, old):  # carry the momentum buffers
+            buf = optimizer.state.get(p, {}).get("momentum_buffer")
+            if buf is not None:
+                self.opt.state[new]["momentum_buffer"] = buf.detach().clone()
+        with torch.no_grad():
+            self.phi_K = torch.cat([self.feat(x[s:s + chunk]) for s in range(0, len(x), chunk)])
+        self.norm_K = self.phi_K.norm(dim=1, keepdim=True)
+
+    def _z(self, idx):
+        """Linearized features of the samples idx: φ_K + J_φ Δ (no autograd graph)."""
+        params = {n: p.detach() for n, p in zip(self.names, self.w_K)}
+        tangents = {n: d.detach() for n, d in zip(self.names, self.delta)}
+        _, jd = jvp(lambda p: functional_call(self.feat, p, (self.x[idx],)), (params,), (tangents,))
+        return self.phi_K[idx] + jd
+
+    def _logits(self, z, idx):
+        phi = z * (self.norm_K[idx] / z.norm(dim=1, keepdim=True)) if self.norm == "fixed" else z
+        return phi @ self.W.T + self.b
+
+    def step(self, idx):
+        z = self._z(idx).requires_grad_(True)
+        loss = F.cross_entropy(self._logits(z, idx), self.y[idx])
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        out = self.feat(self.x[idx])  # at w_K: the backbone's gradient is J_φ(w_K)ᵀ ∂ℓ/∂φ
+        grads = torch.autograd.grad(out, self.w_K, z.grad)
+        for d, g in zip(self.delta, grads):
+            d.grad = g
+        self.opt.step()
+        return float(loss.detach())
+
+    @torch.no_grad()
+    def evaluate(self):
+        """(mean cross-entropy, accuracy) of the linearized model on all N samples."""
+        loss, correct = 0.0, 0
+        for s in range(0, len(self.x), self.chunk):
+            idx = torch.arange(s, min(s + self.chunk, len(self.x)))
+            logits = self._logits(self._z(idx), idx)
+            loss += float(F.cross_entropy(logits, self.y[idx], reduction="sum"))
+            correct += int((logits.argmax(1) == self.y[idx]).sum())
+        return loss / len(self.x), correct / len(self.x)
+
+
+def linearized_run(model_name, task, lr, batch, momentum, K, horizon, real_t, feature_norm, per_class=0):
+    """(steps, losses, accuracies, seconds, steps of the real run, (t, replayed loss)) of the recipe's run whose steps
+    from K on are the linearized model's; (t, loss) is the replayed warm-up at a step t ≤ K the real run recorded."""
+    C, x, y = task_data(task, per_class)
+    N = len(x)
+    steps = int(round(10 * N / batch))
+    model = zoo.load_model(model_name, num_classes=C, seed=0)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    order = _batches(N, batch, int(steps * horizon), torch.Generator().manual_seed(0))  # the real run's prefix
+    t0 = time.perf_counter()
+    check = max(t for t in real_t if t <= K)  # a step where the real run's loss was recorded
+    model.train()
+    for s in range(K):
+        if s == check:
+            replayed = evaluate(model, x, y)[0]
+        loss = F.cross_entropy(model(x[order[s]]), y[order[s]])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    if check == K:
+        replayed = evaluate(model, x, y)[0]
+    lin = LinearizedRun(model, opt, x, y, feature_norm)
+    at = sorted({t for t in real_t if t >= K} | set(range(steps, len(order) + 1, 50)))
+    ts, ls, acc = [], [], []
+    for s in range(K, len(order) + 1):
+        if s in at:
+            ell, a = lin.evaluate()
+            ts.append(s), ls.append(ell), acc.append(a)
+            if not math.isfinite(ell):
+                break
+        if s < len(order):
+            lin.step(order[s])
+    return np.asarray(ts), np.asarray(ls), np.asarray(acc), time.perf_counter() - t0, steps, (check, replayed)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--compare", required=True, help="a predict_long JSON with a head-aware+warmK method")
+    ap.add_argument("--warmup", type=int, default=100, help="K, the real steps before linearizing")
+    ap.add_argument("--feature-norm", choices=("fixed", "linear"), default="fixed")
+    ap.add_argument("--horizon", type=float, default=1.5)
+    ap.add_argument("--only", type=int, nargs="*", help="indices of the records to run (default: all)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--cache", default=".benchmarks/predict_long_real")
+    ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--tag", default="")
+    ap.add_argument("--rescore", metavar="JSON", help="rebuild the table of a saved result (no run)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.rescore:
+        saved = json.load(open(args.rescore))
+        print(markdown(saved["rows"], saved["meta"]["K"]))
+        return
+    saved = json.load(open(args.compare))
+    method = f"head-aware+warm{args.warmup}"
+    start, rows = time.time(), []
+    stamp = datetime.date.today().isoformat()
+    base = os.path.join(args.out, f"linearized-long-cpu-{stamp}{args.tag}")
+    for i, rec in enumerate(saved["records"]):
+        if args.only and i not in args.only:
+            continue
+        C, x, y = task_data(rec["task"])
+        real_t, real_l, real_a, _ = cached_real_run(args.cache, rec["model"], rec["task"], x, y, C, rec["lr"],
+                                                    rec["batch"], rec["momentum"], rec["steps"])
+        ts, ls, acc, sec, steps, (t_chk, l_chk) = linearized_run(
+            rec["model"], rec["task"], rec["lr"], rec["batch"], rec["momentum"], args.warmup, args.horizon,
+            real_t.tolist(), args.feature_norm)
+        l_real = float(real_l[real_t.tolist().index(t_chk)])  # the replayed warm-up must be the real run
+        lin_T = targets(np.concatenate([[0], ts]), np.concatenate([[real_l[0]], ls]),
+                        np.concatenate([[real_a[0]], acc]), 0.9)
+        row = {"model": rec["model"], "task": rec["task"], "lr": rec["lr"], "batch": rec["batch"],
+               "momentum": rec["momentum"], "steps": steps, "seconds": sec, "real": rec["real"],
+               "linearized": lin_T, "predicted": rec["methods"].get(method, {}).get("T"),
+               "check": {"step": t_chk, "replayed": l_chk, "real": l_real},
+               "lin_t": ts.tolist(), "lin_loss": [round(float(v), 5) for v in ls]}
+        rows.append(row)
+        print(f"[{time.time() - start:5.0f}s] {rec['model']} -> {rec['task']} lr={rec['lr']} B={rec['batch']} "
+              f"m={rec['momentum']}: {sec:.0f}s, replayed loss at {t_chk} {l_chk:.4f} (real {l_real:.4f}) | real "
+              + "/".join("-" if v is None else f"{v:.0f}" for v in rec["real"].values())
+              + " | linearized " + "/".join("-" if v is None else f"{v:.0f}" for v in lin_T.values())
+              + " | predicted " + "/".join("-" if v is None else f"{v:.0f}" for v in (row["predicted"] or {}).values()),
+              flush=True)
+        meta = {"date": stamp, "compare": args.compare, "K": args.warmup, "feature_norm": args.feature_norm,
+                "threads": args.threads, "load_average": list(os.getloadavg()), "wall_s": time.time() - start}
+        with open(base + ".json", "w") as fh:
+            json.dump({"meta": meta, "rows": rows}, fh)
+    md = markdown(rows, args.warmup)
+    with open(base + ".md", "w") as fh:
+        fh.write(md + "\n")
+    print(md)
+
+
+def errors(rows, K, a, b):
+    """|T_a − T_b| / T_b and the signed (T_a − T_b) / T_b over the targets the real run reaches after step K."""
+    abs_, signed = [], []
+    for r in rows:
+        for key, t_real in r["real"].items():
+            if t_real is None or t_real <= K or r[a] is None or r[b] is None:
+                continue
+            ta, tb = r[a].get(key), r[b].get(key)
+            if tb is None:
+                continue
+            abs_.append(rel(ta, tb))
+            if ta is not None:
+                signed.append((ta - tb) / tb)
+    return abs_, signed
+
+
+def markdown(rows, K):
+    out = ["| comparison | targets | median | p90 | within 10 % | within 20 % | median signed |", "|---|---|---|---|---|---|---|"]
+    for label, a, b in (("exact linearization at w_K vs real (linearization error)", "linearized", "real"),
+                        ("recommended prediction vs real (total error)", "predicted", "real"),
+                        ("recommended prediction vs exact linearization (sketch + subset error)", "predicted",
+                         "linearized")):
+        e, s = errors(rows, K, a, b)
+        if e:
+            e = np.asarray(e)
+            out.append(f"| {label} | {len(e)} | {np.median(e):.3f} | {p90(e):.3f} | {np.mean(e <= 0.1):.2f} | "
+                       f"{np.mean(e <= 0.2):.2f} | {np.median(s):+.3f} |")
+    f = lambda d: "/".join("-" if v is None else f"{v:.0f}" for v in (d or {}).values())  # noqa: E731
+    out += ["", "| model -> task | lr | B | m | steps | real (steps per target) | exact linearization | "
+            "recommended prediction | replayed warm-up: loss / real |", "|---|---|---|---|---|---|---|---|---|"]
+    out += [f"| {r['model']} -> {r['task']} | {r['lr']} | {r['batch']} | {r['momentum']} | {r['steps']} | "
+            f"{f(r['real'])} | {f(r['linearized'])} | {f(r['predicted'])} | "
+            f"{r['check']['replayed']:.4f} / {r['check']['real']:.4f} at {r['check']['step']} |" for r in rows]
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    main()
