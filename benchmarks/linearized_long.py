@@ -139,7 +139,7 @@ def linearized_run(model_name, task, lr, batch, momentum, K, horizon, real_t, fe
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--compare", required=True, help="a predict_long JSON with a head-aware+warmK method")
+    ap.add_argument("--compare", help="a predict_long JSON with a head-aware+warmK method (required to run)")
     ap.add_argument("--warmup", type=int, default=100, help="K, the real steps before linearizing")
     ap.add_argument("--feature-norm", choices=("fixed", "linear"), default="fixed")
     ap.add_argument("--horizon", type=float, default=1.5)
@@ -155,8 +155,10 @@ def main(argv=None):
         saved = json.load(open(args.rescore))
         print(markdown(saved["rows"], saved["meta"]["K"]))
         return
+    if not args.compare:
+        ap.error("--compare is required (or --rescore)")
     saved = json.load(open(args.compare))
-    method = f"head-aware+warm{args.warmup}"
+    method = f"head-aware+warm{args.warmup}" if args.warmup else "head-aware"
     start, rows = time.time(), []
     stamp = datetime.date.today().isoformat()
     base = os.path.join(args.out, f"linearized-long-cpu-{stamp}{args.tag}")
@@ -194,12 +196,13 @@ def main(argv=None):
     print(md)
 
 
-def errors(rows, K, a, b):
-    """|T_a − T_b| / T_b and the signed (T_a − T_b) / T_b over the targets the real run reaches after step K."""
+def errors(rows, K, a, b, only=None):
+    """|T_a − T_b| / T_b and the signed (T_a − T_b) / T_b over the targets the real run reaches after step K
+    (only the target named `only`, if given)."""
     abs_, signed = [], []
     for r in rows:
         for key, t_real in r["real"].items():
-            if t_real is None or t_real <= K or r[a] is None or r[b] is None:
+            if t_real is None or t_real <= K or r[a] is None or r[b] is None or only not in (None, key):
                 continue
             ta, tb = r[a].get(key), r[b].get(key)
             if tb is None:
@@ -213,17 +216,22 @@ def errors(rows, K, a, b):
 def markdown(rows, K):
     out = ["| comparison | targets | median | p90 | within 10 % | within 20 % | median signed |", "|---|---|---|---|---|---|---|"]
     for label, a, b in (("exact linearization at w_K vs real (linearization error)", "linearized", "real"),
-                        ("recommended prediction vs real (total error)", "predicted", "real"),
-                        ("recommended prediction vs exact linearization (sketch + subset error)", "predicted",
+                        ("the saved prediction vs real (total error)", "predicted", "real"),
+                        ("the saved prediction vs exact linearization (sketch + subset error)", "predicted",
                          "linearized")):
         e, s = errors(rows, K, a, b)
         if e:
             e = np.asarray(e)
             out.append(f"| {label} | {len(e)} | {np.median(e):.3f} | {p90(e):.3f} | {np.mean(e <= 0.1):.2f} | "
                        f"{np.mean(e <= 0.2):.2f} | {np.median(s):+.3f} |")
+    keys = list(rows[0]["real"])
+    out += ["", "Per target, median error (targets): " + "; ".join(
+        f"{label} " + ", ".join(f"{k} {np.median(e):.3f} ({len(e)})" for k in keys
+                                for e in [errors(rows, K, a, "real", only=k)[0]] if e)
+        for label, a in (("exact linearization vs real:", "linearized"), ("the saved prediction vs real:", "predicted")))]
     f = lambda d: "/".join("-" if v is None else f"{v:.0f}" for v in (d or {}).values())  # noqa: E731
     out += ["", "| model -> task | lr | B | m | steps | real (steps per target) | exact linearization | "
-            "recommended prediction | replayed warm-up: loss / real |", "|---|---|---|---|---|---|---|---|---|"]
+            "saved prediction | replayed warm-up: loss / real |", "|---|---|---|---|---|---|---|---|---|"]
     out += [f"| {r['model']} -> {r['task']} | {r['lr']} | {r['batch']} | {r['momentum']} | {r['steps']} | "
             f"{f(r['real'])} | {f(r['linearized'])} | {f(r['predicted'])} | "
             f"{r['check']['replayed']:.4f} / {r['check']['real']:.4f} at {r['check']['step']} |" for r in rows]
