@@ -1,0 +1,141 @@
+"""Where the recommended warm start's sketch + subset error comes from: three variants measured on the long runs.
+
+    python -m benchmarks.subset_kernel_variants exact <predict_long JSON> [--only 0 1 ...]
+    python -m benchmarks.subset_kernel_variants exact-own <predict_long JSON>
+    python -m benchmarks.subset_kernel_variants extrapolate <JSON at M> <JSON at M2>     (offline)
+
+Each run repeats the recommended prediction of a saved predict_long record (K = 100, fixed norm, rank 8, subset
+"auto", 2 paths) with one change:
+  exact        the subset's feature kernel exactly (zoo_kernels.ntk on the rank-8 features, M·8 × M·8) instead
+               of the k = 512 Kronecker sketch, factored as V Λ^½; the momentum state enters through J_φ b (a jvp)
+  exact-own    the same kernel with each subset sample's own block scaled from 1/M to 1/N (Θ − (1 − M/N) ·
+               blockdiag Θ_ii, the unbiased estimate of the full set's drift), negative eigenvalues clipped to 0
+  extrapolate  no new run: the loss curves at two subset sizes (saved) extrapolated linearly in 1/M to M = N
+The library's HeadAwarePredictor and sketch_velocity are swapped inside zoo_kernels.warmstart for the run, so the
+warm-up and the integration are the library's own. Prints the steps per target next to the real run's.
+"""
+import argparse
+import json
+import time
+import warnings
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call, jvp
+
+import zoo_kernels.warmstart as ws
+from benchmarks.predict_long import predicted_targets, rel, targets, task_data
+from zoo_kernels import zoo
+from zoo_kernels.calibrate import HeadAwarePredictor, feature_model
+from zoo_kernels.ntk import ntk
+
+_library_velocity = ws.sketch_velocity
+
+
+def exact_factor(pred, model, own):
+    """Replace pred's sketch by an exact factor of its subset's rank-r feature kernel; returns (S⁺, features)."""
+    fm = feature_model(model).eval()
+    D, r = pred.U.shape
+    w = next(p for p in fm.parameters() if p.requires_grad)
+    proj = nn.Linear(D, r, bias=False, dtype=w.dtype)
+    proj.weight.data.copy_(pred.U.T.to(w.dtype))
+    proj.weight.requires_grad_(False)
+    feats = nn.Sequential(fm, proj)
+    M = pred.x.shape[0]
+    T = ntk(feats, pred.x, mode="full").double().permute(0, 2, 1, 3).reshape(M * r, M * r)
+    if own:  # own blocks weigh 1/N instead of 1/M
+        T = T - (1 - M / pred.n_samples) * torch.block_diag(*[T[i * r:(i + 1) * r, i * r:(i + 1) * r]
+                                                                for i in range(M)])
+    lam, V = torch.linalg.eigh(T)
+    lam = lam.clamp_min(0)
+    keep = lam > lam.max() * 1e-12
+    pred.S_r = (V * lam.sqrt()).reshape(M, r, M * r).to(pred.S_r.dtype).contiguous()
+    pred.k = M * r
+    return (V * torch.where(keep, 1 / lam.clamp_min(1e-300).sqrt(), 0)).T, feats
+
+
+def run_variant(mode, rec):
+    """The recommended prediction of one saved record, with the exact (or own-corrected) subset kernel."""
+    state = {}
+
+    class Variant(HeadAwarePredictor):
+        def __init__(self, model, data, **kw):
+            super().__init__(model, data, **kw)
+            state["pred"], state["model"] = self, model
+            state["pinv"], state["feats"] = exact_factor(self, model, own=mode == "exact-own")
+
+    def velocity(model, optimizer, k, seed=0, head=None):  # S θ_v = J_φ b, through the exact factor
+        v = _library_velocity(model, optimizer, k, seed, head)
+        if v is None:
+            return v
+        feats, pred = state["feats"], state["pred"]
+        params = {n: p.detach() for n, p in feats.named_parameters() if p.requires_grad}
+        bufs = {"0." + n: optimizer.state[p]["momentum_buffer"].detach() for n, p in model.named_parameters()
+                if p.requires_grad and not n.startswith("head.")}
+        _, jb = jvp(lambda p: functional_call(feats, p, (pred.x.to(next(feats.parameters()).dtype),)), (params,),
+                    ({n: bufs[n] for n in params},))
+        return v[0], v[1], state["pinv"] @ jb.double().reshape(-1)
+
+    C, x, y = task_data(rec["task"])
+    ws.HeadAwarePredictor, ws.sketch_velocity = Variant, velocity
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return ws.predict_after_warmup(
+                zoo.load_model(rec["model"], num_classes=C, seed=0), (x, y), lr=rec["lr"], batch_size=rec["batch"],
+                momentum=rec["momentum"], max_steps=int(rec["steps"] * 1.5), warmup_steps=100, subset="auto", k=512,
+                seed=0, feature_norm="fixed", paths=2, sampling="stream", on_divergence="truncate", feature_rank=8,
+                eval_every=10, sketch_method="kronecker")
+    finally:
+        ws.HeadAwarePredictor, ws.sketch_velocity = HeadAwarePredictor, _library_velocity
+
+
+def extrapolate(path_a, path_b, K=100):
+    """Errors of the loss targets at M, at M2, and linearly extrapolated in 1/M to N (saved curves only)."""
+    A, B = (json.load(open(p))["records"] for p in (path_a, path_b))
+    errs = {"M": [], "M2": [], "extrapolated": []}
+    for ra, rb in zip(A, B):
+        ma, mb = ra["methods"][f"head-aware+warm{K}"], rb["methods"][f"head-aware+warm{K}"]
+        la, lb = (np.asarray(m["loss_curve"], dtype=float) for m in (ma, mb))
+        n = min(len(la), len(lb))
+        w = 0.0 if rb["M"] == ra["M"] else (1 / ra["M"] - 1 / ra["N"]) / (1 / ra["M"] - 1 / rb["M"])
+        le = la[:n] + w * (lb[:n] - la[:n])
+        le = np.where(np.isfinite(le) & (le > 0), le, np.inf)
+        T = {"M": ma["T"], "M2": mb["T"],
+             "extrapolated": targets(np.arange(n) * ma["curve_stride"], le, np.zeros(n), 2.0)}
+        for key, r in ra["real"].items():
+            if r is not None and r > K and key.startswith("loss"):
+                for name in errs:
+                    errs[name].append(rel(T[name].get(key), r))
+    for name, e in errs.items():
+        print(f"{name}: {len(e)} loss targets, median error {np.median(e):.3f}, within 20 % {np.mean(np.asarray(e) <= 0.2):.2f}")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("mode", choices=("exact", "exact-own", "extrapolate"))
+    ap.add_argument("json", nargs="+", help="the predict_long JSON (two for extrapolate: at M, at a larger M)")
+    ap.add_argument("--only", type=int, nargs="*", help="indices of the records to run (default: all)")
+    ap.add_argument("--out", help="write {record index: steps per target} here")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    if args.mode == "extrapolate":
+        extrapolate(*args.json[:2])
+        return
+    out = {}
+    for i, rec in enumerate(json.load(open(args.json[0]))["records"]):
+        if args.only and i not in args.only:
+            continue
+        t0 = time.perf_counter()
+        _, out[i] = predicted_targets(run_variant(args.mode, rec), 0.9)
+        print(f"{args.mode} {i} {rec['model']} -> {rec['task']} lr={rec['lr']} B={rec['batch']} m={rec['momentum']} "
+              f"{time.perf_counter() - t0:.1f}s | real "
+              + "/".join("-" if v is None else f"{v:.0f}" for v in rec["real"].values()) + " | variant "
+              + "/".join("-" if v is None else f"{v:.0f}" for v in out[i].values()), flush=True)
+    if args.out:
+        json.dump(out, open(args.out, "w"))
+
+
+if __name__ == "__main__":
+    main()
