@@ -148,12 +148,16 @@ def main(argv=None):
     ap.add_argument("--cache", default=".benchmarks/predict_long_real")
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--tag", default="")
-    ap.add_argument("--rescore", metavar="JSON", help="rebuild the table of a saved result (no run)")
+    ap.add_argument("--rescore", metavar="JSON", help="rebuild the tables of a saved result and its .md (no run)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.rescore:
         saved = json.load(open(args.rescore))
-        print(markdown(saved["rows"], saved["meta"]["K"]))
+        md, path = markdown(saved["rows"], saved["meta"]["K"]), args.rescore[:-len(".json")] + ".md"
+        old = open(path).read() if os.path.exists(path) else ""
+        with open(path, "w") as fh:  # keep a hand-written preamble
+            fh.write((old[:old.index("| comparison |")] if "| comparison |" in old else "") + md + "\n")
+        print(md)
         return
     if not args.compare:
         ap.error("--compare is required (or --rescore)")
@@ -229,11 +233,14 @@ def markdown(rows, K):
         f"{label} " + ", ".join(f"{k} {np.median(e):.3f} ({len(e)})" for k in keys
                                 for e in [errors(rows, K, a, "real", only=k)[0]] if e)
         for label, a in (("exact linearization vs real:", "linearized"), ("the saved prediction vs real:", "predicted")))]
-    f = lambda d: "/".join("-" if v is None else f"{v:.0f}" for v in (d or {}).values())  # noqa: E731
-    out += ["", "| model -> task | lr | B | m | steps | real (steps per target) | exact linearization | "
+    f = lambda d: "/".join("-" if v is None else v if isinstance(v, str) else f"{v:.0f}"  # noqa: E731
+                           for v in (d or {}).values())
+    out += ["", "| model -> task | lr | B | m | steps | real (steps per target) | exact linearization (w: reached in the warm-up) | "
             "saved prediction | replayed warm-up: loss / real |", "|---|---|---|---|---|---|---|---|---|"]
+    warm = lambda r: {k: ("w" if r["real"][k] is not None and r["real"][k] <= K else v)  # noqa: E731
+                      for k, v in r["linearized"].items()}
     out += [f"| {r['model']} -> {r['task']} | {r['lr']} | {r['batch']} | {r['momentum']} | {r['steps']} | "
-            f"{f(r['real'])} | {f(r['linearized'])} | {f(r['predicted'])} | "
+            f"{f(r['real'])} | {f(warm(r))} | {f(r['predicted'])} | "
             f"{r['check']['replayed']:.4f} / {r['check']['real']:.4f} at {r['check']['step']} |" for r in rows]
     return "\n".join(out)
 
