@@ -102,12 +102,12 @@ class LinearizedRun:
         return loss / len(self.x), correct / len(self.x)
 
 
-def linearized_run(model_name, task, lr, batch, momentum, K, horizon, real_t, feature_norm, per_class=0):
-    """(steps, losses, accuracies, seconds, steps of the real run, (t, replayed loss)) of the recipe's run whose steps
-    from K on are the linearized model's; (t, loss) is the replayed warm-up at a step t ≤ K the real run recorded."""
-    C, x, y = task_data(task, per_class)
+def linearized_run(model_name, task, lr, batch, momentum, steps, K, horizon, real_t, feature_norm):
+    """(steps, losses, accuracies, seconds, (t, replayed loss)) of the recipe's run of `steps` steps whose steps from K
+    on are the linearized model's, up to horizon × steps; (t, loss) is the replayed warm-up at a step t ≤ K that the
+    real run recorded."""
+    C, x, y = task_data(task)
     N = len(x)
-    steps = int(round(10 * N / batch))
     model = zoo.load_model(model_name, num_classes=C, seed=0)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
     order = _batches(N, batch, int(steps * horizon), torch.Generator().manual_seed(0))  # the real run's prefix
@@ -134,7 +134,7 @@ def linearized_run(model_name, task, lr, batch, momentum, K, horizon, real_t, fe
                 break
         if s < len(order):
             lin.step(order[s])
-    return np.asarray(ts), np.asarray(ls), np.asarray(acc), time.perf_counter() - t0, steps, (check, replayed)
+    return np.asarray(ts), np.asarray(ls), np.asarray(acc), time.perf_counter() - t0, (check, replayed)
 
 
 def main(argv=None):
@@ -172,17 +172,20 @@ def main(argv=None):
         C, x, y = task_data(rec["task"])
         real_t, real_l, real_a, _ = cached_real_run(args.cache, rec["model"], rec["task"], x, y, C, rec["lr"],
                                                     rec["batch"], rec["momentum"], rec["steps"])
-        ts, ls, acc, sec, steps, (t_chk, l_chk) = linearized_run(
-            rec["model"], rec["task"], rec["lr"], rec["batch"], rec["momentum"], args.warmup, args.horizon,
+        steps = rec["steps"]
+        ts, ls, acc, sec, (t_chk, l_chk) = linearized_run(
+            rec["model"], rec["task"], rec["lr"], rec["batch"], rec["momentum"], steps, args.warmup, args.horizon,
             real_t.tolist(), args.feature_norm)
         l_real = float(real_l[real_t.tolist().index(t_chk)])  # the replayed warm-up must be the real run
-        lin_T = targets(np.concatenate([[0], ts]), np.concatenate([[real_l[0]], ls]),
-                        np.concatenate([[real_a[0]], acc]), 0.9)
+        pre = real_t < args.warmup  # the joined curve: the real run's before step K (as the warm start's)
+        lin_T = targets(np.concatenate([real_t[pre], ts]), np.concatenate([real_l[pre], ls]),
+                        np.concatenate([real_a[pre], acc]), 0.9)
         row = {"model": rec["model"], "task": rec["task"], "lr": rec["lr"], "batch": rec["batch"],
                "momentum": rec["momentum"], "steps": steps, "seconds": sec, "real": rec["real"],
                "linearized": lin_T, "predicted": rec["methods"].get(method, {}).get("T"),
                "check": {"step": t_chk, "replayed": l_chk, "real": l_real},
-               "lin_t": ts.tolist(), "lin_loss": [round(float(v), 5) for v in ls]}
+               "lin_t": ts.tolist(), "lin_loss": [round(float(v), 5) for v in ls],
+               "lin_acc": [round(float(v), 5) for v in acc]}
         rows.append(row)
         print(f"[{time.time() - start:5.0f}s] {rec['model']} -> {rec['task']} lr={rec['lr']} B={rec['batch']} "
               f"m={rec['momentum']}: {sec:.0f}s, replayed loss at {t_chk} {l_chk:.4f} (real {l_real:.4f}) | real "
