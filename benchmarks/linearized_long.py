@@ -29,49 +29,44 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, jvp
 
-from benchmarks.predict_long import cached_real_run, crossing, p90, rel, targets, task_data, warmup_of
+from benchmarks.predict_long import cached_real_run, p90, rel, targets, task_data
 from zoo_kernels import zoo
+from zoo_kernels.calibrate import _last_linear, feature_model
 from zoo_kernels.zoo.finetune import _batches, evaluate
-
-
-class _Features(torch.nn.Module):
-    """model.features as a module, so functional_call can swap its (backbone) parameters."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.m = model
-
-    def forward(self, x):
-        return self.m.features(x)
 
 
 class LinearizedRun:
     """SGD on the head-aware model linearized at the weights of `model` (see the module doc), in weight space."""
 
     def __init__(self, model, optimizer, x, y, feature_norm="fixed", chunk=128):
-        self.feat, self.x, self.y, self.chunk, self.norm = _Features(model), x, y, chunk, feature_norm
-        names = [n for n, p in model.named_parameters() if not n.startswith("head.")]
-        self.names = ["m." + n for n in names]
-        self.w_K = [model.get_parameter(n) for n in names]
+        self.x, self.y, self.chunk, self.norm = x, y, chunk, feature_norm
+        self.feat = feature_model(model)  # the head's input; functional_call puts the model's own weights in
+        head = model.get_submodule(_last_linear(model))
+        self.names = [n for n, _ in self.feat.named_parameters()]
+        self.w_K = [model.get_parameter(n) for n in self.names]
         self.delta = [torch.zeros_like(p, requires_grad=True) for p in self.w_K]
-        self.W = model.head.weight.detach().clone().requires_grad_(True)
-        self.b = model.head.bias.detach().clone().requires_grad_(True)
+        self.W = head.weight.detach().clone().requires_grad_(True)
+        self.b = head.bias.detach().clone().requires_grad_(True)
         lr, mom = optimizer.defaults["lr"], optimizer.defaults["momentum"]
         self.opt = torch.optim.SGD([self.W, self.b] + self.delta, lr=lr, momentum=mom)
-        old = [model.head.weight, model.head.bias] + self.w_K
+        old = [head.weight, head.bias] + self.w_K
         for new, p in zip([self.W, self.b] + self.delta, old):  # carry the momentum buffers
             buf = optimizer.state.get(p, {}).get("momentum_buffer")
             if buf is not None:
                 self.opt.state[new]["momentum_buffer"] = buf.detach().clone()
         with torch.no_grad():
-            self.phi_K = torch.cat([self.feat(x[s:s + chunk]) for s in range(0, len(x), chunk)])
+            self.phi_K = torch.cat([self._features(x[s:s + chunk]) for s in range(0, len(x), chunk)])
         self.norm_K = self.phi_K.norm(dim=1, keepdim=True)
+
+    def _features(self, x, params=None):
+        """φ(x) at `params` (by name; default the model's weights w_K, with their autograd graph)."""
+        return functional_call(self.feat, dict(zip(self.names, self.w_K)) if params is None else params, (x,))
 
     def _z(self, idx):
         """Linearized features of the samples idx: φ_K + J_φ Δ (no autograd graph)."""
         params = {n: p.detach() for n, p in zip(self.names, self.w_K)}
         tangents = {n: d.detach() for n, d in zip(self.names, self.delta)}
-        _, jd = jvp(lambda p: functional_call(self.feat, p, (self.x[idx],)), (params,), (tangents,))
+        _, jd = jvp(lambda p: self._features(self.x[idx], p), (params,), (tangents,))
         return self.phi_K[idx] + jd
 
     def _logits(self, z, idx):
@@ -83,7 +78,7 @@ class LinearizedRun:
         loss = F.cross_entropy(self._logits(z, idx), self.y[idx])
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        out = self.feat(self.x[idx])  # at w_K: the backbone's gradient is J_φ(w_K)ᵀ ∂ℓ/∂φ
+        out = self._features(self.x[idx])  # at w_K: the backbone's gradient is J_φ(w_K)ᵀ ∂ℓ/∂φ
         grads = torch.autograd.grad(out, self.w_K, z.grad)
         for d, g in zip(self.delta, grads):
             d.grad = g
@@ -102,11 +97,10 @@ class LinearizedRun:
         return loss / len(self.x), correct / len(self.x)
 
 
-def linearized_run(model_name, task, lr, batch, momentum, steps, K, horizon, real_t, feature_norm):
-    """(steps, losses, accuracies, seconds, (t, replayed loss)) of the recipe's run of `steps` steps whose steps from K
-    on are the linearized model's, up to horizon × steps; (t, loss) is the replayed warm-up at a step t ≤ K that the
-    real run recorded."""
-    C, x, y = task_data(task)
+def linearized_run(model_name, C, x, y, lr, batch, momentum, steps, K, horizon, real_t, feature_norm):
+    """(steps, losses, accuracies, seconds, (t, replayed loss)) of the recipe's run of `steps` steps on (x, y), C
+    classes, whose steps from K on are the linearized model's, up to horizon × steps; (t, loss) is the replayed
+    warm-up at a step t ≤ K that the real run recorded."""
     N = len(x)
     model = zoo.load_model(model_name, num_classes=C, seed=0)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
@@ -174,7 +168,7 @@ def main(argv=None):
                                                     rec["batch"], rec["momentum"], rec["steps"])
         steps = rec["steps"]
         ts, ls, acc, sec, (t_chk, l_chk) = linearized_run(
-            rec["model"], rec["task"], rec["lr"], rec["batch"], rec["momentum"], steps, args.warmup, args.horizon,
+            rec["model"], C, x, y, rec["lr"], rec["batch"], rec["momentum"], steps, args.warmup, args.horizon,
             real_t.tolist(), args.feature_norm)
         l_real = float(real_l[real_t.tolist().index(t_chk)])  # the replayed warm-up must be the real run
         pre = real_t < args.warmup  # the joined curve: the real run's before step K (as the warm start's)

@@ -21,13 +21,12 @@ import warnings
 
 import numpy as np
 import torch
-from torch import nn
 from torch.func import functional_call, jvp
 
 import zoo_kernels.warmstart as ws
 from benchmarks.predict_long import predicted_targets, rel, targets, task_data
 from zoo_kernels import zoo
-from zoo_kernels.calibrate import HeadAwarePredictor, feature_model
+from zoo_kernels.calibrate import HeadAwarePredictor, feature_model, projected_features
 from zoo_kernels.ntk import ntk
 
 _library_velocity = ws.sketch_velocity
@@ -35,13 +34,8 @@ _library_velocity = ws.sketch_velocity
 
 def exact_factor(pred, model, own):
     """Replace pred's sketch by an exact factor of its subset's rank-r feature kernel; returns (S⁺, features)."""
-    fm = feature_model(model).eval()
-    D, r = pred.U.shape
-    w = next(p for p in fm.parameters() if p.requires_grad)
-    proj = nn.Linear(D, r, bias=False, dtype=w.dtype)
-    proj.weight.data.copy_(pred.U.T.to(w.dtype))
-    proj.weight.requires_grad_(False)
-    feats = nn.Sequential(fm, proj)
+    feats = projected_features(feature_model(model).eval(), pred.U)
+    r = pred.U.shape[1]
     M = pred.x.shape[0]
     T = ntk(feats, pred.x, mode="full").double().permute(0, 2, 1, 3).reshape(M * r, M * r)
     if own:  # own blocks weigh 1/N instead of 1/M

@@ -79,6 +79,15 @@ def feature_directions(phi, r):
     return vecs[:, -r:].flip(1).contiguous()
 
 
+def projected_features(fm, U):
+    """fm followed by the frozen projection onto the columns of U (D, r): the features' r coordinates Uᵀφ."""
+    w = next(p for p in fm.parameters() if p.requires_grad)
+    proj = nn.Linear(U.shape[0], U.shape[1], bias=False, device=w.device, dtype=w.dtype)
+    proj.weight.data.copy_(U.T.to(proj.weight.dtype))
+    proj.weight.requires_grad_(False)
+    return nn.Sequential(fm, proj)
+
+
 class HeadAwarePredictor(Predictor):
     """Training curves of SGD on the model with a linearized backbone and an exact linear head (see module doc).
 
@@ -119,11 +128,7 @@ class HeadAwarePredictor(Predictor):
         if any(p.requires_grad for p in fm.parameters()):
             if self.feature_rank < D:  # the features move only within their top-energy directions U
                 U = feature_directions(self.phi0, self.feature_rank)  # (D, r)
-                w = next(p for p in fm.parameters() if p.requires_grad)
-                proj = nn.Linear(D, self.feature_rank, bias=False, device=w.device, dtype=w.dtype)
-                proj.weight.data.copy_(U.T.to(proj.weight.dtype))
-                proj.weight.requires_grad_(False)
-                S = sketch_jacobian(nn.Sequential(fm, proj), self.x, k, method=sketch_method, seed=seed,
+                S = sketch_jacobian(projected_features(fm, U), self.x, k, method=sketch_method, seed=seed,
                                     batch_size=eval_batch_size, progress=progress)  # (M, r, k)
                 self.S_r, self.U = S.cpu().contiguous(), U  # the sketch is U S_r: kept factored (r/D the work)
             else:
