@@ -27,7 +27,7 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call, jvp
+from torch.func import functional_call, grad, jvp
 
 from benchmarks.predict_long import cached_real_run, p90, rel, targets, task_data
 from zoo_kernels import zoo
@@ -38,8 +38,8 @@ from zoo_kernels.zoo.finetune import _batches, evaluate
 class LinearizedRun:
     """SGD on the head-aware model linearized at the weights of `model` (see the module doc), in weight space."""
 
-    def __init__(self, model, optimizer, x, y, feature_norm="fixed", chunk=128):
-        self.x, self.y, self.chunk, self.norm = x, y, chunk, feature_norm
+    def __init__(self, model, optimizer, x, y, feature_norm="fixed", chunk=128, order=1):
+        self.x, self.y, self.chunk, self.norm, self.order = x, y, chunk, feature_norm, order
         self.feat = feature_model(model)  # the head's input; functional_call puts the model's own weights in
         head = model.get_submodule(_last_linear(model))
         self.names = [n for n, _ in self.feat.named_parameters()]
@@ -62,12 +62,28 @@ class LinearizedRun:
         """φ(x) at `params` (by name; default the model's weights w_K, with their autograd graph)."""
         return functional_call(self.feat, dict(zip(self.names, self.w_K)) if params is None else params, (x,))
 
+    def _params(self):
+        return ({n: p.detach() for n, p in zip(self.names, self.w_K)},
+                {n: d.detach() for n, d in zip(self.names, self.delta)})
+
     def _z(self, idx):
-        """Linearized features of the samples idx: φ_K + J_φ Δ (no autograd graph)."""
-        params = {n: p.detach() for n, p in zip(self.names, self.w_K)}
-        tangents = {n: d.detach() for n, d in zip(self.names, self.delta)}
-        _, jd = jvp(lambda p: self._features(self.x[idx], p), (params,), (tangents,))
-        return self.phi_K[idx] + jd
+        """Features of the samples idx, no autograd graph: φ_K + J_φ Δ (order 1), + ½ ∂²φ[Δ, Δ] (order 2)."""
+        params, tangents = self._params()
+        f = lambda p: self._features(self.x[idx], p)  # noqa: E731
+        if self.order == 1:
+            return self.phi_K[idx] + jvp(f, (params,), (tangents,))[1]
+        jd, hdd = jvp(lambda p: jvp(f, (p,), (tangents,))[1], (params,), (tangents,))
+        return self.phi_K[idx] + jd + 0.5 * hdd
+
+    def _backbone_grads(self, idx, u):
+        """∂ℓ/∂Δ given u = ∂ℓ/∂φ: J_φ(w_K)ᵀ u (order 1), + (∂²φ[Δ, ·])ᵀ u (order 2: the Jacobian at w_K + Δ to first
+        order)."""
+        if self.order == 1:
+            return torch.autograd.grad(self._features(self.x[idx]), self.w_K, u)  # at w_K
+        params, tangents = self._params()
+        g = lambda p: grad(lambda q: (self._features(self.x[idx], q) * u).sum())(p)  # noqa: E731
+        g0, g1 = jvp(g, (params,), (tangents,))
+        return [g0[n] + g1[n] for n in self.names]
 
     def _logits(self, z, idx):
         phi = z * (self.norm_K[idx] / z.norm(dim=1, keepdim=True)) if self.norm == "fixed" else z
@@ -78,9 +94,7 @@ class LinearizedRun:
         loss = F.cross_entropy(self._logits(z, idx), self.y[idx])
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        out = self._features(self.x[idx])  # at w_K: the backbone's gradient is J_φ(w_K)ᵀ ∂ℓ/∂φ
-        grads = torch.autograd.grad(out, self.w_K, z.grad)
-        for d, g in zip(self.delta, grads):
+        for d, g in zip(self.delta, self._backbone_grads(idx, z.grad)):
             d.grad = g
         self.opt.step()
         return float(loss.detach())
@@ -97,7 +111,7 @@ class LinearizedRun:
         return loss / len(self.x), correct / len(self.x)
 
 
-def linearized_run(model_name, C, x, y, lr, batch, momentum, steps, K, horizon, real_t, feature_norm):
+def linearized_run(model_name, C, x, y, lr, batch, momentum, steps, K, horizon, real_t, feature_norm, order=1):
     """(steps, losses, accuracies, seconds, (t, replayed loss)) of the recipe's run of `steps` steps on (x, y), C
     classes, whose steps from K on are the linearized model's, up to horizon × steps; (t, loss) is the replayed
     warm-up at a step t ≤ K that the real run recorded."""
@@ -117,7 +131,7 @@ def linearized_run(model_name, C, x, y, lr, batch, momentum, steps, K, horizon, 
         opt.step()
     if check == K:
         replayed = evaluate(model, x, y)[0]
-    lin = LinearizedRun(model, opt, x, y, feature_norm)
+    lin = LinearizedRun(model, opt, x, y, feature_norm, order=order)
     at = sorted({t for t in real_t if t >= K} | set(range(steps, len(order) + 1, 50)))
     ts, ls, acc = [], [], []
     for s in range(K, len(order) + 1):
@@ -137,6 +151,8 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=100, help="K, the real steps before linearizing")
     ap.add_argument("--feature-norm", choices=("fixed", "linear"), default="fixed")
     ap.add_argument("--horizon", type=float, default=1.5)
+    ap.add_argument("--order", type=int, choices=(1, 2), default=1,
+                    help="2: the backbone's second-order Taylor model at w_K instead of its linearization")
     ap.add_argument("--only", type=int, nargs="*", help="indices of the records to run (default: all)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--cache", default=".benchmarks/predict_long_real")
@@ -169,7 +185,7 @@ def main(argv=None):
         steps = rec["steps"]
         ts, ls, acc, sec, (t_chk, l_chk) = linearized_run(
             rec["model"], C, x, y, rec["lr"], rec["batch"], rec["momentum"], steps, args.warmup, args.horizon,
-            real_t.tolist(), args.feature_norm)
+            real_t.tolist(), args.feature_norm, args.order)
         l_real = float(real_l[real_t.tolist().index(t_chk)])  # the replayed warm-up must be the real run
         pre = real_t < args.warmup  # the joined curve: the real run's before step K (as the warm start's)
         lin_T = targets(np.concatenate([real_t[pre], ts]), np.concatenate([real_l[pre], ls]),
@@ -187,7 +203,8 @@ def main(argv=None):
               + " | linearized " + "/".join("-" if v is None else f"{v:.0f}" for v in lin_T.values())
               + " | predicted " + "/".join("-" if v is None else f"{v:.0f}" for v in (row["predicted"] or {}).values()),
               flush=True)
-        meta = {"date": stamp, "compare": args.compare, "K": args.warmup, "feature_norm": args.feature_norm,
+        meta = {"date": stamp, "compare": args.compare, "K": args.warmup, "order": args.order,
+                "feature_norm": args.feature_norm,
                 "threads": args.threads, "load_average": list(os.getloadavg()), "wall_s": time.time() - start}
         with open(base + ".json", "w") as fh:
             json.dump({"meta": meta, "rows": rows}, fh)

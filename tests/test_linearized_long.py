@@ -65,10 +65,11 @@ def test_linear_backbone_is_real_sgd(seed, momentum):
         assert got[0] == pytest.approx(want[0], rel=1e-10) and got[1] == want[1]
 
 
-@pytest.mark.parametrize("feature_norm", ["linear", "fixed"])
-def test_nonlinear_backbone_matches_explicit_jacobian(seed, feature_norm):
-    """A tanh backbone: the run equals SGD on φ_K + J (w − w_K) with J from torch.func.jacrev, simulated directly
-    (head exact, fixed norm ‖φ_K(x)‖ φ/‖φ‖ when asked, torch's momentum recursion with the carried buffers)."""
+@pytest.mark.parametrize("feature_norm, order", [("linear", 1), ("fixed", 1), ("fixed", 2)])
+def test_nonlinear_backbone_matches_explicit_jacobian(seed, feature_norm, order):
+    """A tanh backbone: the run equals SGD on φ_K + J (w − w_K) (order 2: + ½ H[w − w_K, w − w_K]) with J and H from
+    torch.func.jacrev, simulated directly (head exact, fixed norm ‖φ_K(x)‖ φ/‖φ‖ when asked, torch's momentum
+    recursion with the carried buffers)."""
     torch.manual_seed(seed)
     x, y = _data(seed)
     model = Tiny(nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 4))).double()
@@ -81,6 +82,10 @@ def test_nonlinear_backbone_matches_explicit_jacobian(seed, feature_norm):
     wK = {n: p.detach().clone() for n, p in model.body.named_parameters()}
     jac = torch.func.jacrev(lambda p: torch.func.functional_call(model.body, p, (x,)))(wK)  # {name: (N, D, *shape)}
     J = torch.cat([jac[n].reshape(len(x), 4, -1) for n in names], -1)  # (N, D, P)
+    sizes = [wK[n].numel() for n in names]
+    flat = lambda v: {n: t.reshape(wK[n].shape) for n, t in zip(names, torch.split(v, sizes))}  # noqa: E731
+    H = torch.func.jacrev(torch.func.jacrev(lambda v: torch.func.functional_call(model.body, flat(v), (x,))))(
+        torch.cat([wK[n].reshape(-1) for n in names])) if order == 2 else None  # (N, D, P, P)
     phiK = model.features(x).detach()
     nK = phiK.norm(dim=1, keepdim=True)
     bufs = [opt.state[p]["momentum_buffer"].clone() for p in [model.head.weight, model.head.bias]
@@ -91,10 +96,12 @@ def test_nonlinear_backbone_matches_explicit_jacobian(seed, feature_norm):
 
     def ref_loss(W, b, delta, idx):
         z = phiK[idx] + J[idx] @ delta
+        if order == 2:
+            z = z + 0.5 * torch.einsum("ndpq,p,q->nd", H[idx], delta, delta)
         phi = z * (nK[idx] / z.norm(dim=1, keepdim=True)) if feature_norm == "fixed" else z
         return F.cross_entropy(phi @ W.T + b, y[idx])
 
-    lin = LinearizedRun(model, opt, x, y, feature_norm=feature_norm, chunk=5)
+    lin = LinearizedRun(model, opt, x, y, feature_norm=feature_norm, chunk=5, order=order)
     for bt in batches[3:]:
         lin.step(bt)
         params = [W.requires_grad_(True), b.requires_grad_(True), delta.requires_grad_(True)]
