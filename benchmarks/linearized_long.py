@@ -62,6 +62,16 @@ class LinearizedRun:
         """φ(x) at `params` (by name; default the model's weights w_K, with their autograd graph)."""
         return functional_call(self.feat, dict(zip(self.names, self.w_K)) if params is None else params, (x,))
 
+    @torch.no_grad()
+    def relinearize(self):
+        """Move the expansion point to the model's own current weights: w_K ← w_K + Δ, Δ ← 0, φ_K and the fixed
+        norms ← the network's features there (the momentum buffers, in weight space, are kept)."""
+        for p, d in zip(self.w_K, self.delta):
+            p.add_(d)
+            d.zero_()
+        self.phi_K = torch.cat([self._features(self.x[s:s + self.chunk]) for s in range(0, len(self.x), self.chunk)])
+        self.norm_K = self.phi_K.norm(dim=1, keepdim=True)
+
     def _params(self):
         return ({n: p.detach() for n, p in zip(self.names, self.w_K)},
                 {n: d.detach() for n, d in zip(self.names, self.delta)})
@@ -111,10 +121,12 @@ class LinearizedRun:
         return loss / len(self.x), correct / len(self.x)
 
 
-def linearized_run(model_name, C, x, y, lr, batch, momentum, steps, K, horizon, real_t, feature_norm, order=1):
+def linearized_run(model_name, C, x, y, lr, batch, momentum, steps, K, horizon, real_t, feature_norm, degree=1,
+                   relin=()):
     """(steps, losses, accuracies, seconds, (t, replayed loss)) of the recipe's run of `steps` steps on (x, y), C
     classes, whose steps from K on are the linearized model's, up to horizon × steps; (t, loss) is the replayed
-    warm-up at a step t ≤ K that the real run recorded."""
+    warm-up at a step t ≤ K that the real run recorded. relin: the steps (> K) before which it is re-linearized at
+    its own weights."""
     N = len(x)
     model = zoo.load_model(model_name, num_classes=C, seed=0)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
@@ -131,7 +143,7 @@ def linearized_run(model_name, C, x, y, lr, batch, momentum, steps, K, horizon, 
         opt.step()
     if check == K:
         replayed = evaluate(model, x, y)[0]
-    lin = LinearizedRun(model, opt, x, y, feature_norm, order=order)
+    lin = LinearizedRun(model, opt, x, y, feature_norm, order=degree)
     at = sorted({t for t in real_t if t >= K} | set(range(steps, len(order) + 1, 50)))
     ts, ls, acc = [], [], []
     for s in range(K, len(order) + 1):
@@ -141,8 +153,19 @@ def linearized_run(model_name, C, x, y, lr, batch, momentum, steps, K, horizon, 
             if not math.isfinite(ell):
                 break
         if s < len(order):
+            if s > K and s in relin:
+                lin.relinearize()
             lin.step(order[s])
     return np.asarray(ts), np.asarray(ls), np.asarray(acc), time.perf_counter() - t0, (check, replayed)
+
+
+def relinearization_steps(rule, K, last):
+    """The steps in (K, last] before which the model is re-linearized: every P steps ("P"), at 2K, 4K, ...
+    ("doubling"), or none ("0")."""
+    if rule == "doubling":
+        return {K * 2 ** j for j in range(1, 64) if K and K * 2 ** j <= last}
+    P = int(rule)
+    return set(range(K + P, last + 1, P)) if P > 0 else set()
 
 
 def main(argv=None):
@@ -153,6 +176,9 @@ def main(argv=None):
     ap.add_argument("--horizon", type=float, default=1.5)
     ap.add_argument("--order", type=int, choices=(1, 2), default=1,
                     help="2: the backbone's second-order Taylor model at w_K instead of its linearization")
+    ap.add_argument("--relinearize", default="0", metavar="P",
+                    help="re-linearize at the linearized model's own weights every P steps after K, or at 2K, 4K, "
+                         "8K, ... with 'doubling' (0: never)")
     ap.add_argument("--only", type=int, nargs="*", help="indices of the records to run (default: all)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--cache", default=".benchmarks/predict_long_real")
@@ -185,7 +211,8 @@ def main(argv=None):
         steps = rec["steps"]
         ts, ls, acc, sec, (t_chk, l_chk) = linearized_run(
             rec["model"], C, x, y, rec["lr"], rec["batch"], rec["momentum"], steps, args.warmup, args.horizon,
-            real_t.tolist(), args.feature_norm, args.order)
+            real_t.tolist(), args.feature_norm, args.order, relinearization_steps(args.relinearize, args.warmup,
+                                                                                 int(steps * args.horizon)))
         l_real = float(real_l[real_t.tolist().index(t_chk)])  # the replayed warm-up must be the real run
         pre = real_t < args.warmup  # the joined curve: the real run's before step K (as the warm start's)
         lin_T = targets(np.concatenate([real_t[pre], ts]), np.concatenate([real_l[pre], ls]),
@@ -204,6 +231,7 @@ def main(argv=None):
               + " | predicted " + "/".join("-" if v is None else f"{v:.0f}" for v in (row["predicted"] or {}).values()),
               flush=True)
         meta = {"date": stamp, "compare": args.compare, "K": args.warmup, "order": args.order,
+                "relinearize": args.relinearize,
                 "feature_norm": args.feature_norm,
                 "threads": args.threads, "load_average": list(os.getloadavg()), "wall_s": time.time() - start}
         with open(base + ".json", "w") as fh:

@@ -111,3 +111,29 @@ def test_nonlinear_backbone_matches_explicit_jacobian(seed, feature_norm, order)
         with torch.no_grad():
             want = float(ref_loss(W, b, delta, torch.arange(len(x))))
         assert lin.evaluate()[0] == pytest.approx(want, rel=1e-9)
+
+
+def test_relinearized_every_step_is_real_sgd(seed):
+    """Re-linearized at its own weights after every step, the linearized run takes the network's own gradient at
+    the network's own features: it must be real SGD, for a nonlinear backbone too. (With the fixed feature norm it
+    is not: that model drops the gradient's radial part.)"""
+    torch.manual_seed(seed)
+    x, y = _data(seed)
+    body = lambda: nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 4))  # noqa: E731
+    model, ref = Tiny(body()).double(), Tiny(body()).double()
+    ref.load_state_dict(model.state_dict())
+    opt = torch.optim.SGD(model.parameters(), lr=0.3, momentum=0.9)
+    ref_opt = torch.optim.SGD(ref.parameters(), lr=0.3, momentum=0.9)
+    batches = _batches(seed, len(x), 6, 10)
+    _real_steps(model, opt, x, y, batches[:3])
+    _real_steps(ref, ref_opt, x, y, batches[:3])
+    lin = LinearizedRun(model, opt, x, y, feature_norm="linear", chunk=5)
+    for bt in batches[3:]:
+        lin.step(bt)
+        _real_steps(ref, ref_opt, x, y, [bt])
+        with torch.no_grad():
+            want = float(F.cross_entropy(ref(x), y))
+        linearized = lin.evaluate()[0]  # the features φ_K + J Δ: not the network's (the test can tell them apart)
+        assert linearized != pytest.approx(want, rel=1e-6)
+        lin.relinearize()
+        assert lin.evaluate()[0] == pytest.approx(want, rel=1e-9)
