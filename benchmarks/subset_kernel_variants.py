@@ -7,12 +7,12 @@
 Each run repeats the recommended prediction of a saved predict_long record (K = 100, fixed norm, rank 8, subset
 "auto", 2 paths) with one change:
   exact        the subset's feature kernel exactly (zoo_kernels.ntk on the rank-8 features, M·8 × M·8) instead
-               of the k = 512 Kronecker sketch, factored as V Λ^½; the momentum state enters through J_φ b (a jvp)
+               of the k = 512 Kronecker sketch, factored as V Λ^½
   exact-own    the same kernel with each subset sample's own block scaled from 1/M to 1/N (Θ − (1 − M/N) ·
                blockdiag Θ_ii, the unbiased estimate of the full set's drift), negative eigenvalues clipped to 0
   extrapolate  no new run: the loss curves at two subset sizes (saved) extrapolated linearly in 1/M to M = N
-The library's HeadAwarePredictor and sketch_velocity are swapped inside zoo_kernels.warmstart for the run, so the
-warm-up and the integration are the library's own. Prints the steps per target next to the real run's.
+The library's HeadAwarePredictor is swapped inside zoo_kernels.warmstart for the run, so the warm-up, the momentum
+state (feature_velocity) and the integration are the library's own. Prints the steps per target next to the real run's.
 """
 import argparse
 import json
@@ -21,7 +21,6 @@ import warnings
 
 import numpy as np
 import torch
-from torch.func import functional_call, jvp
 
 import zoo_kernels.warmstart as ws
 from benchmarks.predict_long import predicted_targets, rel, targets, task_data
@@ -29,11 +28,9 @@ from zoo_kernels import zoo
 from zoo_kernels.calibrate import HeadAwarePredictor, feature_model, projected_features
 from zoo_kernels.ntk import ntk
 
-_library_velocity = ws.sketch_velocity
-
 
 def exact_factor(pred, model, own):
-    """Replace pred's sketch by an exact factor of its subset's rank-r feature kernel; returns (S⁺, features)."""
+    """Replace pred's sketch by an exact factor of its subset's rank-r feature kernel."""
     feats = projected_features(feature_model(model).eval(), pred.U)
     r = pred.U.shape[1]
     M = pred.x.shape[0]
@@ -42,37 +39,20 @@ def exact_factor(pred, model, own):
         T = T - (1 - M / pred.n_samples) * torch.block_diag(*[T[i * r:(i + 1) * r, i * r:(i + 1) * r]
                                                                 for i in range(M)])
     lam, V = torch.linalg.eigh(T)
-    lam = lam.clamp_min(0)
-    keep = lam > lam.max() * 1e-12
-    pred.S_r = (V * lam.sqrt()).reshape(M, r, M * r).to(pred.S_r.dtype).contiguous()
+    pred.S_r = (V * lam.clamp_min(0).sqrt()).reshape(M, r, M * r).to(pred.S_r.dtype).contiguous()
     pred.k = M * r
-    return (V * torch.where(keep, 1 / lam.clamp_min(1e-300).sqrt(), 0)).T, feats
 
 
 def run_variant(mode, rec):
     """The recommended prediction of one saved record, with the exact (or own-corrected) subset kernel."""
-    state = {}
 
     class Variant(HeadAwarePredictor):
         def __init__(self, model, data, **kw):
             super().__init__(model, data, **kw)
-            state["pred"], state["model"] = self, model
-            state["pinv"], state["feats"] = exact_factor(self, model, own=mode == "exact-own")
-
-    def velocity(model, optimizer, k, seed=0, head=None):  # S θ_v = J_φ b, through the exact factor
-        v = _library_velocity(model, optimizer, k, seed, head)
-        if v is None:
-            return v
-        feats, pred = state["feats"], state["pred"]
-        params = {n: p.detach() for n, p in feats.named_parameters() if p.requires_grad}
-        bufs = {"0." + n: optimizer.state[p]["momentum_buffer"].detach() for n, p in model.named_parameters()
-                if p.requires_grad and not n.startswith("head.")}
-        _, jb = jvp(lambda p: functional_call(feats, p, (pred.x.to(next(feats.parameters()).dtype),)), (params,),
-                    ({n: bufs[n] for n in params},))
-        return v[0], v[1], state["pinv"] @ jb.double().reshape(-1)
+            exact_factor(self, model, own=mode == "exact-own")
 
     C, x, y = task_data(rec["task"])
-    ws.HeadAwarePredictor, ws.sketch_velocity = Variant, velocity
+    ws.HeadAwarePredictor = Variant
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
@@ -82,7 +62,7 @@ def run_variant(mode, rec):
                 seed=0, feature_norm="fixed", paths=2, sampling="stream", on_divergence="truncate", feature_rank=8,
                 eval_every=10, sketch_method="kronecker")
     finally:
-        ws.HeadAwarePredictor, ws.sketch_velocity = HeadAwarePredictor, _library_velocity
+        ws.HeadAwarePredictor = HeadAwarePredictor
 
 
 def extrapolate(path_a, path_b, K=100):

@@ -7,7 +7,7 @@ from torch import nn
 from conftest import bilinear_problem
 from zoo_kernels.calibrate import HeadAwarePredictor
 from zoo_kernels.dynamics import _batch_stream, path_batches
-from zoo_kernels.warmstart import predict_after_warmup, sketch_velocity
+from zoo_kernels.warmstart import feature_velocity, predict_after_warmup
 
 
 def _loss(out, y, loss):
@@ -35,25 +35,33 @@ def _real_sgd(model, params, x, y, lr, B, K, steps, seed, hp, loss="ce"):
     return ref
 
 
-def test_sketch_velocity_is_the_sketched_gradient():
-    """After one full-batch step the momentum buffer is the gradient Σ_i J_iᵀ ∂L/∂φ_i; its sketch must be
-    Σ_i S_iᵀ ∂L/∂φ_i with the predictor's own S (same random rows, order and scale)."""
+@pytest.mark.parametrize("feature_rank", [None, 2])
+def test_feature_velocity_is_the_buffer_in_feature_space(feature_rank):
+    """After one full-batch step the backbone's momentum buffer is b = Σ_i J_iᵀ ∂L/∂φ_i; its feature-space image
+    must be J_j b = Σ_i J_j J_iᵀ ∂L/∂φ_i on the predictor's samples (with feature_rank, in the coordinates Uᵀφ),
+    from the explicit Jacobian (torch.func.jacrev), whatever the sketch."""
     model, x, y = bilinear_problem(n=20, d=6, h=7, C=4, seed=3)
-    k = 96
-    S = HeadAwarePredictor(model, (x, y), k=k, seed=5).S  # (N, D, k)
+    pred = HeadAwarePredictor(model, (x, y), k=96, seed=5, sketch_method="kronecker", feature_rank=feature_rank)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    assert sketch_velocity(model, opt, k, seed=5) is None  # no buffer before the first step
+    assert feature_velocity(model, opt, pred) is None  # no buffer before the first step
     phi = model[0](x).detach().requires_grad_(True)
     dphi, = torch.autograd.grad(nn.functional.cross_entropy(model[1](phi), y), phi)
+    params = {n: p.detach().clone() for n, p in model[0].named_parameters()}
+    jac = torch.func.jacrev(lambda p: torch.func.functional_call(model[0], p, (x,)))(params)
+    J = torch.cat([jac[n].reshape(len(x), 7, -1) for n in params], -1)  # (N, D, P)
     opt.zero_grad()
     nn.functional.cross_entropy(model(x), y).backward()
     gW, gb = model[1].weight.grad.clone(), model[1].bias.grad.clone()
     opt.step()
-    vW, vb, vth = sketch_velocity(model, opt, k, seed=5)
-    np.testing.assert_allclose(vth, torch.einsum("ndk,nd->k", S, dphi), rtol=1e-10, atol=1e-12)
+    vW, vb, V = feature_velocity(model, opt, pred, batch_size=7)
+    want = J @ torch.einsum("ndp,nd->p", J, dphi)  # (N, D)
+    if feature_rank:
+        want = want @ pred.U
+    assert V.shape == (20, feature_rank or 7)
+    np.testing.assert_allclose(V, want, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(vW, gW, rtol=1e-12)
     np.testing.assert_allclose(vb, gb, rtol=1e-12)
-    assert vth.abs().max() > 1e-3  # not trivially zero
+    assert V.abs().max() > 1e-3  # not trivially zero
 
 
 def test_no_warmup_is_the_head_aware_prediction():
@@ -87,17 +95,19 @@ def test_frozen_backbone_warmup_joins_real_sgd_exactly(hp, loss):
     np.testing.assert_array_equal(model[1].weight.detach(), bilinear_problem()[0][1].weight.detach())
 
 
-def test_warmup_with_a_trained_backbone_tracks_the_network():
+@pytest.mark.parametrize("sketch_method", ["dense", "kronecker"])
+def test_warmup_with_a_trained_backbone_tracks_the_network(sketch_method):
     """A linear backbone: after the real warm-up the head-aware model is the network up to the sketch's JL error;
-    with the backbone's momentum carried (sketch_velocity) it follows real SGD closely."""
+    with the backbone's momentum carried (feature_velocity) it follows real SGD closely, with either sketch."""
     model, x, y = bilinear_problem(n=30)
     K, steps, B, lr, seed, hp = 6, 40, 6, 0.05, 1, dict(momentum=0.9)
     p = predict_after_warmup(model, (x, y), lr=lr, batch_size=B, max_steps=steps, warmup_steps=K, paths=1,
-                             seed=seed, sampling="stream", k=8192, **hp)
+                             seed=seed, sampling="stream", k=8192, sketch_method=sketch_method, **hp)
     ref_model = bilinear_problem(n=30)[0]
     ref = _real_sgd(ref_model, ref_model.parameters(), x, y, lr, B, K, steps, seed, hp)
     np.testing.assert_allclose(p.loss_curve[:K + 1], ref[:K + 1], rtol=1e-12)  # the measured part
-    # 0.1 % measured (k = 8192); without the backbone's velocity it is 2 %, so this catches a lost momentum state
+    # 0.1 % measured (k = 8192, both sketches); without the backbone's velocity it is 2-3 %, so this catches a lost
+    # momentum state (as the Kronecker sketch's velocity projected with the dense R did: 2.9 %)
     np.testing.assert_allclose(p.loss_curve, ref, rtol=6e-3)
     assert ref[-1] < 0.8 * ref[K]  # the predicted part covers real progress
 
@@ -167,9 +177,9 @@ def test_velocity_is_checked():
     pred = HeadAwarePredictor(model, (x, y), k=16)
     kw = dict(lr=0.1, batch_size=4, max_steps=3, momentum=0.9, measure_time=False)
     good = (torch.zeros(3, 6, dtype=torch.float64), torch.zeros(3, dtype=torch.float64),
-            torch.zeros(16, dtype=torch.float64))
+            torch.zeros(24, 6, dtype=torch.float64))
     np.testing.assert_array_equal(pred.predict(velocity=good, **kw).loss_curve, pred.predict(**kw).loss_curve)
-    for bad in [good[:2], (good[0], good[1], torch.zeros(8, dtype=torch.float64)),
+    for bad in [good[:2], (good[0], good[1], torch.zeros(16, dtype=torch.float64)),
                 (good[0] * float("nan"), good[1], good[2])]:
         with pytest.raises(ValueError, match="`velocity` must be 3 finite tensors"):
             pred.predict(velocity=bad, **kw)

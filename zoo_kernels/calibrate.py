@@ -190,12 +190,21 @@ class HeadAwarePredictor(Predictor):
         theta = torch.zeros(P, S.shape[-1] if S is not None else 0, dtype=torch.float64)
         dead = np.full(P, -1)  # the step after which a path diverged (-1: alive)
         evaluated = []
-        buf = None if velocity is None else tuple(v.double().expand(P, *v.shape).clone() for v in velocity)
+        V, c = None, torch.zeros(P, dtype=torch.float64)  # the warm-up's backbone buffer b: φ gains c_t · J_φ b
+        buf = None
+        if velocity is not None:  # torch's buffers, split by linearity: the sketch's part starts at 0, b's at c' = 1
+            vW, vb, V = (v.double() for v in velocity)
+            buf = (vW.expand(P, *vW.shape).clone(), vb.expand(P, *vb.shape).clone(), torch.zeros_like(theta))
+            if S is None or V.shape[1] == 0:
+                V = None
+            else:
+                buf += (torch.ones(P, dtype=torch.float64),)
         for t in range(max_steps + 1):
             full = t % eval_every == 0 or t == max_steps
             if full:  # the whole training set: φ = φ_0 + S θ for all samples (one product for all paths)
                 z = self.phi0.expand(P, N, D) if S is None else \
-                    self.phi0 + up((S.view(N * r, -1) @ theta.T.to(S.dtype)).T.reshape(P, N, r).double())
+                    self.phi0 + up((S.view(N * r, -1) @ theta.T.to(S.dtype)).T.reshape(P, N, r).double()
+                                   + (0 if V is None else c[:, None, None] * V))
                 phi, scale = sphere(z, r0)
                 f = torch.einsum("pnd,pcd->pnc", phi, W) + b[:, None]
                 ell, grad = _loss_and_grad(f, y, onehot, self.loss)
@@ -216,7 +225,8 @@ class HeadAwarePredictor(Predictor):
             else:  # only the batch's features and outputs
                 zb = self.phi0[bidx]
                 if S is not None:
-                    zb = zb + up(torch.stack([Sb[q] @ theta[q].to(S.dtype) for q in range(P)]).double())
+                    zb = zb + up(torch.stack([Sb[q] @ theta[q].to(S.dtype) for q in range(P)]).double()
+                                 + (0 if V is None else c[:, None, None] * V[bidx]))
                 phib, scb = sphere(zb, None if r0 is None else r0[bidx])
                 G = _loss_and_grad(torch.einsum("pbd,pcd->pbc", phib, W) + b[:, None], y[bidx], onehot[bidx],
                                    self.loss)[1] / B
@@ -237,10 +247,13 @@ class HeadAwarePredictor(Predictor):
                     gth = gth + wd * theta
             else:
                 gth = theta
-            moved = [sgd.direction(bi, gi) for bi, gi in zip(buf or (None,) * 3, (gW, gb, gth))]
+            grads = (gW, gb, gth) + (() if V is None else (wd * c,))  # wd toward w0 acts on c · b too
+            moved = [sgd.direction(bi, gi) for bi, gi in zip(buf or (None,) * 3, grads)]
             buf, step = tuple(u for u, _ in moved), tuple(v for _, v in moved)
             eta = sgd.lr_at(t, max_steps)
             W, b, theta = W - eta * step[0], b - eta * step[1], theta - eta * step[2]
+            if V is not None:
+                c = c - eta * step[3]
             finite = (torch.isfinite(W).flatten(1).all(1) & torch.isfinite(theta).all(1)).numpy()
             if mark_divergence(dead, finite, t, on_divergence,
                                f"the head-aware linearized dynamics diverged at step {t} (learning rate {eta}): the "
@@ -269,15 +282,17 @@ class HeadAwarePredictor(Predictor):
         feature_norm="fixed": each sample's features keep their norm, φ_t(x) = ‖φ_0(x)‖ · z/‖z‖ with z = φ_0 + S θ
         the linearized features (the real GroupNorm/ReLU features keep 0.83-1.04 of their norm over 10 epochs
         while their centered part grows up to 8×; docs/PREDICT.md); the default "linear" is φ_t = z.
-        velocity: the initial momentum state (head weight, head bias, backbone in sketch coordinates), as
-        zoo_kernels.warmstart.sketch_velocity returns it; None starts at rest, as torch.optim.SGD does."""
+        velocity: the initial momentum state (head weight buffer, head bias buffer, the backbone buffer b as J_φ b
+        on the M samples, in the feature directions' coordinates), as zoo_kernels.warmstart.feature_velocity returns
+        it; None starts at rest, as torch.optim.SGD does."""
         check_eval_every(eval_every)
         if velocity is not None:
-            want = (tuple(self.W0.shape), tuple(self.b0.shape), (0 if self.S_r is None else self.S_r.shape[-1],))
+            want = (tuple(self.W0.shape), tuple(self.b0.shape),
+                    (self.subset, 0 if self.S_r is None else self.S_r.shape[1]))
             got = tuple(tuple(v.shape) for v in velocity) if len(velocity) == 3 else None
             if got != want or stride != 1 or not all(torch.isfinite(v).all() for v in velocity):
                 raise ValueError(f"`velocity` must be 3 finite tensors of shapes {want} (head weight, head bias, "
-                                 f"sketch coordinates), with stride 1; got shapes {got}, stride {stride}")
+                                 f"the backbone's in feature space), with stride 1; got shapes {got}, stride {stride}")
         start = time.perf_counter()
         check_divergence_mode(on_divergence)
         if not isinstance(max_steps, int) or max_steps < 1:

@@ -4,8 +4,8 @@ A fine-tuned network's kernel changes fastest in its first steps (the new head g
 the target's classes); a linearization taken after them drifts less. `predict_after_warmup` runs the first K
 steps of real training (torch.optim.SGD on a copy of the model, minibatches of a seeded stream), then integrates
 the head-aware model (zoo_kernels.calibrate.HeadAwarePredictor) linearized at w_K from the optimizer's state:
-the head's momentum buffers exactly, the backbone's projected into the sketch's coordinates by the same dense JL
-matrix (θ_v = Rᵀ b / √k, so that S θ_v = J_φ b). The curves join: steps 0..K are the measured losses and
+the head's momentum buffers exactly, the backbone's as its feature-space image J_φ b on the subset (exact, for any
+sketch). The curves join: steps 0..K are the measured losses and
 accuracies of the M subset samples, steps K.. the prediction. Cost: K real steps, K + 1 subset evaluations and the
 head-aware setup at w_K. Weight decay is torch's (toward 0) during the warm-up and the head-aware model's
 (toward w_K for the backbone) after it.
@@ -16,33 +16,45 @@ import types
 
 import numpy as np
 import torch
+from torch.func import functional_call, jvp
 from tqdm.auto import tqdm
 
-from . import ops
-from .calibrate import HeadAwarePredictor, _last_linear
+from .calibrate import HeadAwarePredictor, _last_linear, feature_model, projected_features
 from .dynamics import _accuracy, _batch_stream, _loss_and_grad, interpolate_loss
 from .predict import Prediction, _load_data, _outputs, check_eval_every, check_sketch_method
 
-__all__ = ["predict_after_warmup", "sketch_velocity"]
+__all__ = ["predict_after_warmup", "feature_velocity"]
 
 
-def sketch_velocity(model, optimizer, k, seed=0, head=None):
+def feature_velocity(model, optimizer, predictor, batch_size=32, head=None):
     """The momentum state of `optimizer` (torch.optim.SGD over `model`) as the head-aware model's velocity:
-    (head weight buffer, head bias buffer, backbone buffer in sketch coordinates (k,)), float64; None when the
-    optimizer holds no momentum buffers (momentum 0, or no step yet)."""
-    lin = model.get_submodule(head or _last_linear(model))
-    head_ids = {id(p) for p in lin.parameters()}
+    (head weight buffer, head bias buffer, V), float64, where V = J_φ b is the backbone buffer b moved into the
+    predictor's feature space, on its M samples: (M, r) in the coordinates of its feature directions U (r =
+    feature_rank), (M, D) without them, (M, 0) for a frozen backbone. None when the optimizer holds no momentum
+    buffers (momentum 0, or no step yet). Exact (one forward-mode pass over the M samples, `batch_size` at a time),
+    whatever the sketch."""
+    name = head or _last_linear(model)
+    lin = model.get_submodule(name)
     state = lambda p: optimizer.state.get(p, {}).get("momentum_buffer")  # noqa: E731
     if state(lin.weight) is None:
         return None
-    bufs = [state(p) for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
-    if any(b is None for b in bufs):
+    fm = feature_model(model, name).eval()
+    if predictor.U is not None:
+        fm = projected_features(fm, predictor.U)
+    params = {n: p.detach() for n, p in fm.named_parameters() if p.requires_grad}
+    bufs = {n: state(model.get_parameter(n.removeprefix("0.") if predictor.U is not None else n)) for n in params}
+    if any(b is None for b in bufs.values()):
         raise ValueError("`optimizer` has no momentum buffer for some trainable backbone parameter")
-    flat = torch.cat([b.detach().reshape(-1).double().cpu() for b in bufs]) if bufs else torch.zeros(0)
-    theta = (ops.project_dense(torch.ones(1, 1, dtype=torch.float64), flat.view(1, -1), k, seed)[0] if bufs
-             else torch.zeros(0, dtype=torch.float64))
+    M, r = len(predictor.x), (0 if predictor.S_r is None else predictor.S_r.shape[1])
+    if not params or predictor.S_r is None:
+        V = torch.zeros(M, 0, dtype=torch.float64)
+    else:
+        dev, step = next(iter(params.values())).device, batch_size
+        with torch.no_grad():
+            V = torch.cat([jvp(lambda q: functional_call(fm, q, (predictor.x[i:i + step].to(dev),)), (params,),
+                               (bufs,))[1].double().cpu() for i in range(0, M, step)])
     bias = state(lin.bias).detach().double().cpu() if lin.bias is not None else torch.zeros(lin.out_features)
-    return state(lin.weight).detach().double().cpu(), bias.double(), theta
+    return state(lin.weight).detach().double().cpu(), bias.double(), V
 
 
 @torch.no_grad()
@@ -112,7 +124,7 @@ def predict_after_warmup(model, data, *, lr, batch_size, max_steps, warmup_steps
             step_times.append(time.perf_counter() - t0)
     pred = HeadAwarePredictor(warm, (x, y), loss=loss, k=k, subset=subset, seed=seed, eval_batch_size=eval_batch_size,
                               feature_rank=feature_rank, sketch_method=sketch_method, progress=progress)
-    velocity = sketch_velocity(warm, opt, k, seed) if opt is not None and momentum else None
+    velocity = feature_velocity(warm, opt, pred, eval_batch_size) if opt is not None and momentum else None
     q = pred.predict(lr=lr, batch_size=batch_size, max_steps=max_steps - K, momentum=momentum, dampening=dampening,
                      nesterov=nesterov, weight_decay=weight_decay, paths=paths, seed=seed, sampling=sampling,
                      on_divergence=on_divergence, eval_every=eval_every, feature_norm=feature_norm,
