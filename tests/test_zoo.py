@@ -291,9 +291,11 @@ def test_recomputed_runs_match_stored_files():
     or the recipe drift from what the ground truth was measured with."""
     from zoo_kernels.zoo import groundtruth as G
 
-    # the cheapest stored fine-tuning run of the small tier (a few seconds on one thread)
+    # a cheap stored fine-tuning run of the small tier (seconds on one thread). latin_heldout's runs reproduce on
+    # other CPUs (an Intel Xeon: per-step losses within 4e-6 of the AMD EPYC's files); texture_orient's and
+    # pendigits_inverted's are chaotic there (up to 252/600 test samples and 35 % per-step loss apart).
     ft = {(r["model"], r["task"], r["shots"], r["seed"]): r for r in zoo.finetune_runs("small")}
-    key = ("convnet_random", "texture_orient", 10, 1)
+    key = ("convnet_random", "latin_heldout", 10, 1)
     stored = ft[key]
     new = G.finetune_one(*key)
     assert new["lr"] == RECIPE.lr and new["steps"] == RECIPE.steps and new["batch"] == RECIPE.batch
@@ -305,10 +307,10 @@ def test_recomputed_runs_match_stored_files():
     c = G.compare_finetune(stored, new, acc_samples=acc_samples)
     assert c["ok"], c
     # one SGD-grid run, compared step by step (full-train loss before and after every step)
-    runs = [r for r in zoo.sgd_runs("small") if r["model"] == "convnet_latin" and r["task"] == "texture_orient"
+    runs = [r for r in zoo.sgd_runs("small") if r["model"] == "convnet_latin" and r["task"] == "latin_heldout"
             and r["lr"] == 0.003 and r["batch"] == 16 and r["momentum"] == 0.9]
     assert len(runs) == 1
-    run = G.sgd_one("convnet_latin", "texture_orient", 0.003, 16, 0.9)
+    run = G.sgd_one("convnet_latin", "latin_heldout", 0.003, 16, 0.9)
     c = G.compare_sgd(runs[0], runs[0]["steps"], run, rtol=sgd_rtol)
     assert c["ok"], c
     # the comparisons are not vacuous: three test samples off, or losses 1% off, are caught
