@@ -40,20 +40,26 @@ def _batches(seed, n, B, steps):
     return [torch.randperm(n, generator=g)[:B] for _ in range(steps)]
 
 
+def _twins(seed, body, lr, momentum, x, y, warmup):
+    """Two identical models with their SGD optimizers, both after the same real warm-up steps."""
+    torch.manual_seed(seed)
+    model, ref = Tiny(body()).double(), Tiny(body()).double()
+    ref.load_state_dict(model.state_dict())
+    out = []
+    for m in (model, ref):
+        opt = torch.optim.SGD(m.parameters(), lr=lr, momentum=momentum)
+        _real_steps(m, opt, x, y, warmup)
+        out += [m, opt]
+    return out
+
+
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
 def test_linear_backbone_is_real_sgd(seed, momentum):
     """A backbone whose features are linear in its weights: the linearized run is the network, so K real steps
     then the linearized steps must equal real SGD throughout (momentum buffers carried)."""
-    torch.manual_seed(seed)
     x, y = _data(seed)
-    model = Tiny(nn.Linear(5, 4)).double()
-    ref = Tiny(nn.Linear(5, 4)).double()
-    ref.load_state_dict(model.state_dict())
-    opt = torch.optim.SGD(model.parameters(), lr=0.2, momentum=momentum)
-    ref_opt = torch.optim.SGD(ref.parameters(), lr=0.2, momentum=momentum)
     batches = _batches(seed, len(x), 8, 12)
-    _real_steps(model, opt, x, y, batches[:4])
-    _real_steps(ref, ref_opt, x, y, batches[:4])
+    model, opt, ref, ref_opt = _twins(seed, lambda: nn.Linear(5, 4), 0.2, momentum, x, y, batches[:4])
     lin = LinearizedRun(model, opt, x, y, feature_norm="linear", chunk=7)
     for b in batches[4:]:
         lin.step(b)
@@ -117,16 +123,10 @@ def test_relinearized_every_step_is_real_sgd(seed):
     """Re-linearized at its own weights after every step, the linearized run takes the network's own gradient at
     the network's own features: it must be real SGD, for a nonlinear backbone too. (With the fixed feature norm it
     is not: that model drops the gradient's radial part.)"""
-    torch.manual_seed(seed)
     x, y = _data(seed)
-    body = lambda: nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 4))  # noqa: E731
-    model, ref = Tiny(body()).double(), Tiny(body()).double()
-    ref.load_state_dict(model.state_dict())
-    opt = torch.optim.SGD(model.parameters(), lr=0.3, momentum=0.9)
-    ref_opt = torch.optim.SGD(ref.parameters(), lr=0.3, momentum=0.9)
     batches = _batches(seed, len(x), 6, 10)
-    _real_steps(model, opt, x, y, batches[:3])
-    _real_steps(ref, ref_opt, x, y, batches[:3])
+    body = lambda: nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 4))  # noqa: E731
+    model, opt, ref, ref_opt = _twins(seed, body, 0.3, 0.9, x, y, batches[:3])
     lin = LinearizedRun(model, opt, x, y, feature_norm="linear", chunk=5)
     for bt in batches[3:]:
         lin.step(bt)
