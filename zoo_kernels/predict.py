@@ -347,7 +347,7 @@ RECOMMENDED = {"warmup_steps": 100, "feature_norm": "fixed", "feature_rank": 8, 
                "eval_every": 10, "subset": "auto", "k": 512}
 # what the validation measured for it (docs/PREDICT.md), shown with its predictions by the CLI
 RECOMMENDED_VALIDATION = ("validated on 10-epoch MiniZoo fine-tuning, 9 expert/task pairs: median error of the steps to "
-                          "a target after step 100 of 9-22 % per set of pairs (p90 27-71 %), more often too early "
+                          "a target after step 100 of 9-24 % per set of pairs (p90 27-71 %), more often too early "
                           "than too late; on one set it also reached 16 targets that training never reached, so treat "
                           "late targets as optimistic")
 
