@@ -45,14 +45,14 @@ def feature_velocity(model, optimizer, predictor, batch_size=32, head=None):
     bufs = {n: state(model.get_parameter(n.removeprefix("0.") if predictor.U is not None else n)) for n in params}
     if any(b is None for b in bufs.values()):
         raise ValueError("`optimizer` has no momentum buffer for some trainable backbone parameter")
-    M, r = len(predictor.x), (0 if predictor.S_r is None else predictor.S_r.shape[1])
+    M = len(predictor.x)
     if not params or predictor.S_r is None:
         V = torch.zeros(M, 0, dtype=torch.float64)
     else:
-        dev, step = next(iter(params.values())).device, batch_size
+        dev = next(iter(params.values())).device
         with torch.no_grad():
-            V = torch.cat([jvp(lambda q: functional_call(fm, q, (predictor.x[i:i + step].to(dev),)), (params,),
-                               (bufs,))[1].double().cpu() for i in range(0, M, step)])
+            V = torch.cat([jvp(lambda q: functional_call(fm, q, (predictor.x[i:i + batch_size].to(dev),)), (params,),
+                               (bufs,))[1].double().cpu() for i in range(0, M, batch_size)])
     bias = state(lin.bias).detach().double().cpu() if lin.bias is not None else torch.zeros(lin.out_features)
     return state(lin.weight).detach().double().cpu(), bias.double(), V
 
