@@ -90,11 +90,11 @@ def extrapolated_targets(rec, fit, K, start=1, horizon=1.5):
     return {k: crossing(ts, ls, float(k.split("<=")[1][:-2]) * L[0]) for k in rec["real"] if k.startswith("loss")}
 
 
-def errors(records, T_of, K):
-    """(errors over the targets reached after K, the strict list with the least errors of the false reaches)."""
+def errors(records, Ts, K):
+    """(errors over the targets reached after K, the strict list with the least errors of the false reaches), for
+    the steps per target Ts[i] of records[i]."""
     errs, bounds = [], []
-    for rec in records:
-        T = T_of(rec)
+    for rec, T in zip(records, Ts):
         for k, p in T.items():
             r = rec["real"][k]
             if r is None:
@@ -118,8 +118,7 @@ def main(argv=None):
         methods["recommended (saved)"] = [{k: v for k, v in rec["methods"][RECOMMENDED]["T"].items()
                                            if k.startswith("loss")} for rec in records]
         for name, Ts in methods.items():
-            T_of = dict(zip(map(id, records), Ts)).__getitem__
-            e, strict = errors(records, lambda rec: T_of(id(rec)), K)
+            e, strict = errors(records, Ts, K)
             signed = [(T[k] - r["real"][k]) / r["real"][k] for r, T in zip(records, Ts) for k in T
                       if r["real"][k] is not None and r["real"][k] > K and T[k] is not None]
             rows.append({"set": label, "method": name, "targets": len(e), "median": float(np.median(e)),

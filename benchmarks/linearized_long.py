@@ -54,8 +54,12 @@ class LinearizedRun:
             buf = optimizer.state.get(p, {}).get("momentum_buffer")
             if buf is not None:
                 self.opt.state[new]["momentum_buffer"] = buf.detach().clone()
-        with torch.no_grad():
-            self.phi_K = torch.cat([self._features(x[s:s + chunk]) for s in range(0, len(x), chunk)])
+        self._expand_here()
+
+    @torch.no_grad()
+    def _expand_here(self):
+        """φ_K and the fixed norms ← the network's features at the expansion point w_K."""
+        self.phi_K = torch.cat([self._features(self.x[s:s + self.chunk]) for s in range(0, len(self.x), self.chunk)])
         self.norm_K = self.phi_K.norm(dim=1, keepdim=True)
 
     def _features(self, x, params=None):
@@ -69,8 +73,7 @@ class LinearizedRun:
         for p, d in zip(self.w_K, self.delta):
             p.add_(d)
             d.zero_()
-        self.phi_K = torch.cat([self._features(self.x[s:s + self.chunk]) for s in range(0, len(self.x), self.chunk)])
-        self.norm_K = self.phi_K.norm(dim=1, keepdim=True)
+        self._expand_here()
 
     def _params(self):
         return ({n: p.detach() for n, p in zip(self.names, self.w_K)},
@@ -153,7 +156,7 @@ def linearized_run(model_name, C, x, y, lr, batch, momentum, steps, K, horizon, 
             if not math.isfinite(ell):
                 break
         if s < len(order):
-            if s > K and s in relin:
+            if s in relin:
                 lin.relinearize()
             lin.step(order[s])
     return np.asarray(ts), np.asarray(ls), np.asarray(acc), time.perf_counter() - t0, (check, replayed)

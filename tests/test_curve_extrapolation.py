@@ -28,7 +28,7 @@ def test_targets_of_the_joined_curve_and_errors():
     assert T["loss<=0.5L0"] == pytest.approx(100 * np.log(2), abs=0.05)   # before K: the real curve
     assert T["loss<=0.1L0"] == pytest.approx(100 * np.log(10), abs=0.5)    # after K: the fit, exact here
     assert T["loss<=0.0333L0"] == pytest.approx(100 * np.log(30), abs=0.5)
-    e, strict = errors([rec], lambda r: T, 100)
+    e, strict = errors([rec], [T], 100)
     # only 0.1L0 is reached by the real run after K; 0.0333L0 is reached at 340 by the fit only: least error 260/600
     assert e == [pytest.approx(abs(T["loss<=0.1L0"] - 230.3) / 230.3)]
     assert strict[1] == pytest.approx((600 - T["loss<=0.0333L0"]) / 600)
