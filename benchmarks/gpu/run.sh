@@ -44,7 +44,8 @@ export MAX_JOBS=${MAX_JOBS:-$(nproc)}
 {
   nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv,noheader
   "$CUDA_HOME/bin/nvcc" --version | tail -n 2
-  "$PY" -c 'import sys, torch; print("python", sys.version.split()[0], "| torch", torch.__version__, "| cuda", torch.version.cuda, "| gpu available", torch.cuda.is_available())'
+  "$PY" -c 'import sys, torch; print("python", sys.version.split()[0], "| torch", torch.__version__, "| cuda", torch.version.cuda, "| gpu available", torch.cuda.is_available(), "| torch threads", torch.get_num_threads())'
+  echo "nproc $(nproc) | CPU $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-)"
   echo "CUDA_HOME=$CUDA_HOME TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST MAX_JOBS=$MAX_JOBS"
 } 2>&1 | tee "$OUT/env.txt"
 

@@ -270,7 +270,7 @@ def test_finetune_baseline(benchmark, finetune_problem, ceilings):
     record(benchmark, ceilings, N=N, steps=steps, epochs=EPOCHS, **SETTING)
 
 
-@pytest.mark.parametrize("warmup,threads", [(0, None), (100, None), (0, 1)])
+@pytest.mark.parametrize("warmup,threads", [(0, None), (100, None), (0, 1), (0, 16), (100, 16)])
 def test_predict(benchmark, finetune_problem, ceilings, warmup, threads):
     """predict_after_warmup (head-aware; warmup 0 is the plain head-aware prediction) in the recommended mode of
     docs/PREDICT.md (subset "auto", k 512, Kronecker sketch, feature_rank 8, eval_every 10, fixed feature norm),
@@ -286,7 +286,7 @@ def test_predict(benchmark, finetune_problem, ceilings, warmup, threads):
                                        sketch_method="kronecker", feature_norm="fixed", sampling="stream",
                                        on_divergence="truncate", **SETTING)
     saved = torch.get_num_threads()
-    torch.set_num_threads(threads or saved)  # threads=1: does the CPU simulation suffer from many threads?
+    torch.set_num_threads(threads or saved)  # 1 and 16: does the CPU simulation gain from threads?
     try:
         pred = bench(benchmark, run, rounds=2)
     finally:
