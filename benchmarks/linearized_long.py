@@ -18,6 +18,7 @@ prediction vs real (the total error), and the prediction vs the exact linearizat
 Writes benchmarks/results/linearized-long-cpu-<date><tag>.{json,md}.
 """
 import argparse
+import copy
 import datetime
 import json
 import math
@@ -38,7 +39,9 @@ from zoo_kernels.zoo.finetune import _batches, evaluate
 class LinearizedRun:
     """SGD on the head-aware model linearized at the weights of `model` (see the module doc), in weight space."""
 
-    def __init__(self, model, optimizer, x, y, feature_norm="fixed", chunk=128, order=1):
+    def __init__(self, model, optimizer, x, y, feature_norm="fixed", chunk=128, order=1, along=None):
+        """along: a direction v in the backbone's weights (flat, in named_parameters order): order 2 then keeps
+        the second-order term along v only (see _z)."""
         self.x, self.y, self.chunk, self.norm, self.order = x, y, chunk, feature_norm, order
         self.feat = feature_model(model)  # the head's input; functional_call puts the model's own weights in
         head = model.get_submodule(_last_linear(model))
@@ -54,6 +57,13 @@ class LinearizedRun:
             buf = optimizer.state.get(p, {}).get("momentum_buffer")
             if buf is not None:
                 self.opt.state[new]["momentum_buffer"] = buf.detach().clone()
+        self.v = None
+        if along is not None:
+            if order != 2:
+                raise ValueError("`along` needs order=2")
+            v = along.detach().to(self.w_K[0].dtype) / along.norm()
+            self.v = dict(zip(self.names, (t.view_as(p) for t, p in zip(v.split([p.numel() for p in self.w_K]),
+                                                                         self.w_K))))
         self._expand_here()
 
     @torch.no_grad()
@@ -61,6 +71,13 @@ class LinearizedRun:
         """φ_K and the fixed norms ← the network's features at the expansion point w_K."""
         self.phi_K = torch.cat([self._features(self.x[s:s + self.chunk]) for s in range(0, len(self.x), self.chunk)])
         self.norm_K = self.phi_K.norm(dim=1, keepdim=True)
+        if self.v is not None:  # ∂²φ[v, v] on all samples (constant: the expansion point does not move)
+            params = self._params()[0]
+            hvv = []
+            for s in range(0, len(self.x), self.chunk):
+                f = lambda p: self._features(self.x[s:s + self.chunk], p)  # noqa: E731
+                hvv.append(jvp(lambda p: jvp(f, (p,), (self.v,))[1], (params,), (self.v,))[1])
+            self.hvv = torch.cat(hvv)
 
     def _features(self, x, params=None):
         """φ(x) at `params` (by name; default the model's weights w_K, with their autograd graph)."""
@@ -85,6 +102,11 @@ class LinearizedRun:
         f = lambda p: self._features(self.x[idx], p)  # noqa: E731
         if self.order == 1:
             return self.phi_K[idx] + jvp(f, (params,), (tangents,))[1]
+        if self.v is not None:  # along v only: φ_K + JΔ + a ∂²φ[v, Δ] − ½ a² ∂²φ[v, v], a = ⟨v, Δ⟩ (|v| = 1)
+            jd, hvd = jvp(lambda p: jvp(f, (p,), (tangents,))[1], (params,), (self.v,))
+            a = sum(float((self.v[n] * tangents[n]).sum()) for n in self.names)
+            self._along = (idx, hvd, a)  # for the gradient of the same batch
+            return self.phi_K[idx] + jd + a * hvd - 0.5 * a * a * self.hvv[idx]
         jd, hdd = jvp(lambda p: jvp(f, (p,), (tangents,))[1], (params,), (tangents,))
         return self.phi_K[idx] + jd + 0.5 * hdd
 
@@ -95,6 +117,12 @@ class LinearizedRun:
             return torch.autograd.grad(self._features(self.x[idx]), self.w_K, u)  # at w_K
         params, tangents = self._params()
         g = lambda p: grad(lambda q: (self._features(self.x[idx], q) * u).sum())(p)  # noqa: E731
+        if self.v is not None:  # (J + a ∂²φ[v, ·])ᵀu + v · uᵀ(∂²φ[v, Δ] − a ∂²φ[v, v])
+            done, hvd, a = self._along
+            assert done is idx, "_z(idx) must come first"
+            g0, g1 = jvp(g, (params,), (self.v,))
+            s = float((u * (hvd - a * self.hvv[idx])).sum())
+            return [g0[n] + a * g1[n] + s * self.v[n] for n in self.names]
         g0, g1 = jvp(g, (params,), (tangents,))
         return [g0[n] + g1[n] for n in self.names]
 
@@ -124,16 +152,35 @@ class LinearizedRun:
         return loss / len(self.x), correct / len(self.x)
 
 
+def along_direction(rule, model, opt, w_0, x, y, batches):
+    """The direction of `--along`: "warmup", w_K − w_0 (w_0: the backbone's weights before the warm-up); "real",
+    w_L − w_K of the real run continued from the model and optimizer at w_K over `batches` (an oracle)."""
+    names = [n for n, _ in feature_model(model).named_parameters()]
+    w = lambda m: torch.cat([m.get_parameter(n).detach().flatten() for n in names])  # noqa: E731
+    if rule == "warmup":
+        return w(model) - w_0
+    twin = copy.deepcopy(model).train()
+    twin_opt = torch.optim.SGD(twin.parameters(), lr=opt.defaults["lr"], momentum=opt.defaults["momentum"])
+    twin_opt.load_state_dict(opt.state_dict())
+    for idx in batches:
+        loss = F.cross_entropy(twin(x[idx]), y[idx])
+        twin_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        twin_opt.step()
+    return w(twin) - w(model)
+
+
 def linearized_run(model_name, C, x, y, lr, batch, momentum, steps, K, horizon, real_t, feature_norm, degree=1,
-                   relin=()):
+                   relin=(), along=None):
     """(steps, losses, accuracies, seconds, (t, replayed loss)) of the recipe's run of `steps` steps on (x, y), C
     classes, whose steps from K on are the linearized model's, up to horizon × steps; (t, loss) is the replayed
     warm-up at a step t ≤ K that the real run recorded. relin: the steps (> K) before which it is re-linearized at
-    its own weights."""
+    its own weights. along: None, or "warmup" / "real" (degree 2 along that direction only: along_direction)."""
     N = len(x)
     model = zoo.load_model(model_name, num_classes=C, seed=0)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
     order = _batches(N, batch, int(steps * horizon), torch.Generator().manual_seed(0))  # the real run's prefix
+    w_0 = torch.cat([p.detach().flatten() for p in feature_model(model).parameters()])
     t0 = time.perf_counter()
     check = max(t for t in real_t if t <= K)  # a step where the real run's loss was recorded
     model.train()
@@ -146,7 +193,8 @@ def linearized_run(model_name, C, x, y, lr, batch, momentum, steps, K, horizon, 
         opt.step()
     if check == K:
         replayed = evaluate(model, x, y)[0]
-    lin = LinearizedRun(model, opt, x, y, feature_norm, order=degree)
+    v = None if along is None else along_direction(along, model, opt, w_0, x, y, order[K:steps])
+    lin = LinearizedRun(model, opt, x, y, feature_norm, order=degree, along=v)
     at = sorted({t for t in real_t if t >= K} | set(range(steps, len(order) + 1, 50)))
     ts, ls, acc = [], [], []
     for s in range(K, len(order) + 1):
@@ -182,6 +230,9 @@ def main(argv=None):
     ap.add_argument("--relinearize", default="0", metavar="P",
                     help="re-linearize at the linearized model's own weights every P steps after K, or at 2K, 4K, "
                          "8K, ... with 'doubling' (0: never)")
+    ap.add_argument("--along", choices=("warmup", "real"),
+                    help="with --order 2: the second-order term along one direction only, the warm-up's w_K − w_0 "
+                         "or the real run's w_L − w_K (an oracle)")
     ap.add_argument("--only", type=int, nargs="*", help="indices of the records to run (default: all)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--cache", default=".benchmarks/predict_long_real")
@@ -190,6 +241,8 @@ def main(argv=None):
     ap.add_argument("--rescore", metavar="JSON", help="rebuild the tables of a saved result and its .md (no run)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.along and args.order != 2:
+        ap.error("--along needs --order 2")
     if args.rescore:
         saved = json.load(open(args.rescore))
         md, path = markdown(saved["rows"], saved["meta"]["K"]), args.rescore[:-len(".json")] + ".md"
@@ -215,7 +268,8 @@ def main(argv=None):
         ts, ls, acc, sec, (t_chk, l_chk) = linearized_run(
             rec["model"], C, x, y, rec["lr"], rec["batch"], rec["momentum"], steps, args.warmup, args.horizon,
             real_t.tolist(), args.feature_norm, args.order, relinearization_steps(args.relinearize, args.warmup,
-                                                                                 int(steps * args.horizon)))
+                                                                                 int(steps * args.horizon)),
+            args.along)
         l_real = float(real_l[real_t.tolist().index(t_chk)])  # the replayed warm-up must be the real run
         pre = real_t < args.warmup  # the joined curve: the real run's before step K (as the warm start's)
         lin_T = targets(np.concatenate([real_t[pre], ts]), np.concatenate([real_l[pre], ls]),
@@ -233,7 +287,7 @@ def main(argv=None):
               + " | linearized " + "/".join("-" if v is None else f"{v:.0f}" for v in lin_T.values())
               + " | predicted " + "/".join("-" if v is None else f"{v:.0f}" for v in (row["predicted"] or {}).values()),
               flush=True)
-        meta = {"date": stamp, "compare": args.compare, "K": args.warmup, "order": args.order,
+        meta = {"date": stamp, "compare": args.compare, "K": args.warmup, "order": args.order, "along": args.along,
                 "relinearize": args.relinearize,
                 "feature_norm": args.feature_norm,
                 "threads": args.threads, "load_average": list(os.getloadavg()), "wall_s": time.time() - start}

@@ -71,10 +71,11 @@ def test_linear_backbone_is_real_sgd(seed, momentum):
         assert got[0] == pytest.approx(want[0], rel=1e-10) and got[1] == want[1]
 
 
-@pytest.mark.parametrize("feature_norm, order", [("linear", 1), ("fixed", 1), ("fixed", 2)])
+@pytest.mark.parametrize("feature_norm, order", [("linear", 1), ("fixed", 1), ("fixed", 2), ("fixed", "2v")])
 def test_nonlinear_backbone_matches_explicit_jacobian(seed, feature_norm, order):
-    """A tanh backbone: the run equals SGD on φ_K + J (w − w_K) (order 2: + ½ H[w − w_K, w − w_K]) with J and H from
-    torch.func.jacrev, simulated directly (head exact, fixed norm ‖φ_K(x)‖ φ/‖φ‖ when asked, torch's momentum
+    """A tanh backbone: the run equals SGD on φ_K + J (w − w_K) (order 2: + ½ H[w − w_K, w − w_K]; "2v", along a
+    unit direction v only: + a H[v, Δ] − ½ a² H[v, v] with a = ⟨v, Δ⟩) with J and H from torch.func.jacrev and the
+    gradient from autograd, simulated directly (head exact, fixed norm ‖φ_K(x)‖ φ/‖φ‖ when asked, torch's momentum
     recursion with the carried buffers)."""
     torch.manual_seed(seed)
     x, y = _data(seed)
@@ -91,7 +92,8 @@ def test_nonlinear_backbone_matches_explicit_jacobian(seed, feature_norm, order)
     sizes = [wK[n].numel() for n in names]
     flat = lambda v: {n: t.reshape(wK[n].shape) for n, t in zip(names, torch.split(v, sizes))}  # noqa: E731
     H = torch.func.jacrev(torch.func.jacrev(lambda v: torch.func.functional_call(model.body, flat(v), (x,))))(
-        torch.cat([wK[n].reshape(-1) for n in names])) if order == 2 else None  # (N, D, P, P)
+        torch.cat([wK[n].reshape(-1) for n in names])) if order in (2, "2v") else None  # (N, D, P, P)
+    v = torch.randn(J.shape[-1], dtype=torch.float64) if order == "2v" else None
     phiK = model.features(x).detach()
     nK = phiK.norm(dim=1, keepdim=True)
     bufs = [opt.state[p]["momentum_buffer"].clone() for p in [model.head.weight, model.head.bias]
@@ -104,10 +106,16 @@ def test_nonlinear_backbone_matches_explicit_jacobian(seed, feature_norm, order)
         z = phiK[idx] + J[idx] @ delta
         if order == 2:
             z = z + 0.5 * torch.einsum("ndpq,p,q->nd", H[idx], delta, delta)
+        if order == "2v":
+            u = v / v.norm()
+            a = u @ delta
+            z = z + a * torch.einsum("ndpq,p,q->nd", H[idx], u, delta) - 0.5 * a * a * torch.einsum(
+                "ndpq,p,q->nd", H[idx], u, u)
         phi = z * (nK[idx] / z.norm(dim=1, keepdim=True)) if feature_norm == "fixed" else z
         return F.cross_entropy(phi @ W.T + b, y[idx])
 
-    lin = LinearizedRun(model, opt, x, y, feature_norm=feature_norm, chunk=5, order=order)
+    lin = LinearizedRun(model, opt, x, y, feature_norm=feature_norm, chunk=5, order=2 if order == "2v" else order,
+                        along=v)
     for bt in batches[3:]:
         lin.step(bt)
         params = [W.requires_grad_(True), b.requires_grad_(True), delta.requires_grad_(True)]
@@ -137,3 +145,22 @@ def test_relinearized_every_step_is_real_sgd(seed):
         assert linearized != pytest.approx(want, rel=1e-6)
         lin.relinearize()
         assert lin.evaluate()[0] == pytest.approx(want, rel=1e-9)
+
+
+def test_along_direction(seed):
+    """--along: "warmup" is w_K − w_0 of the backbone, "real" the displacement of real SGD continued from w_K (the
+    model and its optimizer untouched)."""
+    from benchmarks.linearized_long import along_direction
+    x, y = _data(seed)
+    batches = _batches(seed, len(x), 8, 9)
+    model, opt, ref, ref_opt = _twins(seed, lambda: nn.Sequential(nn.Linear(5, 4), nn.Tanh()), 0.2, 0.9, x, y, [])
+    flat = lambda m: torch.cat([p.detach().flatten() for p in m.body.parameters()])  # noqa: E731
+    w_0 = flat(model)
+    _real_steps(model, opt, x, y, batches[:4])
+    _real_steps(ref, ref_opt, x, y, batches[:4])
+    w_K = flat(model)
+    assert torch.equal(along_direction("warmup", model, opt, w_0, x, y, batches[4:]), w_K - w_0)
+    got = along_direction("real", model, opt, w_0, x, y, batches[4:])
+    _real_steps(ref, ref_opt, x, y, batches[4:])
+    assert torch.allclose(got, flat(ref) - w_K, rtol=0, atol=1e-12) and got.norm() > 0
+    assert torch.equal(flat(model), w_K)
