@@ -347,9 +347,11 @@ RECOMMENDED = {"warmup_steps": 100, "feature_norm": "fixed", "feature_rank": 8, 
                "eval_every": 10, "subset": "auto", "k": 512}
 # what the validation measured for it (docs/PREDICT.md), shown with its predictions by the CLI
 RECOMMENDED_VALIDATION = ("validated on 10-epoch MiniZoo fine-tuning, 9 expert/task pairs: median error of the steps to "
-                          "a target after step 100 of 9-24 % per set of pairs (p90 27-71 %), more often too early "
-                          "than too late; on one set it also reached 16 targets that training never reached, so treat "
-                          "late targets as optimistic")
+                          "a target after step 100 of 10-24 % per set of pairs (p90 32-52 %, and on one set a target "
+                          "the prediction never reached), more often too early than too late; on one set it also "
+                          "reached 16 targets that training never reached, so treat late targets as optimistic; "
+                          "the spread depends on the task: no error band is given, since one made from two sets "
+                          "covered a third set's targets only 33-85 % of the time")
 
 
 def recommended_settings(model, max_steps, cli=False, **given):
