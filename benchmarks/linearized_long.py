@@ -152,13 +152,23 @@ class LinearizedRun:
         return loss / len(self.x), correct / len(self.x)
 
 
-def along_direction(rule, model, opt, w_0, x, y, batches):
+def along_direction(rule, model, opt, w_0, x, y, batches, feature_norm="fixed"):
     """The direction of `--along`: "warmup", w_K − w_0 (w_0: the backbone's weights before the warm-up); "real",
-    w_L − w_K of the real run continued from the model and optimizer at w_K over `batches` (an oracle)."""
+    w_L − w_K of the real run continued from the model and optimizer at w_K over `batches` (an oracle); "linear",
+    the displacement of the linearized model (LinearizedRun, order 1) over the same batches; "linear:N", that
+    direction refined N times: v ← the displacement of the second-order model along v over the same batches."""
     names = [n for n, _ in feature_model(model).named_parameters()]
     w = lambda m: torch.cat([m.get_parameter(n).detach().flatten() for n in names])  # noqa: E731
     if rule == "warmup":
         return w(model) - w_0
+    if rule.startswith("linear"):
+        v = None
+        for _ in range(1 + int(rule.partition(":")[2] or 0)):
+            run = LinearizedRun(model, opt, x, y, feature_norm, order=1 if v is None else 2, along=v)
+            for idx in batches:
+                run.step(idx)
+            v = torch.cat([d.detach().flatten() for d in run.delta])
+        return v
     twin = copy.deepcopy(model).train()
     twin_opt = torch.optim.SGD(twin.parameters(), lr=opt.defaults["lr"], momentum=opt.defaults["momentum"])
     twin_opt.load_state_dict(opt.state_dict())
@@ -193,7 +203,7 @@ def linearized_run(model_name, C, x, y, lr, batch, momentum, steps, K, horizon, 
         opt.step()
     if check == K:
         replayed = evaluate(model, x, y)[0]
-    v = None if along is None else along_direction(along, model, opt, w_0, x, y, order[K:steps])
+    v = None if along is None else along_direction(along, model, opt, w_0, x, y, order[K:steps], feature_norm)
     lin = LinearizedRun(model, opt, x, y, feature_norm, order=degree, along=v)
     at = sorted({t for t in real_t if t >= K} | set(range(steps, len(order) + 1, 50)))
     ts, ls, acc = [], [], []
@@ -230,9 +240,9 @@ def main(argv=None):
     ap.add_argument("--relinearize", default="0", metavar="P",
                     help="re-linearize at the linearized model's own weights every P steps after K, or at 2K, 4K, "
                          "8K, ... with 'doubling' (0: never)")
-    ap.add_argument("--along", choices=("warmup", "real"),
-                    help="with --order 2: the second-order term along one direction only, the warm-up's w_K − w_0 "
-                         "or the real run's w_L − w_K (an oracle)")
+    ap.add_argument("--along", help="with --order 2: the second-order term along one direction only: 'warmup' "
+                                    "(w_K − w_0), 'real' (the real run's w_L − w_K, an oracle), 'linear' (the "
+                                    "linearized model's), 'linear:N' (refined N times: along_direction)")
     ap.add_argument("--only", type=int, nargs="*", help="indices of the records to run (default: all)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--cache", default=".benchmarks/predict_long_real")
@@ -244,8 +254,10 @@ def main(argv=None):
                          "against the replayed warm-up's loss), as runs made now do")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    if args.along and args.order != 2:
-        ap.error("--along needs --order 2")
+    if args.along and (args.order != 2 or not (args.along in ("warmup", "real", "linear")
+                                                or (args.along.startswith("linear:")
+                                                    and args.along[7:].isdigit()))):
+        ap.error("--along needs --order 2 and one of warmup, real, linear, linear:N")
     if args.rescore:
         saved = json.load(open(args.rescore))
         if args.real_from_cache:  # rows saved before the real targets came from this machine's cached run

@@ -2,7 +2,7 @@
 
 For a long MiniZoo run (predict_long's recipe), the real backbone displacement Δ_t = w_t − w_K after the K warm-up
 steps is compared with the directions a predictor could know at w_K:
-- u = w_K − w_0, the warm-up's own displacement;
+- u = w_K − w_0, the warm-up's own displacement, and u_late = w_K − w_{K/2}, its second half's;
 - the full-training-set gradient g_K and torch's momentum buffer at w_K;
 - the displacement of the head-aware model linearized at w_K (linearized_long.LinearizedRun, fixed feature norm),
   run on all N samples with the real run's minibatches, and on the predictor's subset (subset="auto", the
@@ -30,7 +30,8 @@ from zoo_kernels import zoo
 from zoo_kernels.predict import auto_subset, subset_batch_size, subset_indices
 from zoo_kernels.zoo.finetune import _batches
 
-SPANS = (("u",), ("lin_sub",), ("u", "lin_sub"), ("u", "buf", "g", "lin_sub"), ("lin_all",), ("u", "lin_all"))
+SPANS = (("u",), ("u_late",), ("lin_sub",), ("u", "lin_sub"), ("u", "u_late", "buf", "g", "lin_sub"), ("lin_all",),
+         ("u", "lin_all"))
 
 
 def cos(a, b):
@@ -71,9 +72,11 @@ def study(model_name, task, lr, batch, momentum, steps, K=100, linearized_all=Tr
     names = LinearizedRun(model, opt, x[:2], y[:2]).names  # the backbone's parameters (the head's input)
     w = lambda m: flat(m.get_parameter(n) for n in names)  # noqa: E731
     w0 = w(model)
-    sgd(model, opt, order[:K])
+    sgd(model, opt, order[:K // 2])
+    w_half = w(model)
+    sgd(model, opt, order[K // 2:K])
     wK = w(model)
-    known = {"u": wK - w0}
+    known = {"u": wK - w0, "u_late": wK - w_half}
     if momentum:
         known["buf"] = -flat(opt.state[model.get_parameter(n)]["momentum_buffer"] for n in names)
     model.eval()
@@ -128,7 +131,8 @@ def markdown(rows, meta):
            "|---|---|---|---|---|"]
     for r in rows:
         c = r["cos_known"]
-        cl = ", ".join(f"{c[k][-1]:+.2f}" if k in c else "–" for k in ("u", "g", "buf", "lin_sub", "lin_all"))
+        cl = ", ".join(f"{c[k][-1]:+.2f}" if k in c else "–"
+                       for k in ("u", "u_late", "g", "buf", "lin_sub", "lin_all"))
         sh = ", ".join(f"{r['span_share_end']['+'.join(s)]:.2f}" if "+".join(s) in r["span_share_end"] else "–"
                        for s in SPANS)
         out.append(f"| {r['model']} → {r['task']}, lr {r['lr']}, B {r['batch_size']}, m {r['momentum']}, "

@@ -164,3 +164,24 @@ def test_along_direction(seed):
     _real_steps(ref, ref_opt, x, y, batches[4:])
     assert torch.allclose(got, flat(ref) - w_K, rtol=0, atol=1e-12) and got.norm() > 0
     assert torch.equal(flat(model), w_K)
+
+
+def test_along_linear_direction(seed):
+    """--along linear: the displacement of LinearizedRun (order 1) over the batches; linear:1 that of the
+    second-order model along it; the model and its optimizer stay untouched."""
+    from benchmarks.linearized_long import along_direction
+    x, y = _data(seed)
+    batches = _batches(seed, len(x), 8, 8)
+    model, opt, _, _ = _twins(seed, lambda: nn.Sequential(nn.Linear(5, 4), nn.Tanh()), 0.2, 0.9, x, y, batches[:3])
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    ref = LinearizedRun(model, opt, x, y, "fixed")
+    for b in batches[3:]:
+        ref.step(b)
+    v0 = torch.cat([d.detach().flatten() for d in ref.delta])
+    assert torch.equal(along_direction("linear", model, opt, None, x, y, batches[3:]), v0)
+    ref2 = LinearizedRun(model, opt, x, y, "fixed", order=2, along=v0)
+    for b in batches[3:]:
+        ref2.step(b)
+    v1 = along_direction("linear:1", model, opt, None, x, y, batches[3:])
+    assert torch.equal(v1, torch.cat([d.detach().flatten() for d in ref2.delta])) and not torch.equal(v1, v0)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())

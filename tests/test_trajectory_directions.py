@@ -27,5 +27,6 @@ def test_study_on_a_short_run():
     assert r["cos_known"]["buf"][0] > 0.2  # the momentum carries the first steps after w_K: the sign is right
     s = r["span_share_end"]
     assert s["u"] <= s["u+lin_sub"] + 1e-12 and s["lin_sub"] <= s["u+lin_sub"] + 1e-12
+    assert s["u+lin_sub"] <= s["u+u_late+buf+g+lin_sub"] + 1e-12
     assert "lin_all" not in s
     assert "convnet_latin → latin_heldout" in markdown([r], {"date": "d", "cpu": "c", "torch": "t"})
