@@ -126,7 +126,7 @@ def markdown(rows, meta):
            "Δ_t = w_t − w_K of the real run (backbone only), K = 100. u = w_K − w_0; g, buf: minus the full-set "
            "gradient and minus the momentum buffer at w_K; lin_all / lin_sub: the displacement of the head-aware "
            "model linearized at w_K after the same number of steps, on all N samples / on the predictor's subset.",
-           "", "| run | top-1 / top-2 energy share of {Δ_t} | cos(Δ_150, Δ_L) | cos(Δ_L, ·): u, g, buf, lin_sub, "
+           "", "| run | top-1 / top-2 energy share of {Δ_t} | cos(Δ_150, Δ_L) | cos(Δ_L, ·): u, u_late, g, buf, lin_sub, "
            "lin_all | share of |Δ_L|² in span: " + ", ".join("+".join(s) for s in SPANS) + " |",
            "|---|---|---|---|---|"]
     for r in rows:

@@ -29,4 +29,5 @@ def test_study_on_a_short_run():
     assert s["u"] <= s["u+lin_sub"] + 1e-12 and s["lin_sub"] <= s["u+lin_sub"] + 1e-12
     assert s["u+lin_sub"] <= s["u+u_late+buf+g+lin_sub"] + 1e-12
     assert "lin_all" not in s
-    assert "convnet_latin → latin_heldout" in markdown([r], {"date": "d", "cpu": "c", "torch": "t"})
+    md = markdown([r], {"date": "d", "cpu": "c", "torch": "t"})
+    assert "convnet_latin → latin_heldout" in md and "u, u_late, g, buf, lin_sub, lin_all" in md
