@@ -187,7 +187,7 @@ def linearized_run(model_name, C, x, y, lr, batch, momentum, steps, K, horizon, 
     warm-up at a step t ≤ K that the real run recorded. relin: the steps (> K) before which it is re-linearized at
     its own weights. along: None, or "warmup" / "real" (degree 2 along that direction only: along_direction)."""
     N = len(x)
-    model = zoo.load_model(model_name, num_classes=C, seed=0)
+    model = zoo.load_model(model_name, num_classes=C, seed=0).to(x.device)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
     order = _batches(N, batch, int(steps * horizon), torch.Generator().manual_seed(0))  # the real run's prefix
     w_0 = torch.cat([p.detach().flatten() for p in feature_model(model).parameters()])
@@ -196,13 +196,13 @@ def linearized_run(model_name, C, x, y, lr, batch, momentum, steps, K, horizon, 
     model.train()
     for s in range(K):
         if s == check:
-            replayed = evaluate(model, x, y)[0]
+            replayed = evaluate(model, x, y, device=x.device)[0]
         loss = F.cross_entropy(model(x[order[s]]), y[order[s]])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
     if check == K:
-        replayed = evaluate(model, x, y)[0]
+        replayed = evaluate(model, x, y, device=x.device)[0]
     v = None if along is None else along_direction(along, model, opt, w_0, x, y, order[K:steps], feature_norm)
     lin = LinearizedRun(model, opt, x, y, feature_norm, order=degree, along=v)
     at = sorted({t for t in real_t if t >= K} | set(range(steps, len(order) + 1, 50)))
@@ -245,6 +245,8 @@ def main(argv=None):
                                     "linearized model's), 'linear:N' (refined N times: along_direction)")
     ap.add_argument("--only", type=int, nargs="*", help="indices of the records to run (default: all)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu", help="where the runs compute (cuda: deterministic kernels, no TF32; "
+                                                     "its real runs differ from a CPU's, so the cache is per device)")
     ap.add_argument("--cache", default=".benchmarks/predict_long_real")
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--tag", default="")
@@ -254,6 +256,11 @@ def main(argv=None):
                          "against the replayed warm-up's loss), as runs made now do")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.device != "cpu":  # reproducible runs there: the real run and its replay must be the same computation
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.benchmark = False
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
     if args.along and (args.order != 2 or not (args.along in ("warmup", "real", "linear")
                                                 or (args.along.startswith("linear:")
                                                     and args.along[7:].isdigit()))):
@@ -285,11 +292,12 @@ def main(argv=None):
     method = f"head-aware+warm{args.warmup}" if args.warmup else "head-aware"
     start, rows = time.time(), []
     stamp = datetime.date.today().isoformat()
-    base = os.path.join(args.out, f"linearized-long-cpu-{stamp}{args.tag}")
+    base = os.path.join(args.out, f"linearized-long-{'cpu' if args.device == 'cpu' else 'gpu'}-{stamp}{args.tag}")
     for i, rec in enumerate(saved["records"]):
         if args.only and i not in args.only:
             continue
         C, x, y = task_data(rec["task"])
+        x, y = x.to(args.device), y.to(args.device)
         real_t, real_l, real_a, _ = cached_real_run(args.cache, rec["model"], rec["task"], x, y, C, rec["lr"],
                                                     rec["batch"], rec["momentum"], rec["steps"])
         # the real targets of this machine's run: the CPU's rounding makes some runs differ between machines, and
@@ -321,7 +329,7 @@ def main(argv=None):
               flush=True)
         meta = {"date": stamp, "compare": args.compare, "K": args.warmup, "order": args.order, "along": args.along,
                 "relinearize": args.relinearize,
-                "feature_norm": args.feature_norm,
+                "feature_norm": args.feature_norm, "device": args.device,
                 "threads": args.threads, "load_average": list(os.getloadavg()), "wall_s": time.time() - start}
         with open(base + ".json", "w") as fh:
             json.dump({"meta": meta, "rows": rows}, fh)

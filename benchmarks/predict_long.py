@@ -95,8 +95,8 @@ def sgd_run(model, x, y, lr, batch, momentum, steps, at, measure, seed=0):
 
 def real_run(model, x, y, lr, batch, momentum, steps, seed=0):
     """(eval steps, full-training-set losses, accuracies, optimization wall seconds) of the recipe's SGD run."""
-    ts, recs, wall = sgd_run(model, x, y, lr, batch, momentum, steps, set(eval_steps(steps)),
-                             lambda m: evaluate(m, x, y), seed)
+    ts, recs, wall = sgd_run(model.to(x.device), x, y, lr, batch, momentum, steps, set(eval_steps(steps)),
+                             lambda m: evaluate(m, x, y, device=x.device), seed)
     ls, acc = zip(*recs)
     return ts, np.asarray(ls), np.asarray(acc), wall
 
