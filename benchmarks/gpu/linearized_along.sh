@@ -6,13 +6,19 @@
 # the GPU (deterministic kernels, no TF32), so every column comes from that machine.
 #
 #   OUT=/tmp/zk-along bash benchmarks/gpu/linearized_along.sh     -> $OUT/along-runs.tgz, $OUT/summary.txt
+#
+# The runs write outside $OUT (the device tool returns at most 8 files) and are packed into $OUT/along-runs.tgz
+# every 20 s, so a call cut at its limit still returns what finished. Give the device call a limit of at least
+# ZK_ALONG_LIMIT + 200 s for the build and the start (not measured). On 2026-11-27 the 20 processes sharing
+# one H200 took 121 s (linearized) and 172 s (second order) per run; the --along runs needed more than 360 s.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/zk-along}
-mkdir -p "$OUT/runs"
+RUNS=${ZK_ALONG_RUNS:-/tmp/zk-along-runs}
+mkdir -p "$OUT" "$RUNS"
 PY=${PYTHON:-$(command -v python || command -v python3)}
 export CUBLAS_WORKSPACE_CONFIG=:4096:8 OMP_NUM_THREADS=1 PYTHONPATH=$PWD
-LIMIT=${ZK_ALONG_LIMIT:-380}  # seconds per process
+LIMIT=${ZK_ALONG_LIMIT:-600}  # seconds per process
 t0=$SECONDS
 # the study needs the extension only for imports: a CPU-only build is enough and quick
 CXX=$( [[ -x /usr/bin/g++ ]] && echo /usr/bin/g++ || echo g++ ) ZOO_KERNELS_FORCE_CPU=1 MAX_JOBS=$(nproc) \
@@ -21,9 +27,9 @@ echo "[$((SECONDS - t0))s] built; $(nvidia-smi --query-gpu=name --format=csv,noh
 run() {  # name compare-set index [linearized_long args]
   local name=$1 set=$2 idx=$3
   shift 3
-  timeout "$LIMIT" "$PY" -m benchmarks.linearized_long --device cuda --only "$idx" --cache "/tmp/zk-cache-$name" \
-    --compare "benchmarks/results/predict-long-cpu-2026-11-27-velfix-$set.json" --out "$OUT/runs" --tag="-$name" \
-    "$@" >"$OUT/runs/$name.log" 2>&1 &
+  timeout -k 15 "$LIMIT" "$PY" -m benchmarks.linearized_long --device cuda --only "$idx" --cache "/tmp/zk-cache-$name" \
+    --compare "benchmarks/results/predict-long-cpu-2026-11-27-velfix-$set.json" --out "$RUNS" --tag="-$name" \
+    "$@" >"$RUNS/$name.log" 2>&1 &
 }
 for r in fresh:6:t6 fresh:9:t9 heldout:6:h6 heldout:11:h11; do
   IFS=: read -r set idx run <<<"$r"
@@ -33,10 +39,11 @@ for r in fresh:6:t6 fresh:9:t9 heldout:6:h6 heldout:11:h11; do
   run "$run-lin" "$set" "$idx" --order 2 --along linear
   run "$run-lin2" "$set" "$idx" --order 2 --along linear:2
 done
-wait
+pack() { tar czf "$OUT/along-runs.tgz.part" -C "$(dirname "$RUNS")" "$(basename "$RUNS")" && mv "$OUT/along-runs.tgz.part" "$OUT/along-runs.tgz"; }
+while [[ -n $(jobs -rp) ]]; do sleep 20; pack; done
 echo "[$((SECONDS - t0))s] runs done"
-tar czf "$OUT/along-runs.tgz" -C "$OUT" runs
-"$PY" - "$OUT/runs" <<'PY' | tee "$OUT/summary.txt"
+pack
+"$PY" - "$RUNS" <<'PY' | tee "$OUT/summary.txt"
 import glob, json, os, sys
 rows = {}
 for f in sorted(glob.glob(os.path.join(sys.argv[1], "*.json"))):
@@ -54,5 +61,5 @@ for run in ("t6", "t9", "h6", "h11"):
         if v in have:
             print(f"  {v:5s} {fmt(have[v]['linearized'])}  ({have[v]['seconds']:.0f} s, replay {have[v]['check']['replayed']:.4f} vs {have[v]['check']['real']:.4f})")
 PY
-grep -l -E "Error|Traceback" "$OUT"/runs/*.log | head -n 3 | while read -r f; do echo "== $f"; tail -n 8 "$f"; done
+grep -l -E "Error|Traceback" "$RUNS"/*.log | head -n 3 | while read -r f; do echo "== $f"; tail -n 8 "$f"; done
 echo "[$((SECONDS - t0))s] done"
