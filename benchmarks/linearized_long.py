@@ -15,7 +15,8 @@ model then continues with the *same minibatches* and the optimizer's momentum bu
 is the real run's and only the linearization differs. Its full-training-set loss is measured at the real run's
 evaluation steps. Per target, three errors: exact linearization vs real (the linearization error), the saved
 prediction vs real (the total error), and the prediction vs the exact linearization (the sketch + subset error).
-Writes benchmarks/results/linearized-long-cpu-<date><tag>.{json,md}.
+Writes benchmarks/results/linearized-long-cpu-<date><tag>.{json,md} (-gpu- with --device cuda). The real targets
+come from the real run cached on this machine, whose warm-up the linearized run replays.
 """
 import argparse
 import copy
@@ -185,7 +186,7 @@ def linearized_run(model_name, C, x, y, lr, batch, momentum, steps, K, horizon, 
     """(steps, losses, accuracies, seconds, (t, replayed loss)) of the recipe's run of `steps` steps on (x, y), C
     classes, whose steps from K on are the linearized model's, up to horizon × steps; (t, loss) is the replayed
     warm-up at a step t ≤ K that the real run recorded. relin: the steps (> K) before which it is re-linearized at
-    its own weights. along: None, or "warmup" / "real" (degree 2 along that direction only: along_direction)."""
+    its own weights. along: None, or a rule of along_direction (degree 2 along that direction only)."""
     N = len(x)
     model = zoo.load_model(model_name, num_classes=C, seed=0).to(x.device)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)

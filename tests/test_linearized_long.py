@@ -185,3 +185,33 @@ def test_along_linear_direction(seed):
     v1 = along_direction("linear:1", model, opt, None, x, y, batches[3:])
     assert torch.equal(v1, torch.cat([d.detach().flatten() for d in ref2.delta])) and not torch.equal(v1, v0)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+
+
+def test_rescore_takes_real_targets_from_the_cached_run(tmp_path, monkeypatch):
+    """--rescore --real-from-cache replaces a row's real targets with those of this machine's cached run, and
+    refuses a cached run whose loss at the replayed step is not the replayed one."""
+    import json
+
+    import numpy as np
+
+    import benchmarks.linearized_long as ll
+    t = np.arange(0, 601, 10)
+    loss = 2.0 * np.exp(-t / 100.0)
+    acc = np.minimum(1.0, t / 300.0)
+    monkeypatch.setattr(ll, "task_data", lambda task: (3, None, None))
+    monkeypatch.setattr(ll, "cached_real_run", lambda *a: (t, loss, acc, 1.0))
+    T = {"loss<=0.5L0": 50.0, "loss<=0.25L0": 120.0, "loss<=0.1L0": 250.0, "loss<=0.0333L0": 400.0, "acc>=0.9": 270.0}
+    row = {"model": "m", "task": "t", "lr": 0.1, "batch": 8, "momentum": 0.9, "steps": 600, "seconds": 1.0,
+           "real": dict(T), "linearized": dict(T), "predicted": dict(T),
+           "check": {"step": 90, "replayed": float(loss[9]), "real": float(loss[9])}}
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"meta": {"K": 100}, "rows": [row]}))
+    ll.main(["--rescore", str(path), "--real-from-cache"])
+    got = json.loads(path.read_text())["rows"][0]
+    assert got["real_compare_file"] == T
+    assert got["real"]["loss<=0.5L0"] == pytest.approx(100 * np.log(2), abs=0.5)
+    assert got["real"]["acc>=0.9"] == pytest.approx(270.0, abs=0.5)
+    row["check"]["replayed"] *= 1.001
+    path.write_text(json.dumps({"meta": {"K": 100}, "rows": [row]}))
+    with pytest.raises(SystemExit, match="not the one the linearized run replayed"):
+        ll.main(["--rescore", str(path), "--real-from-cache"])
