@@ -34,6 +34,7 @@ from torch.func import functional_call, grad, jvp
 from benchmarks.predict_long import cached_real_run, p90, rel, targets, task_data
 from zoo_kernels import zoo
 from zoo_kernels.calibrate import _last_linear, feature_model
+from zoo_kernels.predict import auto_subset, subset_batch_size, subset_indices
 from zoo_kernels.zoo.finetune import _batches, evaluate
 
 
@@ -157,11 +158,18 @@ def along_direction(rule, model, opt, w_0, x, y, batches, feature_norm="fixed"):
     """The direction of `--along`: "warmup", w_K − w_0 (w_0: the backbone's weights before the warm-up); "real",
     w_L − w_K of the real run continued from the model and optimizer at w_K over `batches` (an oracle); "linear",
     the displacement of the linearized model (LinearizedRun, order 1) over the same batches; "linear:N", that
-    direction refined N times: v ← the displacement of the second-order model along v over the same batches."""
+    direction refined N times: v ← the displacement of the second-order model along v over the same batches;
+    "linear-subset", the linearized model's on the predictor's subset (subset="auto", noise-matched batch size)."""
     names = [n for n, _ in feature_model(model).named_parameters()]
     w = lambda m: torch.cat([m.get_parameter(n).detach().flatten() for n in names])  # noqa: E731
     if rule == "warmup":
         return w(model) - w_0
+    if rule == "linear-subset":  # as the predictor sees it: subset="auto", the noise-matched batch size
+        N, C = len(x), int(y.max()) + 1
+        M = auto_subset(N, C)
+        sub = subset_indices(N, M, 0).to(x.device)
+        x, y = x[sub], y[sub]
+        batches = _batches(M, subset_batch_size(len(batches[0]), N, M), len(batches), torch.Generator().manual_seed(1))
     if rule.startswith("linear"):
         v = None
         for _ in range(1 + int(rule.partition(":")[2] or 0)):
@@ -243,7 +251,8 @@ def main(argv=None):
                          "8K, ... with 'doubling' (0: never)")
     ap.add_argument("--along", help="with --order 2: the second-order term along one direction only: 'warmup' "
                                     "(w_K − w_0), 'real' (the real run's w_L − w_K, an oracle), 'linear' (the "
-                                    "linearized model's), 'linear:N' (refined N times: along_direction)")
+                                    "linearized model's), 'linear:N' (refined N times), 'linear-subset' (the linearized "
+                                    "model's on the predictor's subset): along_direction")
     ap.add_argument("--only", type=int, nargs="*", help="indices of the records to run (default: all)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu", help="where the runs compute (cuda: deterministic kernels, no TF32; "
@@ -262,10 +271,10 @@ def main(argv=None):
         torch.backends.cudnn.benchmark = False
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
-    if args.along and (args.order != 2 or not (args.along in ("warmup", "real", "linear")
+    if args.along and (args.order != 2 or not (args.along in ("warmup", "real", "linear", "linear-subset")
                                                 or (args.along.startswith("linear:")
                                                     and args.along[7:].isdigit()))):
-        ap.error("--along needs --order 2 and one of warmup, real, linear, linear:N")
+        ap.error("--along needs --order 2 and one of warmup, real, linear, linear:N, linear-subset")
     if args.rescore:
         saved = json.load(open(args.rescore))
         if args.real_from_cache:  # rows saved before the real targets came from this machine's cached run

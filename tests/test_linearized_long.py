@@ -215,3 +215,18 @@ def test_rescore_takes_real_targets_from_the_cached_run(tmp_path, monkeypatch):
     path.write_text(json.dumps({"meta": {"K": 100}, "rows": [row]}))
     with pytest.raises(SystemExit, match="not the one the linearized run replayed"):
         ll.main(["--rescore", str(path), "--real-from-cache"])
+
+
+def test_along_linear_subset_direction(seed):
+    """--along linear-subset: the linearized model on the predictor's subset and batch size; with few samples per
+    class the subset is all of them and the batch size stays, so it is LinearizedRun over the subset's own stream."""
+    from benchmarks.linearized_long import along_direction
+    from zoo_kernels.zoo.finetune import _batches as stream
+    x, y = _data(seed, n=30)
+    batches = _batches(seed, len(x), 8, 7)
+    model, opt, _, _ = _twins(seed, lambda: nn.Sequential(nn.Linear(5, 4), nn.Tanh()), 0.2, 0.9, x, y, batches[:2])
+    ref = LinearizedRun(model, opt, x, y, "fixed")
+    for b in stream(len(x), 8, 5, torch.Generator().manual_seed(1)):
+        ref.step(b)
+    got = along_direction("linear-subset", model, opt, None, x, y, batches[2:])
+    assert torch.equal(got, torch.cat([d.detach().flatten() for d in ref.delta]))
