@@ -154,16 +154,24 @@ class LinearizedRun:
         return loss / len(self.x), correct / len(self.x)
 
 
+def backbone_names(model):
+    """The names of the backbone's parameters (those feeding the head's input)."""
+    return [n for n, _ in feature_model(model).named_parameters()]
+
+
+def backbone_weights(model, names=None):
+    """The backbone's weights, flat, in backbone_names order (a copy)."""
+    return torch.cat([model.get_parameter(n).detach().flatten() for n in names or backbone_names(model)])
+
+
 def along_direction(rule, model, opt, w_0, x, y, batches, feature_norm="fixed"):
     """The direction of `--along`: "warmup", w_K − w_0 (w_0: the backbone's weights before the warm-up); "real",
     w_L − w_K of the real run continued from the model and optimizer at w_K over `batches` (an oracle); "linear",
     the displacement of the linearized model (LinearizedRun, order 1) over the same batches; "linear:N", that
     direction refined N times: v ← the displacement of the second-order model along v over the same batches;
     "linear-subset", the linearized model's on the predictor's subset (subset="auto", noise-matched batch size)."""
-    names = [n for n, _ in feature_model(model).named_parameters()]
-    w = lambda m: torch.cat([m.get_parameter(n).detach().flatten() for n in names])  # noqa: E731
     if rule == "warmup":
-        return w(model) - w_0
+        return backbone_weights(model) - w_0
     if rule == "linear-subset":  # as the predictor sees it: subset="auto", the noise-matched batch size
         N, C = len(x), int(y.max()) + 1
         M = auto_subset(N, C)
@@ -186,7 +194,7 @@ def along_direction(rule, model, opt, w_0, x, y, batches, feature_norm="fixed"):
         twin_opt.zero_grad(set_to_none=True)
         loss.backward()
         twin_opt.step()
-    return w(twin) - w(model)
+    return backbone_weights(twin) - backbone_weights(model)
 
 
 def linearized_run(model_name, C, x, y, lr, batch, momentum, steps, K, horizon, real_t, feature_norm, degree=1,
@@ -199,7 +207,7 @@ def linearized_run(model_name, C, x, y, lr, batch, momentum, steps, K, horizon, 
     model = zoo.load_model(model_name, num_classes=C, seed=0).to(x.device)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
     order = _batches(N, batch, int(steps * horizon), torch.Generator().manual_seed(0))  # the real run's prefix
-    w_0 = torch.cat([p.detach().flatten() for p in feature_model(model).parameters()])
+    w_0 = backbone_weights(model)
     t0 = time.perf_counter()
     check = max(t for t in real_t if t <= K)  # a step where the real run's loss was recorded
     model.train()

@@ -24,10 +24,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmarks.linearized_long import LinearizedRun
+from benchmarks.linearized_long import along_direction, backbone_names, backbone_weights
 from benchmarks.predict_long import task_data
 from zoo_kernels import zoo
-from zoo_kernels.predict import auto_subset, subset_batch_size, subset_indices
+from zoo_kernels.predict import auto_subset, subset_batch_size
 from zoo_kernels.zoo.finetune import _batches
 
 SPANS = (("u",), ("u_late",), ("lin_sub",), ("u", "lin_sub"), ("u", "u_late", "buf", "g", "lin_sub"), ("lin_all",),
@@ -69,8 +69,8 @@ def study(model_name, task, lr, batch, momentum, steps, K=100, linearized_all=Tr
         o2.load_state_dict(opt.state_dict())
         return m2, o2
 
-    names = LinearizedRun(model, opt, x[:2], y[:2]).names  # the backbone's parameters (the head's input)
-    w = lambda m: flat(m.get_parameter(n) for n in names)  # noqa: E731
+    names = backbone_names(model)
+    w = lambda m: backbone_weights(m, names).double()  # noqa: E731
     w0 = w(model)
     sgd(model, opt, order[:K // 2])
     w_half = w(model)
@@ -91,18 +91,12 @@ def study(model_name, task, lr, batch, momentum, steps, K=100, linearized_all=Tr
         if s + 1 in at:
             real[s + 1] = w(m2) - wK
 
-    def linearized(xx, yy, batches):
-        run = LinearizedRun(*fork(), xx, yy, "fixed")
-        for idx in batches:
-            run.step(idx)
-        return flat(run.delta)
-
+    # the linearized model's displacement on the predictor's subset, and on all N with the real run's batches
     M = auto_subset(N, C)
-    sub = subset_indices(N, M, 0)
-    B_M = subset_batch_size(batch, N, M)
-    known["lin_sub"] = linearized(x[sub], y[sub], _batches(M, B_M, steps - K, torch.Generator().manual_seed(1)))
+    B_M = subset_batch_size(batch, N, M)  # reported; along_direction derives the same
+    known["lin_sub"] = along_direction("linear-subset", model, opt, None, x, y, order[K:steps]).double()
     if linearized_all:
-        known["lin_all"] = linearized(x, y, order[K:steps])
+        known["lin_all"] = along_direction("linear", model, opt, None, x, y, order[K:steps]).double()
     D = torch.stack([real[t] for t in at])
     sv2 = torch.linalg.svdvals(D).square()
     end = real[steps]
