@@ -184,7 +184,8 @@ def run_pair(model_name, task, settings, args, log):
                                           feature_norm=args.feature_norm,
                                           paths=args.paths, sampling="stream", on_divergence="truncate",
                                           feature_rank=args.warm_rank, eval_every=args.eval_every,
-                                          sketch_method=args.warm_sketch)
+                                          sketch_method=args.warm_sketch, curvature=args.curvature,
+                                          holdout=args.holdout)
             curves[f"head-aware+warm{K}"] = pr
             rec["methods"][f"head-aware+warm{K}"] = {"total_s": pr.cost_seconds, "diverged_at": pr.diverged_at}
         for name in methods(args):
@@ -197,6 +198,10 @@ def run_pair(model_name, task, settings, args, log):
             if pr.feature_shift is not None:  # how far the linearized features moved by each predicted target
                 out["shift_at"] = {k: (None if v is None else float(np.interp(v, tt, pr.feature_shift)))
                                    for k, v in out["T"].items()}
+            if getattr(pr, "holdout_loss_curve", None) is not None:  # holdout / subset loss at each predicted target
+                gap = pr.holdout_loss_curve / pr.loss_curve
+                out["holdout_gap_at"] = {k: (None if v is None or not np.isfinite(np.interp(v, tt, gap))
+                                             else float(np.interp(v, tt, gap))) for k, v in out["T"].items()}
             out["cost_s"] = out["total_s"] if "total_s" in out else \
                 setup[name.split("+")[0]] + out["integrate_s"] + out.get("calib_s", 0.0)
             out["loss_curve"] = [round(float(v), 5) if np.isfinite(v) else None
@@ -572,6 +577,10 @@ def main(argv=None):
     ap.add_argument("--warm-sketch", choices=("dense", "kronecker"), default="dense",
                     help="sketch_method of the --warmup predictions")
     ap.add_argument("--warm-only", action="store_true", help="only the --warmup predictions")
+    ap.add_argument("--holdout", type=int, default=0, help="holdout samples of the --warmup predictions "
+                    "(their loss / the subset's at each predicted target is saved as holdout_gap_at)")
+    ap.add_argument("--curvature", choices=("along",), help="curvature of the --warmup predictions (second-order "
+                    "term along the linearized displacement, zoo_kernels.curvature)")
     ap.add_argument("--accuracy", type=float, default=0.9)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="2 epochs, for a smoke test")

@@ -33,7 +33,7 @@ from torch import nn
 from .dynamics import (SGD, _accuracy, _loss_and_grad, check_divergence_mode, coarsen, expand_curve, expand_curves,
                        interpolate_loss, mark_divergence, path_batches)
 from .predict import (Prediction, Predictor, _load_data, _outputs, check_eval_every, check_sketch_method,
-                      subset_batch_size)
+                      subset_batch_size, subset_indices)
 from .sketch import sketch_jacobian
 
 __all__ = ["HeadAwarePredictor", "calibrate_time", "fit_time_scale", "rescale_curve", "calibration_cost"]
@@ -101,10 +101,18 @@ class HeadAwarePredictor(Predictor):
     """
 
     def __init__(self, model, data, *, loss="ce", k=512, subset=None, seed=0, sketch_method="dense",
-                 eval_batch_size=32, head=None, feature_rank=None, progress=False):
+                 eval_batch_size=32, head=None, feature_rank=None, holdout=0, progress=False):
         start = time.perf_counter()
         check_sketch_method(sketch_method)
         _load_data(self, model, data, loss, subset, seed)
+        self.n_train = M = self.subset
+        if not (isinstance(holdout, int) and not isinstance(holdout, bool) and 0 <= holdout <= self.n_samples - M):
+            raise ValueError(f"`holdout` must be an int in [0, {self.n_samples - M}] (the samples outside the "
+                             f"subset), got {holdout!r}")
+        if holdout:  # rows M.. : samples the dynamics never train on, moved by the same θ (Prediction.holdout_*)
+            idx = subset_indices(self.n_samples, M + holdout, seed, offset=M)
+            self.x = torch.cat([self.x, self.x_all[idx]])
+            self.y = torch.cat([self.y, self.y_all[idx].long().cpu()])
         head_name = head or _last_linear(model)
         lin = model.get_submodule(head_name)
         if not isinstance(lin, nn.Linear):
@@ -127,7 +135,7 @@ class HeadAwarePredictor(Predictor):
         self.feature_rank = feature_rank or D
         if any(p.requires_grad for p in fm.parameters()):
             if self.feature_rank < D:  # the features move only within their top-energy directions U
-                U = feature_directions(self.phi0, self.feature_rank)  # (D, r)
+                U = feature_directions(self.phi0[:M], self.feature_rank)  # (D, r)
                 S = sketch_jacobian(projected_features(fm, U), self.x, k, method=sketch_method, seed=seed,
                                     batch_size=eval_batch_size, progress=progress)  # (M, r, k)
                 self.S_r, self.U = S.cpu().contiguous(), U  # the sketch is U S_r: kept factored (r/D the work)
@@ -136,7 +144,7 @@ class HeadAwarePredictor(Predictor):
                                          progress=progress)  # (M, D, k)
         else:  # a frozen backbone: only the head trains (a linear probe)
             self.S = None
-        self.method, self.k = "head-aware", k
+        self.method, self.k, self.sketch_method = "head-aware", k, sketch_method
         self.setup_seconds = time.perf_counter() - start
         self._step_seconds = {}
 
@@ -154,22 +162,26 @@ class HeadAwarePredictor(Predictor):
         self.U = None
 
     def _simulate(self, sgd, max_steps, paths, seed, sampling, on_divergence="raise", eval_every=1,
-                  feature_norm="linear", velocity=None):
+                  feature_norm="linear", velocity=None, curvature=None, track=False):
         """All Monte-Carlo paths at once (leading dimension P; minibatches from dynamics.path_batches).
 
         The backbone's displacement is kept as sketch coordinates θ (φ_t = φ_0 + S θ_t, exactly the feature-space
         recursion), so a step touches only the minibatch's rows of S; the full-set loss, which streams all of S,
         is evaluated every `eval_every` steps (and at the last) and interpolated in between (log-linear for the
-        loss; a divergence is then located to within `eval_every` steps)."""
-        N, D = self.phi0.shape
-        y = self.y
+        loss; a divergence is then located to within `eval_every` steps).
+        curvature (zoo_kernels.curvature.Curvature): φ_t = φ_0 + S θ + a S'θ − ½ a² H with a = gᵀθ.
+        track: also return A (M, r), the mean over the surviving paths of the coefficients with θ = Sᵀ A (the
+        gradients' feature-space coefficients, accumulated as θ is; None when no path survives)."""
+        N, D = self.phi0.shape  # rows n_train.. are the holdout, never in a minibatch
+        y, n = self.y, self.n_train
         C = self.W0.shape[0]
         onehot = torch.nn.functional.one_hot(y, C).double()
-        P = 1 if sgd.batch_size == N else paths
-        batches = path_batches(N, sgd.batch_size, sampling, seed, P, max_steps)
+        P = 1 if sgd.batch_size == n else paths
+        batches = path_batches(n, sgd.batch_size, sampling, seed, P, max_steps)
         shape = (P, max_steps + 1)
         losses, accs, shift = np.full(shape, np.nan), np.full(shape, np.nan), np.full(shape, np.nan)
-        spread = float((self.phi0 - self.phi0.mean(0)).square().sum().sqrt()) or 1.0
+        held = np.full(shape, np.nan)
+        spread = float((self.phi0[:n] - self.phi0[:n].mean(0)).square().sum().sqrt()) or 1.0
         wd = sgd.weight_decay
         S, U = self.S_r, self.U  # the sketch is S (M, D, k), or U (D, r) times S (M, r, k)
         r = D if S is None else S.shape[1]
@@ -188,6 +200,18 @@ class HeadAwarePredictor(Predictor):
 
         W, b = self.W0.expand(P, C, D).clone(), self.b0.expand(P, C).clone()
         theta = torch.zeros(P, S.shape[-1] if S is not None else 0, dtype=torch.float64)
+        curv = curvature if S is not None else None
+        dS, H, g = (None, None, None) if curv is None else (curv.dS, curv.H, curv.g)
+        A = torch.zeros(P, N, r, dtype=torch.float64) if track else None
+        bufA = None
+
+        def rows(Sx, th):  # (P, n, r): each path's θ through the rows Sx (n, r, k) (or per path: (P, n, r, k))
+            if Sx.dim() == 4:
+                return torch.einsum("pnrk,pk->pnr", Sx, th.to(Sx.dtype)).double()
+            return (Sx.reshape(-1, Sx.shape[-1]) @ th.T.to(Sx.dtype)).T.reshape(th.shape[0], Sx.shape[0], -1).double()
+
+        def bend(lin, quad, a, Hx):  # the second-order term along v̂: S θ + a S'θ − ½ a² H
+            return lin if quad is None else lin + a[:, None, None] * quad - 0.5 * (a * a)[:, None, None] * Hx
         dead = np.full(P, -1)  # the step after which a path diverged (-1: alive)
         evaluated = []
         V, c = None, torch.zeros(P, dtype=torch.float64)  # the warm-up's backbone buffer b: φ gains c_t · J_φ b
@@ -195,37 +219,44 @@ class HeadAwarePredictor(Predictor):
         if velocity is not None:  # torch's buffers, split by linearity: the sketch's part starts at 0, b's at c' = 1
             vW, vb, V = (v.double() for v in velocity)
             buf = (vW.expand(P, *vW.shape).clone(), vb.expand(P, *vb.shape).clone(), torch.zeros_like(theta))
+            bufA = None if A is None else torch.zeros_like(A)
             if S is None or V.shape[1] == 0:
                 V = None
             else:
                 buf += (torch.ones(P, dtype=torch.float64),)
         for t in range(max_steps + 1):
             full = t % eval_every == 0 or t == max_steps
+            a = None if curv is None else theta @ g  # (P,) the displacement along v̂
             if full:  # the whole training set: φ = φ_0 + S θ for all samples (one product for all paths)
+                quad = None if curv is None else rows(dS, theta)
                 z = self.phi0.expand(P, N, D) if S is None else \
-                    self.phi0 + up((S.view(N * r, -1) @ theta.T.to(S.dtype)).T.reshape(P, N, r).double()
-                                   + (0 if V is None else c[:, None, None] * V))
+                    self.phi0 + up(bend(rows(S, theta), quad, a, H) + (0 if V is None else c[:, None, None] * V))
                 phi, scale = sphere(z, r0)
                 f = torch.einsum("pnd,pcd->pnc", phi, W) + b[:, None]
                 ell, grad = _loss_and_grad(f, y, onehot, self.loss)
-                losses[:, t] = ell.mean(1).numpy()
-                accs[:, t] = _accuracy(f, y).numpy()
-                shift[:, t] = ((phi - self.phi0).square().sum((1, 2)).sqrt() / spread).numpy()
+                losses[:, t] = ell[:, :n].mean(1).numpy()
+                accs[:, t] = _accuracy(f[:, :n], y[:n]).numpy()
+                held[:, t] = ell[:, n:].mean(1).numpy() if N > n else np.nan
+                shift[:, t] = ((phi[:, :n] - self.phi0[:n]).square().sum((1, 2)).sqrt() / spread).numpy()
                 evaluated.append(t)
             if t == max_steps:
                 break
             bidx = torch.stack([bl[t] for bl in batches])  # (P, B): the paths' batches have equal sizes
             B = bidx.shape[1]
             Sb = [S[bidx[q]] for q in range(P)] if S is not None else None  # (B, D, k) per path
+            dSb = None if curv is None else torch.stack([dS[bidx[q]] for q in range(P)])  # (P, B, r, k)
             if full:
                 G = grad.gather(1, bidx[..., None].expand(P, B, C)) / B  # ∂(mean loss of the batch)/∂f
                 phib = phi.gather(1, bidx[..., None].expand(P, B, D))
                 zb = z.gather(1, bidx[..., None].expand(P, B, D))
                 scb = None if scale is None else scale.gather(1, bidx)
+                quad_b = None if curv is None else quad.gather(1, bidx[..., None].expand(P, B, r))
             else:  # only the batch's features and outputs
                 zb = self.phi0[bidx]
+                quad_b = None if curv is None else rows(dSb, theta)
                 if S is not None:
-                    zb = zb + up(torch.stack([Sb[q] @ theta[q].to(S.dtype) for q in range(P)]).double()
+                    zb = zb + up(bend(torch.stack([Sb[q] @ theta[q].to(S.dtype) for q in range(P)]).double(),
+                                      quad_b, a, None if H is None else H[bidx])
                                  + (0 if V is None else c[:, None, None] * V[bidx]))
                 phib, scb = sphere(zb, None if r0 is None else r0[bidx])
                 G = _loss_and_grad(torch.einsum("pbd,pcd->pbc", phib, W) + b[:, None], y[bidx], onehot[bidx],
@@ -243,6 +274,17 @@ class HeadAwarePredictor(Predictor):
                     v = scb[..., None] * (v - zh * (zh * v).sum(-1, keepdim=True))
                 v = (v if U is None else v @ U).to(S.dtype)  # (P, B, r)
                 gth = torch.stack([torch.einsum("bdk,bd->k", Sb[q], v[q]) for q in range(P)]).double()
+                if curv is not None:  # ∂z/∂θ = S + a S' + (S'θ − a H) gᵀ
+                    vd = v.double()
+                    gth = gth + a[:, None] * torch.einsum("pbrk,pbr->pk", dSb, v).double() \
+                        + ((quad_b - a[:, None, None] * H[bidx]) * vd).sum((1, 2))[:, None] * g
+                if A is not None:  # the same gradient as coefficients on the samples: θ = Sᵀ A
+                    gA = torch.zeros_like(A)
+                    for q in range(P):
+                        gA[q].index_add_(0, bidx[q], v[q].double())
+                    if wd:
+                        gA = gA + wd * A
+                    bufA, stepA = sgd.direction(bufA, gA)
                 if wd:  # toward w0: wd (φ − φ_0) = S (wd θ)
                     gth = gth + wd * theta
             else:
@@ -252,6 +294,8 @@ class HeadAwarePredictor(Predictor):
             buf, step = tuple(u for u, _ in moved), tuple(v for _, v in moved)
             eta = sgd.lr_at(t, max_steps)
             W, b, theta = W - eta * step[0], b - eta * step[1], theta - eta * step[2]
+            if A is not None and S is not None:
+                A = A - eta * stepA
             if V is not None:
                 c = c - eta * step[3]
             finite = (torch.isfinite(W).flatten(1).all(1) & torch.isfinite(theta).all(1)).numpy()
@@ -266,14 +310,20 @@ class HeadAwarePredictor(Predictor):
             tt = np.arange(last + 1)
             if len(keep) < len(tt):
                 losses[q, :last + 1] = interpolate_loss(keep, losses[q, keep], tt)
+                if N > n:
+                    held[q, :last + 1] = interpolate_loss(keep, held[q, keep], tt)
                 accs[q, :last + 1] = np.interp(tt, keep, accs[q, keep])
                 shift[q, :last + 1] = np.interp(tt, keep, shift[q, keep])
             losses[q, last + 1:], accs[q, last + 1:], shift[q, last + 1:] = np.nan, np.nan, np.nan
-        return losses.mean(0), accs.mean(0), losses, shift.mean(0)
+            held[q, last + 1:] = np.nan
+        alive = torch.as_tensor(dead < 0)
+        coeff = None if A is None or not alive.any() else A[alive].mean(0)
+        return losses.mean(0), accs.mean(0), losses, shift.mean(0), coeff, (held.mean(0) if N > n else None)
 
     def predict(self, *, lr, batch_size, max_steps, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0,
                 schedule="constant", paths=4, seed=None, measure_time=True, sampling="epoch", on_divergence="raise",
-                stride=1, eval_every=1, feature_norm="linear", velocity=None, **schedule_kwargs):
+                stride=1, eval_every=1, feature_norm="linear", velocity=None, curvature=None,
+                track_coefficients=False, **schedule_kwargs):
         """As Predictor.predict (on_divergence: "raise" or "truncate"; stride: super-steps, dynamics.coarsen).
 
         eval_every=E: the dynamics stay exact, but the full-set loss, accuracy and feature shift are computed every E
@@ -284,11 +334,22 @@ class HeadAwarePredictor(Predictor):
         while their centered part grows up to 8×; docs/PREDICT.md); the default "linear" is φ_t = z.
         velocity: the initial momentum state (head weight buffer, head bias buffer, the backbone buffer b as J_φ b
         on the M samples, in the feature directions' coordinates), as zoo_kernels.warmstart.feature_velocity returns
-        it; None starts at rest, as torch.optim.SGD does."""
+        it; None starts at rest, as torch.optim.SGD does.
+        curvature: the second-order term along one backbone direction (zoo_kernels.curvature.curvature_along).
+        track_coefficients: set the result's `coefficients` (M, r), the feature-space coefficients A of the
+        backbone's displacement (mean over paths), from which curvature_along takes its direction."""
         check_eval_every(eval_every)
+        if curvature is not None:
+            want = None if self.S_r is None else (tuple(self.S_r.shape), (len(self.x), self.S_r.shape[1]),
+                                                  (self.S_r.shape[2],))
+            got = tuple(tuple(t.shape) for t in (curvature.dS, curvature.H, curvature.g))
+            if got != want or stride != 1 or not all(torch.isfinite(t).all() for t in
+                                                     (curvature.dS, curvature.H, curvature.g)):
+                raise ValueError(f"`curvature` must hold finite dS, H, g of shapes {want} (this predictor's; a "
+                                 f"frozen backbone has none), with stride 1; got {got}, stride {stride}")
         if velocity is not None:
             want = (tuple(self.W0.shape), tuple(self.b0.shape),
-                    (self.subset, 0 if self.S_r is None else self.S_r.shape[1]))
+                    (len(self.x), 0 if self.S_r is None else self.S_r.shape[1]))
             got = tuple(tuple(v.shape) for v in velocity) if len(velocity) == 3 else None
             if got != want or stride != 1 or not all(torch.isfinite(v).all() for v in velocity):
                 raise ValueError(f"`velocity` must be 3 finite tensors of shapes {want} (head weight, head bias, "
@@ -305,15 +366,16 @@ class HeadAwarePredictor(Predictor):
         if sampling not in ("epoch", "stream"):
             raise ValueError(f"`sampling` must be 'epoch' or 'stream', got {sampling!r}")
         run, n_run = coarsen(sgd, stride, max_steps, M)
-        loss_curve, acc_curve, per_path, shift = self._simulate(run, n_run, paths, self.seed if seed is None else seed,
-                                                                sampling, on_divergence, eval_every, feature_norm,
-                                                                velocity)
+        loss_curve, acc_curve, per_path, shift, coeff, held = self._simulate(
+            run, n_run, paths, self.seed if seed is None else seed, sampling, on_divergence, eval_every, feature_norm,
+            velocity, curvature, track_coefficients and stride == 1)
         loss_curve, acc_curve, per_path = expand_curves(loss_curve, acc_curve, per_path, stride, max_steps)
         step_s = self.step_seconds(batch_size) if measure_time else float("nan")
         return Prediction(loss_curve=loss_curve, accuracy_curve=acc_curve, n_samples=N, batch_size=batch_size,
                           lr=lr, momentum=momentum, step_seconds=step_s,
                           cost_seconds=self.setup_seconds + time.perf_counter() - start, loss=self.loss,
-                          path_losses=per_path, feature_shift=expand_curve(shift, stride, max_steps))
+                          path_losses=per_path, feature_shift=expand_curve(shift, stride, max_steps),
+                          coefficients=coeff, holdout_loss_curve=None if held is None else expand_curve(held, stride, max_steps))
 
 
 # ------------------------------------------------------------------------------------------ time rescaling

@@ -39,6 +39,11 @@ class Prediction:
     # features have moved relative to their spread: a measure of how far the linearization is extrapolated
     feature_shift: np.ndarray = field(default=None, repr=False)
     warmup_steps: int = 0  # steps 0..warmup_steps-1 were run for real (zoo_kernels.warmstart)
+    # head-aware, predict(track_coefficients=True): the backbone displacement's coefficients A (M, r) on the subset
+    coefficients: torch.Tensor = field(default=None, repr=False)
+    # head-aware with holdout=H: the mean loss of H samples outside the subset, moved by the same dynamics but
+    # never trained on (a measure of how much of the predicted decrease is the subset's memorization)
+    holdout_loss_curve: np.ndarray = field(default=None, repr=False)
 
     def __post_init__(self):
         self.loss_curve = np.asarray(self.loss_curve, dtype=np.float64)
@@ -118,9 +123,10 @@ def subset_batch_size(batch_size, n, m):
     return int(min(m, max(1, round(1.0 / (1.0 / batch_size - 1.0 / n + 1.0 / m)))))
 
 
-def subset_indices(n, m, seed):
-    """The sorted indices of the m of n samples that subset mode integrates on (depends on (n, m, seed) only)."""
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:m].sort().values
+def subset_indices(n, m, seed, offset=0):
+    """The sorted indices of the m of n samples that subset mode integrates on (depends on (n, m, seed) only);
+    offset=o: the samples o..m-1 of the same random order (the holdout after a subset of o)."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[offset:m].sort().values
 
 
 def check_sketch_method(sketch_method):

@@ -20,6 +20,7 @@ from torch.func import functional_call, jvp
 from tqdm.auto import tqdm
 
 from .calibrate import HeadAwarePredictor, _last_linear, feature_model, projected_features
+from .curvature import curvature_along
 from .dynamics import _accuracy, _batch_stream, _loss_and_grad, interpolate_loss
 from .predict import Prediction, _load_data, _outputs, check_eval_every, check_sketch_method
 
@@ -76,13 +77,20 @@ def _real_loss(out, y, loss):
 def predict_after_warmup(model, data, *, lr, batch_size, max_steps, warmup_steps, momentum=0.0, dampening=0.0,
                          nesterov=False, weight_decay=0.0, loss="ce", subset=None, k=512, seed=0,
                          feature_norm="linear", feature_rank=None, paths=4, sampling="epoch", eval_every=1,
-                         on_divergence="raise", eval_batch_size=32, sketch_method="dense", progress=False):
+                         on_divergence="raise", eval_batch_size=32, sketch_method="dense", curvature=None,
+                         holdout=0, progress=False):
     """Prediction of `max_steps` SGD steps whose first `warmup_steps` are run for real (see the module doc).
 
     The arguments are HeadAwarePredictor's and its predict()'s; warmup_steps = 0 is the plain head-aware
     prediction. `model` is not modified. Prediction.warmup_steps = K; its step_seconds is the median measured
     warm-up step (K ≥ 3), and its feature_shift is NaN over the warm-up (it is relative to the features at w_K).
-    eval_every=E also spaces the warm-up's subset evaluations (every E real steps, interpolated as in predict())."""
+    eval_every=E also spaces the warm-up's subset evaluations (every E real steps, interpolated as in predict()).
+    curvature="along": integrate twice, the second time with the second-order term along the direction of the first
+    run's backbone displacement (zoo_kernels.curvature); None: the linearized model only.
+    holdout=H: Prediction.holdout_loss_curve, the loss of H samples outside the subset moved by the same dynamics
+    (HeadAwarePredictor's holdout), NaN over the warm-up."""
+    if curvature not in (None, "along"):
+        raise ValueError(f"`curvature` must be None or 'along', got {curvature!r}")
     if not isinstance(warmup_steps, int) or isinstance(warmup_steps, bool) or warmup_steps < 0:
         raise ValueError(f"`warmup_steps` must be an int >= 0, got {warmup_steps!r}")
     if not isinstance(max_steps, int) or max_steps <= warmup_steps:
@@ -123,12 +131,19 @@ def predict_after_warmup(model, data, *, lr, batch_size, max_steps, warmup_steps
             opt.step()
             step_times.append(time.perf_counter() - t0)
     pred = HeadAwarePredictor(warm, (x, y), loss=loss, k=k, subset=subset, seed=seed, eval_batch_size=eval_batch_size,
-                              feature_rank=feature_rank, sketch_method=sketch_method, progress=progress)
+                              feature_rank=feature_rank, sketch_method=sketch_method, holdout=holdout,
+                              progress=progress)
     velocity = feature_velocity(warm, opt, pred, eval_batch_size) if opt is not None and momentum else None
-    q = pred.predict(lr=lr, batch_size=batch_size, max_steps=max_steps - K, momentum=momentum, dampening=dampening,
-                     nesterov=nesterov, weight_decay=weight_decay, paths=paths, seed=seed, sampling=sampling,
-                     on_divergence=on_divergence, eval_every=eval_every, feature_norm=feature_norm,
-                     measure_time=K < 3, velocity=velocity)
+    settings = dict(lr=lr, batch_size=batch_size, max_steps=max_steps - K, momentum=momentum, dampening=dampening,
+                    nesterov=nesterov, weight_decay=weight_decay, paths=paths, seed=seed, sampling=sampling,
+                    on_divergence=on_divergence, eval_every=eval_every, feature_norm=feature_norm,
+                    measure_time=K < 3, velocity=velocity)
+    q = pred.predict(**settings, track_coefficients=curvature is not None)
+    if curvature is not None and pred.S_r is not None:
+        if q.coefficients is None:
+            raise FloatingPointError("the linearized prediction diverged on every path: no direction for curvature")
+        bend = curvature_along(warm, pred, q.coefficients, batch_size=eval_batch_size)
+        q = pred.predict(**settings, curvature=bend)
     if not K:
         return q
     tt, evals = np.arange(K), evals + [K]  # the prediction's first point is the subset at w_K
@@ -143,4 +158,5 @@ def predict_after_warmup(model, data, *, lr, batch_size, max_steps, warmup_steps
                       batch_size=batch_size, lr=lr, momentum=momentum, step_seconds=step_s,
                       cost_seconds=time.perf_counter() - start, loss=loss, path_losses=per_path,
                       diverged_at=None if q.diverged_at is None else q.diverged_at + K, feature_shift=shift,
-                      warmup_steps=K)
+                      warmup_steps=K, holdout_loss_curve=None if q.holdout_loss_curve is None else
+                      np.concatenate([np.full(K, np.nan), q.holdout_loss_curve]))

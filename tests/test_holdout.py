@@ -1,0 +1,89 @@
+"""HeadAwarePredictor(holdout=H): samples outside the subset, moved by the same dynamics, never trained on."""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.func import jvp
+
+from test_curvature import Backbone, _problem
+from zoo_kernels.calibrate import HeadAwarePredictor
+from zoo_kernels.dynamics import path_batches
+from zoo_kernels.predict import subset_batch_size, subset_indices
+from zoo_kernels.warmstart import predict_after_warmup
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_holdout_rows_are_the_next_samples_of_the_subset_order():
+    model, x, y = _problem(seed=1, n=50)
+    pred = HeadAwarePredictor(model, (x, y), k=16, subset=20, holdout=12, seed=3)
+    want = torch.cat([subset_indices(50, 20, 3), subset_indices(50, 32, 3, offset=20)])
+    assert len(set(want.tolist())) == 32
+    torch.testing.assert_close(pred.x, x[want])
+    assert torch.equal(pred.y, y[want])
+
+
+@pytest.mark.parametrize("feature_norm", ["linear", "fixed"])
+def test_holdout_leaves_the_prediction_unchanged(feature_norm):
+    model, x, y = _problem(seed=2, n=60)
+    kw = dict(k=32, subset=20, seed=1, sketch_method="kronecker", feature_rank=3)
+    hp = dict(lr=0.3, batch_size=12, max_steps=30, momentum=0.9, paths=2, seed=4, sampling="stream",
+              feature_norm=feature_norm, eval_every=3, measure_time=False)
+    plain = HeadAwarePredictor(model, (x, y), **kw).predict(**hp)
+    held = HeadAwarePredictor(model, (x, y), holdout=15, **kw).predict(**hp)
+    np.testing.assert_allclose(held.loss_curve, plain.loss_curve, rtol=1e-12)
+    np.testing.assert_allclose(held.accuracy_curve, plain.accuracy_curve, rtol=1e-12)
+    assert plain.holdout_loss_curve is None
+    assert held.holdout_loss_curve.shape == (31,) and np.isfinite(held.holdout_loss_curve).all()
+
+
+def test_holdout_loss_equals_weight_space_sgd():
+    """With the exact Jacobian as the sketch, the holdout curve is the loss of the holdout rows under
+    torch.optim.SGD on the subset rows only (the subset's noise-matched batch size)."""
+    model, x, y = _problem(seed=3, n=60)
+    M, H, B, steps, lr = 20, 16, 12, 12, 0.3
+    pred = HeadAwarePredictor(model, (x, y), k=8, subset=M, holdout=H, seed=2, sketch_method="dense")
+    bb = Backbone(model, pred.x)
+    pred.S = bb.jacobian()
+    q = pred.predict(lr=lr, batch_size=B, max_steps=steps, momentum=0.9, paths=1, seed=6, sampling="stream",
+                     measure_time=False)
+    BM = subset_batch_size(B, len(x), M)
+    batches = path_batches(M, BM, "stream", 6, 1, steps)[0]
+    W = model[1].weight.detach().clone().requires_grad_(True)
+    b = model[1].bias.detach().clone().requires_grad_(True)
+    delta = torch.zeros_like(bb.w0, requires_grad=True)
+    opt = torch.optim.SGD([W, b, delta], lr=lr, momentum=0.9)
+    phi0, yy = bb(bb.w0).detach(), pred.y
+
+    def loss(idx):
+        z = phi0 + jvp(bb, (bb.w0,), (delta,))[1]
+        return nn.functional.cross_entropy(z[idx] @ W.T + b, yy[idx])
+
+    train, hold = [], []
+    for t in range(steps + 1):
+        with torch.no_grad():
+            train.append(float(loss(slice(0, M))))
+            hold.append(float(loss(slice(M, M + H))))
+        if t == steps:
+            break
+        opt.zero_grad()
+        loss(batches[t]).backward()
+        opt.step()
+    np.testing.assert_allclose(q.loss_curve, train, rtol=1e-9)
+    np.testing.assert_allclose(q.holdout_loss_curve, hold, rtol=1e-9)
+    assert abs(hold[-1] - hold[0]) > 1e-3
+
+
+def test_warm_start_holdout_is_nan_over_the_warm_up():
+    model, x, y = _problem(seed=4, n=60)
+    p = predict_after_warmup(model, (x, y), lr=0.2, batch_size=10, max_steps=30, warmup_steps=5, momentum=0.9,
+                             subset=20, holdout=10, k=16, seed=1, paths=2, sampling="stream")
+    assert np.isnan(p.holdout_loss_curve[:5]).all() and np.isfinite(p.holdout_loss_curve[5:]).all()
+    assert len(p.holdout_loss_curve) == len(p.loss_curve) == 31
+
+
+@pytest.mark.parametrize("holdout", [-1, 41, 2.0, True])
+def test_bad_holdout(holdout):
+    model, x, y = _problem(seed=5, n=60)
+    with pytest.raises(ValueError, match=r"`holdout` must be an int in \[0, 40\]"):
+        HeadAwarePredictor(model, (x, y), k=16, subset=20, holdout=holdout)
