@@ -1,0 +1,92 @@
+"""Does the holdout gap flag the recommended prediction's misses?
+
+    python -m benchmarks.holdout_gap benchmarks/results/predict-long-cpu-2026-11-27-holdout-{dev,heldout,fresh}.json
+
+The subset model over-fits its M samples: it is trained on them 20× as often as real training visits a sample.
+HeadAwarePredictor(holdout=H) moves H more samples by the same dynamics without training on them; the gap
+L_holdout / L_subset at a predicted target measures how much of the predicted decrease is memorization. This
+asks whether the gap ranks the errors of the predicted steps (Spearman ρ), pooled and within each target (the gap
+grows with the target's depth, and so does the error), per set of pairs, on predict_long.py --holdout results.
+Targets reached after the warm-up only. A target the prediction reaches and the real run (L steps) does not counts
+with the least error it can have, (T_pred − L) / L (signed) as in predict_long's strict median.
+"""
+import argparse
+import json
+
+import numpy as np
+import scipy.stats
+
+
+def rows(records, method):
+    """(target, gap, signed error, real reached) for each target with a gap (predicted after the warm-up)."""
+    out = []
+    for rec in records:
+        meth = rec["methods"].get(method, {})
+        for tgt, gap in (meth.get("holdout_gap_at") or {}).items():
+            t_pred, t_real = meth["T"].get(tgt), rec["real"].get(tgt)
+            if gap is None or t_pred is None:
+                continue
+            if t_real is not None:
+                out.append((tgt, gap, (t_pred - t_real) / t_real, True))
+            else:  # the real run never reaches it: at least this early
+                out.append((tgt, gap, (t_pred - rec["steps"]) / rec["steps"], False))
+    return out
+
+
+def spearman(a, b):
+    return float(scipy.stats.spearmanr(a, b)[0]) if len(a) > 2 and len(set(a)) > 1 and len(set(b)) > 1 else None
+
+
+def summary(rs):
+    """Pooled and within-target Spearman ρ of the gap against |error| and the signed error, and the medians of
+    |error| below and above the pooled median gap."""
+    if not rs:
+        return None
+    gap = np.array([r[1] for r in rs])
+    err = np.array([r[2] for r in rs])
+    within = [spearman(gap[idx], np.abs(err[idx])) for t in sorted({r[0] for r in rs})
+              for idx in [np.array([r[0] == t for r in rs])] if idx.sum() > 2]
+    within = [w for w in within if w is not None]
+    hi = gap > np.median(gap)
+    return {"targets": len(rs), "real_never": int(sum(not r[3] for r in rs)),
+            "rho_abs": spearman(gap, np.abs(err)), "rho_signed": spearman(gap, err),
+            "rho_abs_within_target": float(np.mean(within)) if within else None,
+            "median_abs_low_gap": float(np.median(np.abs(err[~hi]))) if (~hi).any() else None,
+            "median_abs_high_gap": float(np.median(np.abs(err[hi]))) if hi.any() else None,
+            "real_never_in_high_gap": int(sum(h and not r[3] for h, r in zip(hi, rs)))}
+
+
+def markdown(results):
+    f = lambda v: "–" if v is None else (f"{v:.2f}" if isinstance(v, float) else str(v))  # noqa: E731
+    out = ["| set | targets (real never) | ρ(gap, abs err) | ρ within target (mean) | ρ(gap, signed err) | "
+           "median abs err, gap ≤ median / > median | real-never targets in the upper half |", "|---|" + "---|" * 6]
+    for name, s in results.items():
+        out.append(f"| {name} | {s['targets']} ({s['real_never']}) | {f(s['rho_abs'])} | "
+                   f"{f(s['rho_abs_within_target'])} | {f(s['rho_signed'])} | {f(s['median_abs_low_gap'])} / "
+                   f"{f(s['median_abs_high_gap'])} | {s['real_never_in_high_gap']} of {s['real_never']} |")
+    return "\n".join(out)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("results", nargs="+", help="predict_long.py --holdout JSONs")
+    ap.add_argument("--method", default="head-aware+warm100")
+    ap.add_argument("--out", help="write the table and numbers to OUT.md / OUT.json")
+    args = ap.parse_args(argv)
+    results, pooled = {}, []
+    for path in args.results:
+        rs = rows(json.load(open(path))["records"], args.method)
+        results[path.rsplit("/", 1)[-1].removesuffix(".json")] = summary(rs)
+        pooled += rs
+    results["all"] = summary(pooled)
+    md = markdown(results)
+    print(md)
+    if args.out:
+        with open(args.out + ".json", "w") as fh:
+            json.dump(results, fh, indent=1)
+        with open(args.out + ".md", "w") as fh:
+            fh.write(md + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,30 @@
+"""benchmarks/holdout_gap.py: which targets count, the censored error, and the rank statistics."""
+import pytest
+
+from benchmarks.holdout_gap import markdown, rows, summary
+
+
+def _rec(real, pred, gap, steps=600):
+    keys = [f"t{i}" for i in range(len(real))]
+    return {"steps": steps, "real": dict(zip(keys, real)),
+            "methods": {"head-aware+warm100": {"T": dict(zip(keys, pred)), "holdout_gap_at": dict(zip(keys, gap))}}}
+
+
+def test_rows_keep_predicted_targets_with_a_gap():
+    rs = rows([_rec([200, 300, None, 100, None], [100, None, 300, 150, None], [1.5, 2.0, 3.0, None, 4.0])],
+              "head-aware+warm100")
+    # t0: -50 %; t1 never predicted (out); t2 real never: (300 - 600)/600; t3 no gap (warm-up: out); t4 out
+    assert rs == [("t0", 1.5, -0.5, True), ("t2", 3.0, -0.5, False)]
+
+
+def test_summary_ranks_errors_by_gap():
+    recs = [_rec([100, 100, 100, 100], [110, 130, 160, 300], [1.0, 2.0, 3.0, 4.0]),
+            _rec([100, 100, 100, None], [105, 120, 170, 200], [1.5, 2.5, 3.5, 5.0])]
+    s = summary(rows(recs, "head-aware+warm100"))
+    assert s["targets"] == 8 and s["real_never"] == 1
+    # |errors| in gap order: .1 .05 .3 .2 .6 .7 2.0 .667 (the censored (200 - 600)/600 last): ranks 2 1 4 3 5 7 8 6,
+    # sum d^2 = 10, rho = 1 - 60/504; the median gap 2.75 splits .1 .05 .3 .2 | .6 .7 2.0 .667
+    assert s["rho_abs"] == pytest.approx(1 - 60 / 504)
+    assert s["median_abs_low_gap"] == pytest.approx(0.15) and s["median_abs_high_gap"] == pytest.approx((2 / 3 + 0.7) / 2)
+    assert s["real_never_in_high_gap"] == 1
+    assert "| x | 8 (1) |" in markdown({"x": s})
