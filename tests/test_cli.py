@@ -44,6 +44,7 @@ def test_predict_time_json(capsys, method, k):
     assert [t["kind"] for t in obj["targets"]] == ["fraction", "accuracy"]
     assert obj["hyper_parameters"]["sampling"] == "stream"  # the MiniZoo recipe's minibatches
     assert obj["step_seconds"] is None and obj["prediction_seconds"] > 0
+    assert ("299 %" if method != "head-aware" else "50 %") in obj["validation"]  # what the long runs measured
     for t in obj["targets"]:
         assert t["steps"] is None or 0 <= t["steps"] <= 6
         if t["steps"] is not None:

@@ -471,10 +471,9 @@ def cmd_predict(args):
                "step": "one SGD update on one minibatch", "epoch": "N / batch_size steps (steps * B / N)",
                "seconds": "steps x the measured wall time of one real SGD step (forward, backward, update) "
                           "at this batch size on this machine, now"}}
-    if label == "recommended":
-        from .predict import RECOMMENDED_VALIDATION  # noqa: PLC0415
+    from .predict import validation_note  # noqa: PLC0415
 
-        obj["validation"] = RECOMMENDED_VALIDATION
+    obj["validation"] = validation_note(label, args.warmup_steps, args.feature_norm)
     if args.recommend:
         return _recommend(args, pred, targets, obj)
     kw = _sgd_kwargs(args)
@@ -585,7 +584,7 @@ def _predict_text(obj, p, args):
         lines.append(f"prediction cost: {obj['prediction_seconds']:.2f} s (setup {obj['setup_seconds']:.2f} s, "
                      "shared by every setting of one predictor)")
     if "validation" in obj:
-        lines.append(f"accuracy of --method recommended: {obj['validation']}")
+        lines.append(f"accuracy of --method {obj['method']}: {obj['validation']}")
     if "verify" in obj:
         v = obj["verify"]
         lines.append(f"real fine-tuning: {v['train_seconds']:.2f} s of optimization, final loss {v['final_loss']:.4g}, "

@@ -360,6 +360,24 @@ RECOMMENDED_VALIDATION = ("validated on 10-epoch MiniZoo fine-tuning, 9 expert/t
                           "covered a third set's targets only 33-85 % of the time")
 
 
+
+def validation_note(method, warmup_steps=0, feature_norm="linear"):
+    """What the long-run validation measured for a prediction method (docs/PREDICT.md), one line for the CLI."""
+    if method == "recommended":
+        return RECOMMENDED_VALIDATION
+    rec = "--method recommended (100 real steps first) measured 10-24 %"
+    if method == "head-aware" and warmup_steps:
+        return f"not validated with these settings; {rec}"
+    if method == "head-aware":
+        fixed = feature_norm == "fixed"
+        return ("measured on 10-epoch MiniZoo fine-tuning (3 expert/task pairs, 70 targets, N/20-sample subsets): "
+                "median error of the steps "
+                f"to a target {'40 % (p90 133 %)' if fixed else '50 % (p90 inf: targets never reached)'}, growing "
+                f"with the target's depth ({'31 % at L0/2, 50 %' if fixed else '37 % at L0/2, 80 %'} at L0/30); {rec}")
+    return ("the paper's full linearization, measured on 10-epoch MiniZoo fine-tuning (--method sketch, 3 expert/task "
+            f"pairs, 70 targets): median error of the steps to a target 299 % (p90 inf); {rec}")
+
+
 def recommended_settings(model, max_steps, cli=False, **given):
     """RECOMMENDED for this model (feature_rank at most the head's input width); `given` holds the caller's values of
     RECOMMENDED's keys, which must be left at their defaults. cli=True names the arguments as the CLI's flags."""
