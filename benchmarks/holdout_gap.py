@@ -37,9 +37,9 @@ def spearman(a, b):
     return float(scipy.stats.spearmanr(a, b)[0]) if len(a) > 2 and len(set(a)) > 1 and len(set(b)) > 1 else None
 
 
-def summary(rs):
-    """Pooled and within-target Spearman ρ of the gap against |error| and the signed error, and the medians of
-    |error| below and above the pooled median gap."""
+def summary(rs, threshold=1.5):
+    """Pooled and within-target Spearman ρ of the gap against |error| and the signed error, the medians of |error|
+    below and above the pooled median gap, and the same split at a fixed `threshold` (the flag: gap ≥ threshold)."""
     if not rs:
         return None
     gap = np.array([r[1] for r in rs])
@@ -53,7 +53,19 @@ def summary(rs):
             "rho_abs_within_target": float(np.mean(within)) if within else None,
             "median_abs_low_gap": float(np.median(np.abs(err[~hi]))) if (~hi).any() else None,
             "median_abs_high_gap": float(np.median(np.abs(err[hi]))) if hi.any() else None,
-            "real_never_in_high_gap": int(sum(h and not r[3] for h, r in zip(hi, rs)))}
+            "real_never_in_high_gap": int(sum(h and not r[3] for h, r in zip(hi, rs))),
+            "threshold": threshold, **flag_split(gap, err, [r[3] for r in rs], threshold)}
+
+
+def flag_split(gap, err, reached, threshold):
+    """Targets flagged (gap ≥ threshold) or not: counts, median |error|, share within 20 %, real-never flagged."""
+    out = {}
+    for name, sel in (("flagged", gap >= threshold), ("unflagged", gap < threshold)):
+        e = np.abs(err[sel])
+        out[name] = {"targets": int(sel.sum()), "median_abs": float(np.median(e)) if e.size else None,
+                     "within20": float(np.mean(e <= 0.2)) if e.size else None}
+    out["real_never_flagged"] = int(sum(f and not r for f, r in zip(gap >= threshold, reached)))
+    return out
 
 
 def markdown(results):
@@ -64,6 +76,13 @@ def markdown(results):
         out.append(f"| {name} | {s['targets']} ({s['real_never']}) | {f(s['rho_abs'])} | "
                    f"{f(s['rho_abs_within_target'])} | {f(s['rho_signed'])} | {f(s['median_abs_low_gap'])} / "
                    f"{f(s['median_abs_high_gap'])} | {s['real_never_in_high_gap']} of {s['real_never']} |")
+    t = next(iter(results.values()))["threshold"]
+    out += ["", f"| set | unflagged (gap < {t}): targets, median abs err, within 20 % | flagged (gap ≥ {t}): targets, "
+            "median abs err, within 20 % | real-never targets flagged |", "|---|---|---|---|"]
+    for name, s in results.items():
+        u, g = s["unflagged"], s["flagged"]
+        out.append(f"| {name} | {u['targets']}, {f(u['median_abs'])}, {f(u['within20'])} | {g['targets']}, "
+                   f"{f(g['median_abs'])}, {f(g['within20'])} | {s['real_never_flagged']} of {s['real_never']} |")
     return "\n".join(out)
 
 
@@ -71,14 +90,19 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("results", nargs="+", help="predict_long.py --holdout JSONs")
     ap.add_argument("--method", default="head-aware+warm100")
+    ap.add_argument("--threshold", type=float, default=1.5, help="the flag: gap >= this")
+    ap.add_argument("--pool", nargs="*", default=[], metavar="NAME=JSON,JSON",
+                    help="also one set made of several result files (e.g. one per pair)")
     ap.add_argument("--out", help="write the table and numbers to OUT.md / OUT.json")
     args = ap.parse_args(argv)
     results, pooled = {}, []
-    for path in args.results:
-        rs = rows(json.load(open(path))["records"], args.method)
-        results[path.rsplit("/", 1)[-1].removesuffix(".json")] = summary(rs)
+    sets = [(p.rsplit("/", 1)[-1].removesuffix(".json"), [p]) for p in args.results]
+    sets += [(spec.split("=", 1)[0], spec.split("=", 1)[1].split(",")) for spec in args.pool]
+    for name, paths in sets:
+        rs = [r for path in paths for r in rows(json.load(open(path))["records"], args.method)]
+        results[name] = summary(rs, args.threshold)
         pooled += rs
-    results["all"] = summary(pooled)
+    results["all"] = summary(pooled, args.threshold)
     md = markdown(results)
     print(md)
     if args.out:

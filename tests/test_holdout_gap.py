@@ -27,4 +27,9 @@ def test_summary_ranks_errors_by_gap():
     assert s["rho_abs"] == pytest.approx(1 - 60 / 504)
     assert s["median_abs_low_gap"] == pytest.approx(0.15) and s["median_abs_high_gap"] == pytest.approx((2 / 3 + 0.7) / 2)
     assert s["real_never_in_high_gap"] == 1
-    assert "| x | 8 (1) |" in markdown({"x": s})
+    # the flag at gap >= 1.5 (the default): .1 unflagged; .05 .3 .2 .6 .7 2.0 .667 flagged
+    assert s["unflagged"] == {"targets": 1, "median_abs": pytest.approx(0.1), "within20": 1.0}
+    assert s["flagged"]["targets"] == 7 and s["flagged"]["median_abs"] == pytest.approx(0.6)
+    assert s["flagged"]["within20"] == pytest.approx(2 / 7) and s["real_never_flagged"] == 1
+    md = markdown({"x": s})
+    assert "| x | 8 (1) |" in md and "| x | 1, 0.10, 1.00 | 7, 0.60, 0.29 | 1 of 1 |" in md
