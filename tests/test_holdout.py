@@ -87,3 +87,21 @@ def test_bad_holdout(holdout):
     model, x, y = _problem(seed=5, n=60)
     with pytest.raises(ValueError, match=r"`holdout` must be an int in \[0, 40\]"):
         HeadAwarePredictor(model, (x, y), k=16, subset=20, holdout=holdout)
+
+
+def test_predict_training_time_holdout_and_gap():
+    import zoo_kernels as zk
+
+    model, x, y = _problem(seed=6, n=60)
+    p = zk.predict_training_time(model, (x, y), lr=0.2, batch_size=10, max_steps=20, method="head-aware",
+                                 subset=20, holdout=10, k=16, paths=2)
+    gap = p.holdout_loss_curve / p.loss_curve
+    assert p.holdout_gap(7) == pytest.approx(gap[7]) and p.holdout_gap(7.5) == pytest.approx(
+        (p.holdout_loss_curve[7] + p.holdout_loss_curve[8]) / (p.loss_curve[7] + p.loss_curve[8]))
+    assert np.isnan(p.holdout_gap(None))
+    plain = zk.predict_training_time(model, (x, y), lr=0.2, batch_size=10, max_steps=20, method="head-aware",
+                                     subset=20, k=16, paths=2)
+    np.testing.assert_allclose(plain.loss_curve, p.loss_curve, rtol=1e-12)
+    assert np.isnan(plain.holdout_gap(5))
+    with pytest.raises(ValueError, match="`holdout` apply to method='head-aware' only"):
+        zk.predict_training_time(model, (x, y), lr=0.2, batch_size=10, max_steps=20, method="sketch", holdout=5)

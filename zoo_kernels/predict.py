@@ -101,6 +101,15 @@ class Prediction:
         s = self.steps_to(**target)
         return {"steps": s, "epochs": self.epochs(s), "seconds": self.seconds(s)}
 
+    def holdout_gap(self, steps):
+        """holdout loss / subset loss after `steps` steps (interpolated; NaN where either is not predicted: no
+        holdout, the warm-up, a divergence). Above 1.5 the predicted decrease leans on memorizing the subset
+        (docs/PREDICT.md, "The holdout gap")."""
+        if self.holdout_loss_curve is None or steps is None:
+            return float("nan")
+        t = np.arange(len(self.loss_curve))
+        return float(np.interp(steps, t, self.holdout_loss_curve) / np.interp(steps, t, self.loss_curve))
+
 
 def _as_tensors(data):
     if isinstance(data, (tuple, list)) and len(data) == 2 and all(torch.is_tensor(t) for t in data):
@@ -403,7 +412,7 @@ def recommended_settings(model, max_steps, cli=False, **given):
 def predict_training_time(model, data, *, lr, batch_size, max_steps, momentum=0.0, weight_decay=0.0, loss="ce",
                           seed=0, subset=None, k=None, method="sketch", dampening=0.0, nesterov=False,
                           schedule="constant", paths=4, progress=False, feature_rank=None, feature_norm="linear",
-                          warmup_steps=0, sketch_method="dense", eval_every=1, **schedule_kwargs):
+                          warmup_steps=0, sketch_method="dense", eval_every=1, holdout=0, **schedule_kwargs):
     """Expected training loss/accuracy curves of SGD fine-tuning, predicted from the linearized model.
 
     data: (inputs, labels) tensors or a torch Dataset. Returns a Prediction: loss_curve and accuracy_curve
@@ -422,6 +431,8 @@ def predict_training_time(model, data, *, lr, batch_size, max_steps, momentum=0.
     method="recommended": head-aware with the settings of RECOMMENDED (100 real steps first, then the validated
     configuration; docs/PREDICT.md); it sets warmup_steps, feature_norm, feature_rank, sketch_method, eval_every,
     subset and k, which must then be left at their defaults.
+    holdout=H (head-aware, with a subset): Prediction.holdout_loss_curve and holdout_gap(), the loss of H more
+    samples moved by the same dynamics but never trained on (HeadAwarePredictor's holdout).
     """
     if method not in ("sketch", "exact", "head-aware", "recommended"):
         raise ValueError(f"`method` must be 'sketch', 'exact', 'head-aware' or 'recommended', got {method!r}")
@@ -432,9 +443,10 @@ def predict_training_time(model, data, *, lr, batch_size, max_steps, momentum=0.
         return predict_training_time(model, data, lr=lr, batch_size=batch_size, max_steps=max_steps,
                                      momentum=momentum, weight_decay=weight_decay, loss=loss, seed=seed,
                                      method="head-aware", dampening=dampening, nesterov=nesterov, schedule=schedule,
-                                     paths=paths, progress=progress, **chosen, **schedule_kwargs)
-    if method != "head-aware" and (warmup_steps or feature_norm != "linear" or eval_every != 1):
-        raise ValueError("`warmup_steps`, `feature_norm` and `eval_every` apply to method='head-aware' only")
+                                     paths=paths, progress=progress, holdout=holdout, **chosen, **schedule_kwargs)
+    if method != "head-aware" and (warmup_steps or feature_norm != "linear" or eval_every != 1 or holdout):
+        raise ValueError("`warmup_steps`, `feature_norm`, `eval_every` and `holdout` apply to method='head-aware' "
+                         "only")
     if warmup_steps:
         if schedule != "constant":
             raise ValueError("`warmup_steps` supports the constant schedule only")
@@ -444,11 +456,12 @@ def predict_training_time(model, data, *, lr, batch_size, max_steps, momentum=0.
                                     nesterov=nesterov, weight_decay=weight_decay, loss=loss, subset=subset,
                                     k=512 if k is None else k, seed=seed, feature_norm=feature_norm,
                                     feature_rank=feature_rank, paths=paths, sketch_method=sketch_method,
-                                    eval_every=eval_every, progress=progress)
+                                    eval_every=eval_every, holdout=holdout, progress=progress)
     if method == "head-aware":
         from .calibrate import HeadAwarePredictor  # noqa: PLC0415 (calibrate imports this module)
         pred = HeadAwarePredictor(model, data, loss=loss, k=512 if k is None else k, subset=subset, seed=seed,
-                                  feature_rank=feature_rank, sketch_method=sketch_method, progress=progress)
+                                  feature_rank=feature_rank, sketch_method=sketch_method, holdout=holdout,
+                                  progress=progress)
     else:
         if feature_rank is not None:
             raise ValueError("`feature_rank` applies to method='head-aware' only")
