@@ -523,3 +523,17 @@ def test_fresh_head_replaces_the_last_linear_or_says_there_is_none():
     assert torch.equal(out[2].weight, again[2].weight)  # seeded
     with pytest.raises(cli.InputError, match="no nn.Linear head to replace"):
         cli.fresh_head(nn.Sequential(nn.Conv2d(1, 2, 3)), 4)
+
+
+def test_predict_time_holdout_gap(capsys):
+    base = PRED + ["--k", "32", "--lr", "0.01", "--batch-size", "4", "--momentum", "0.9", "--subset", "8"]
+    obj = run_json(capsys, base + ["--holdout", "6", "--target", "fraction=0.99", "--target", "fraction=1e-9"])
+    reached, never = obj["targets"]
+    assert reached["steps"] is not None and reached["holdout_gap"] > 0 and reached["flag"] in ("", "memorized")
+    assert never["steps"] is None and never["holdout_gap"] is None and never["flag"] == ""
+    rc, out, _ = run(capsys, base + ["--holdout", "6", "--warmup-steps", "2"])
+    assert rc == 0 and "holdout_gap" in out and "memorized" in out  # the column and the legend
+    for extra, match in [(["--holdout", "9"], "`holdout` must be an int in [0, 8]"),
+                         (["--holdout", "2", "--method", "sketch"], "--holdout applies to --method head-aware")]:
+        rc, _, err = run(capsys, base + extra)
+        assert rc == 2 and match in err, err

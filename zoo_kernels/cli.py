@@ -342,9 +342,12 @@ def build_predictor(model, x, y, args):
     kw = dict(loss=args.loss, subset=args.subset, seed=args.seed, sketch_method=args.sketch_method,
               progress=not args.no_progress)
     if args.method == "head-aware":
-        return HeadAwarePredictor(model, (x, y), k=args.k or 512, feature_rank=args.feature_rank, **kw)
+        return HeadAwarePredictor(model, (x, y), k=args.k or 512, feature_rank=args.feature_rank,
+                                  holdout=args.holdout, **kw)
     if args.feature_rank is not None:
         raise ValueError("--feature-rank applies to --method head-aware only")
+    if args.holdout:
+        raise ValueError("--holdout applies to --method head-aware and recommended only")
     return Predictor(model, (x, y), method=args.method, k=args.k or 1024, **kw)
 
 
@@ -395,10 +398,15 @@ def _check_predict_args(args, n):
 
 
 def _prediction_summary(pred, targets, L0):
+    from .predict import GAP_FLAG  # noqa: PLC0415
+
     rows = []
     for kind, v in targets:
         t = pred.time_to(**{kind: v})
         rows.append({"target": _target_label(kind, v, L0), "kind": kind, "value": v, **t})
+        if pred.holdout_loss_curve is not None:  # the reliability flag (docs/PREDICT.md, "The holdout gap")
+            gap = _clean(pred.holdout_gap(t["steps"]))
+            rows[-1].update(holdout_gap=gap, flag="memorized" if gap is not None and gap >= GAP_FLAG else "")
     return rows
 
 
@@ -485,7 +493,7 @@ def cmd_predict(args):
                                      paths=args.paths, k=args.k or 512, subset=args.subset, seed=args.seed,
                                      loss=args.loss, feature_norm=args.feature_norm, feature_rank=args.feature_rank,
                                      sketch_method=args.sketch_method, eval_every=args.eval_every,
-                                     progress=not args.no_progress,
+                                     holdout=args.holdout, progress=not args.no_progress,
                                      **{k: v for k, v in kw.items() if k != "schedule"})
         else:
             p = pred.predict(max_steps=args.max_steps, paths=args.paths, measure_time=not args.no_step_time,
@@ -571,6 +579,8 @@ def _predict_text(obj, p, args):
     if obj["step_seconds"] is not None:
         lines.append(f"one real SGD step: {obj['step_seconds'] * 1e3:.1f} ms (measured now on this machine)")
     cols = ["target", "steps", "epochs", "seconds"]
+    if any("holdout_gap" in r for r in obj["targets"]):
+        cols += ["holdout_gap", "flag"]
     if "verify" in obj:
         cols += ["real_steps", "real_seconds", "rel_error"]
     lines += ["", table(obj["targets"], cols), ""]
@@ -585,6 +595,12 @@ def _predict_text(obj, p, args):
                      "shared by every setting of one predictor)")
     if "validation" in obj:
         lines.append(f"accuracy of --method {obj['method']}: {obj['validation']}")
+    if any("holdout_gap" in r for r in obj["targets"]):
+        from .predict import GAP_FLAG, GAP_VALIDATION  # noqa: PLC0415
+
+        lines.append(f"holdout_gap: the loss of --holdout samples moved but never trained on, over the subset's, at "
+                     f"the predicted step; 'memorized' (>= {GAP_FLAG}): the predicted decrease leans on memorizing "
+                     f"the subset. {GAP_VALIDATION}")
     if "verify" in obj:
         v = obj["verify"]
         lines.append(f"real fine-tuning: {v['train_seconds']:.2f} s of optimization, final loss {v['final_loss']:.4g}, "
@@ -711,6 +727,9 @@ def build_parser():
                    help="head-aware (linearized backbone, exact head; default), sketch or exact (full linearization), "
                         "or recommended (head-aware after 100 real steps, with the validated settings; docs/PREDICT.md)")
     p.add_argument("--k", type=int, help="sketch width (default 512 head-aware, 1024 sketch)")
+    p.add_argument("--holdout", type=int, default=0,
+                   help="head-aware/recommended: H samples outside the subset moved by the same dynamics but never "
+                        "trained on; adds each target's holdout gap and a 'memorized' flag")
     p.add_argument("--feature-rank", type=int, default=None,
                    help="head-aware: move the features only in their top-r energy directions (r backward passes "
                         "per sample instead of the feature width; default: all)")

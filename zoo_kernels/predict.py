@@ -369,6 +369,13 @@ RECOMMENDED_VALIDATION = ("validated on 10-epoch MiniZoo fine-tuning, 9 expert/t
                           "covered a third set's targets only 33-85 % of the time")
 
 
+# the holdout gap's flag (Prediction.holdout_gap >= GAP_FLAG) and what it measured (docs/PREDICT.md)
+GAP_FLAG = 1.5
+GAP_VALIDATION = ("On 3 sets of MiniZoo pairs (136 targets of method='recommended' after step 100), flagged targets "
+                  "had a median error of 26 % (42 % within 20 %), unflagged ones 11 % (80 %), and 23 of the 24 "
+                  "targets the prediction reached but training never did were flagged; the threshold was read off "
+                  "those sets.")
+
 
 def validation_note(method, warmup_steps=0, feature_norm="linear"):
     """What the long-run validation measured for a prediction method (docs/PREDICT.md), one line for the CLI."""
