@@ -375,7 +375,8 @@ class HeadAwarePredictor(Predictor):
                           lr=lr, momentum=momentum, step_seconds=step_s,
                           cost_seconds=self.setup_seconds + time.perf_counter() - start, loss=self.loss,
                           path_losses=per_path, feature_shift=expand_curve(shift, stride, max_steps),
-                          coefficients=coeff, holdout_loss_curve=None if held is None else expand_curve(held, stride, max_steps))
+                          coefficients=coeff,
+                          holdout_loss_curve=None if held is None else expand_curve(held, stride, max_steps))
 
 
 # ------------------------------------------------------------------------------------------ time rescaling
