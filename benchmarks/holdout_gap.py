@@ -86,15 +86,59 @@ def markdown(results):
     return "\n".join(out)
 
 
+def adaptive_records(base, doubled, method="head-aware+warm100", threshold=1.5):
+    """The base records with two more methods: the doubled subset's prediction, and the adaptive rule (per target:
+    the doubled subset's step where the base's gap is ≥ threshold, else the base's), whose cost adds the doubled
+    prediction's where any target is flagged. Records are matched by (model, task, lr, batch, momentum)."""
+    key = lambda r: (r["model"], r["task"], r["lr"], r["batch"], r["momentum"])  # noqa: E731
+    twin = {key(r): r for r in doubled}
+    out = []
+    for rec in base:
+        other = twin.get(key(rec))
+        if other is None:
+            raise ValueError(f"no doubled-subset record for {key(rec)}")
+        meth, dbl = rec["methods"][method], other["methods"][method]
+        gaps = meth.get("holdout_gap_at") or {}
+        flagged = {k for k, g in gaps.items() if g is not None and g >= threshold}
+        name = method.rpartition("+warm")
+        rec = dict(rec, methods=dict(rec["methods"]))
+        rec["methods"][f"{name[0]}[2M]+warm{name[2]}"] = dbl
+        rec["methods"][f"{name[0]}[adaptive]+warm{name[2]}"] = {
+            "T": {k: (dbl["T"].get(k) if k in flagged else t) for k, t in meth["T"].items()},
+            "flagged": sorted(flagged),
+            "cost_s": meth["cost_s"] + (dbl["cost_s"] if flagged else 0.0)}
+        out.append(rec)
+    return out
+
+
+def adaptive_markdown(results):
+    from benchmarks.predict_long import summary_rows  # noqa: PLC0415
+
+    f = lambda v: "–" if v is None else f"{v:.2f}"  # noqa: E731
+    out = ["| set | method | targets | median | p90 | median signed | strict median | within 20 % | "
+           "median training / prediction |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, records in results.items():
+        for row in summary_rows(records):
+            out.append(f"| {name} | {row['method']} | {row['pairs']} | {f(row['median'])} | {f(row['p90'])} | "
+                       f"{f(row['median_signed'])} | {f(row['median_strict'])} | {f(row['within20'])} | "
+                       f"{f(row['train_over_pred'])} |")
+    return "\n".join(out)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("results", nargs="+", help="predict_long.py --holdout JSONs")
+    ap.add_argument("results", nargs="*", help="predict_long.py --holdout JSONs")
     ap.add_argument("--method", default="head-aware+warm100")
     ap.add_argument("--threshold", type=float, default=1.5, help="the flag: gap >= this")
     ap.add_argument("--pool", nargs="*", default=[], metavar="NAME=JSON,JSON",
                     help="also one set made of several result files (e.g. one per pair)")
+    ap.add_argument("--adaptive", nargs=3, action="append", default=[], metavar=("NAME", "BASE", "DOUBLED"),
+                    help="also the adaptive rule on one set: comma-separated base and doubled-subset JSONs")
     ap.add_argument("--out", help="write the table and numbers to OUT.md / OUT.json")
     args = ap.parse_args(argv)
+    load = lambda paths: [r for p in paths.split(",") for r in json.load(open(p))["records"]]  # noqa: E731
+    adaptive = {name: adaptive_records(load(b), load(d), args.method, args.threshold)
+                for name, b, d in args.adaptive}
     results, pooled = {}, []
     sets = [(p.rsplit("/", 1)[-1].removesuffix(".json"), [p]) for p in args.results]
     sets += [(spec.split("=", 1)[0], spec.split("=", 1)[1].split(",")) for spec in args.pool]
@@ -102,12 +146,15 @@ def main(argv=None):
         rs = [r for path in paths for r in rows(json.load(open(path))["records"], args.method)]
         results[name] = summary(rs, args.threshold)
         pooled += rs
-    results["all"] = summary(pooled, args.threshold)
-    md = markdown(results)
+    if pooled:
+        results["all"] = summary(pooled, args.threshold)
+    md = "\n\n".join(([markdown(results)] if results else []) + ([adaptive_markdown(adaptive)] if adaptive else []))
     print(md)
     if args.out:
+        from benchmarks.predict_long import summary_rows  # noqa: PLC0415
+
         with open(args.out + ".json", "w") as fh:
-            json.dump(results, fh, indent=1)
+            json.dump({"gap": results, "adaptive": {n: summary_rows(r) for n, r in adaptive.items()}}, fh, indent=1)
         with open(args.out + ".md", "w") as fh:
             fh.write(md + "\n")
 

@@ -34,3 +34,22 @@ def test_summary_ranks_errors_by_gap():
     assert s["flagged"]["within20"] == pytest.approx(2 / 7) and s["real_never_flagged"] == 1
     md = markdown({"x": s})
     assert "| x | 8 (1) |" in md and "| x | 1, 0.10, 1.00 | 7, 0.60, 0.29 | 1 of 1 |" in md
+
+
+def test_adaptive_rule_takes_the_doubled_subset_where_flagged():
+    from benchmarks.holdout_gap import adaptive_records
+
+    base = _rec([200, 300, 400], [150, 310, 500], [1.6, 1.2, None])
+    base.update(model="m", task="t", lr=0.01, batch=64, momentum=0.9)
+    base["methods"]["head-aware+warm100"]["cost_s"] = 3.0
+    dbl = _rec([200, 300, 400], [190, 280, 420], [1.1, 1.0, 1.0])
+    dbl.update(model="m", task="t", lr=0.01, batch=64, momentum=0.9)
+    dbl["methods"]["head-aware+warm100"]["cost_s"] = 5.0
+    out, = adaptive_records([base], [dbl])
+    ada = out["methods"]["head-aware[adaptive]+warm100"]
+    assert ada["T"] == {"t0": 190, "t1": 310, "t2": 500} and ada["flagged"] == ["t0"] and ada["cost_s"] == 8.0
+    assert out["methods"]["head-aware[2M]+warm100"]["T"]["t1"] == 280
+    assert "head-aware[adaptive]+warm100" not in base["methods"]  # the input is not modified
+    other = dict(dbl, lr=0.1)
+    with pytest.raises(ValueError, match="no doubled-subset record"):
+        adaptive_records([base], [other])
