@@ -103,10 +103,10 @@ def adaptive_records(base, doubled, method="head-aware+warm100", threshold=1.5):
         name = method.rpartition("+warm")
         rec = dict(rec, methods=dict(rec["methods"]))
         rec["methods"][f"{name[0]}[2M]+warm{name[2]}"] = dbl
+        cost = meth["cost_s"] + (dbl["cost_s"] if flagged else 0.0)
         rec["methods"][f"{name[0]}[adaptive]+warm{name[2]}"] = {
             "T": {k: (dbl["T"].get(k) if k in flagged else t) for k, t in meth["T"].items()},
-            "flagged": sorted(flagged),
-            "cost_s": meth["cost_s"] + (dbl["cost_s"] if flagged else 0.0)}
+            "flagged": sorted(flagged), "cost_s": cost, "total_s": cost}
         out.append(rec)
     return out
 
