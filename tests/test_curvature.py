@@ -192,3 +192,20 @@ def test_bad_curvature_arguments():
         curvature_along(model, pred, torch.ones(len(x), 4), secant=0)
     with pytest.raises(ValueError, match="the direction is zero"):
         curvature_along(model, pred, torch.zeros(len(x), 4))
+
+
+def test_curved_prediction_cost_counts_the_curvature(monkeypatch):
+    """Without a warm-up too, cost_seconds covers the first pass and the curvature (here made 0.3 s slower)."""
+    import time
+
+    from zoo_kernels import warmstart
+
+    def slow(*args, **kwargs):
+        time.sleep(0.3)
+        return curvature_along(*args, **kwargs)
+
+    monkeypatch.setattr(warmstart, "curvature_along", slow)
+    model, x, y = _problem(seed=7, n=40)
+    bent = predict_after_warmup(model, (x, y), lr=0.2, batch_size=8, max_steps=30, warmup_steps=0, momentum=0.9,
+                                subset=20, k=16, seed=1, paths=1, sampling="stream", curvature="along")
+    assert bent.cost_seconds >= 0.3

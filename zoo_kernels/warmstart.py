@@ -86,7 +86,8 @@ def predict_after_warmup(model, data, *, lr, batch_size, max_steps, warmup_steps
     warm-up step (K ≥ 3), and its feature_shift is NaN over the warm-up (it is relative to the features at w_K).
     eval_every=E also spaces the warm-up's subset evaluations (every E real steps, interpolated as in predict()).
     curvature="along": integrate twice, the second time with the second-order term along the direction of the first
-    run's backbone displacement (zoo_kernels.curvature); None: the linearized model only.
+    run's backbone displacement (zoo_kernels.curvature; measured worse than None on MiniZoo's long runs, see
+    docs/PREDICT.md); None: the linearized model only.
     holdout=H: Prediction.holdout_loss_curve, the loss of H samples outside the subset moved by the same dynamics
     (HeadAwarePredictor's holdout), NaN over the warm-up."""
     if curvature not in (None, "along"):
@@ -144,6 +145,7 @@ def predict_after_warmup(model, data, *, lr, batch_size, max_steps, warmup_steps
             raise FloatingPointError("the linearized prediction diverged on every path: no direction for curvature")
         bend = curvature_along(warm, pred, q.coefficients, batch_size=eval_batch_size)
         q = pred.predict(**settings, curvature=bend)
+        q.cost_seconds = time.perf_counter() - start  # both integrations and the curvature
     if not K:
         return q
     tt, evals = np.arange(K), evals + [K]  # the prediction's first point is the subset at w_K
