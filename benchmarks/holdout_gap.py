@@ -7,8 +7,9 @@ HeadAwarePredictor(holdout=H) moves H more samples by the same dynamics without 
 L_holdout / L_subset at a predicted target measures how much of the predicted decrease is memorization. This
 asks whether the gap ranks the errors of the predicted steps (Spearman ρ), pooled and within each target (the gap
 grows with the target's depth, and so does the error), per set of pairs, on predict_long.py --holdout results.
-Targets reached after the warm-up only. A target the prediction reaches and the real run (L steps) does not counts
-with the least error it can have, (T_pred − L) / L (signed) as in predict_long's strict median.
+Targets reached after the warm-up only. A target the prediction reaches within the real run's L steps and the real
+run does not counts with the least error it can have, (T_pred − L) / L (signed), as in predict_long's strict
+median; one the prediction reaches only after step L is left out (its error may be 0).
 """
 import argparse
 import json
@@ -28,8 +29,9 @@ def rows(records, method):
                 continue
             if t_real is not None:
                 out.append((tgt, gap, (t_pred - t_real) / t_real, True))
-            else:  # the real run never reaches it: at least this early
+            elif t_pred <= rec["steps"]:  # reached by the prediction only: at least this early
                 out.append((tgt, gap, (t_pred - rec["steps"]) / rec["steps"], False))
+            # predicted after the run's end and never reached by it: the error is unknown (it may be 0)
     return out
 
 
@@ -86,6 +88,35 @@ def markdown(results):
     return "\n".join(out)
 
 
+def plot(sets, path, threshold=1.5):
+    """Signed error against the gap, one marker per set; hollow: the real run never reaches the target (the error
+    plotted is its least, (T_pred − L)/L)."""
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for (name, rs), marker in zip(sets.items(), "osD^v<>"):
+        for reached in (True, False):
+            pts = [(r[1], r[2]) for r in rs if r[3] == reached]
+            if pts:
+                g, e = zip(*pts)
+                ax.scatter(g, e, marker=marker, s=24, facecolors=None if reached else "none",
+                           edgecolors=f"C{list(sets).index(name)}", color=f"C{list(sets).index(name)}",
+                           label=name if reached else None)
+    ax.axvline(threshold, color="k", lw=0.8, ls="--")
+    ax.axhline(0, color="k", lw=0.5)
+    ax.set_xscale("log")
+    ax.set_xlabel("holdout gap at the predicted step (L_holdout / L_subset)")
+    ax.set_ylabel("(T_pred - T_real) / T_real")
+    ax.set_title("recommended mode: error vs holdout gap (hollow: real run never reaches it)", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def adaptive_records(base, doubled, method="head-aware+warm100", threshold=1.5):
     """The base records with two more methods: the doubled subset's prediction, and the adaptive rule (per target:
     the doubled subset's step where the base's gap is ≥ threshold, else the base's), whose cost adds the doubled
@@ -134,7 +165,7 @@ def main(argv=None):
                     help="also one set made of several result files (e.g. one per pair)")
     ap.add_argument("--adaptive", nargs=3, action="append", default=[], metavar=("NAME", "BASE", "DOUBLED"),
                     help="also the adaptive rule on one set: comma-separated base and doubled-subset JSONs")
-    ap.add_argument("--out", help="write the table and numbers to OUT.md / OUT.json")
+    ap.add_argument("--out", help="write the table and numbers to OUT.md / OUT.json (and the plot to OUT.png)")
     args = ap.parse_args(argv)
     load = lambda paths: [r for p in paths.split(",") for r in json.load(open(p))["records"]]  # noqa: E731
     adaptive = {name: adaptive_records(load(b), load(d), args.method, args.threshold)
@@ -142,9 +173,10 @@ def main(argv=None):
     results, pooled = {}, []
     sets = [(p.rsplit("/", 1)[-1].removesuffix(".json"), [p]) for p in args.results]
     sets += [(spec.split("=", 1)[0], spec.split("=", 1)[1].split(",")) for spec in args.pool]
+    per_set = {}
     for name, paths in sets:
         rs = [r for path in paths for r in rows(json.load(open(path))["records"], args.method)]
-        results[name] = summary(rs, args.threshold)
+        results[name], per_set[name] = summary(rs, args.threshold), rs
         pooled += rs
     if pooled:
         results["all"] = summary(pooled, args.threshold)
@@ -157,6 +189,8 @@ def main(argv=None):
             json.dump({"gap": results, "adaptive": {n: summary_rows(r) for n, r in adaptive.items()}}, fh, indent=1)
         with open(args.out + ".md", "w") as fh:
             fh.write(md + "\n")
+        if per_set:
+            plot(per_set, args.out + ".png", args.threshold)
 
 
 if __name__ == "__main__":

@@ -371,10 +371,10 @@ RECOMMENDED_VALIDATION = ("validated on 10-epoch MiniZoo fine-tuning, 12 expert/
 
 # the holdout gap's flag (Prediction.holdout_gap >= GAP_FLAG) and what it measured (docs/PREDICT.md)
 GAP_FLAG = 1.5
-GAP_VALIDATION = ("On 4 sets of MiniZoo pairs (178 targets of method='recommended' after step 100), flagged targets "
-                  "had a median error of 26 % (42 % within 20 %), unflagged ones 11 % (74 %), and 31 of the 35 "
+GAP_VALIDATION = ("On 4 sets of MiniZoo pairs (165 targets of method='recommended' after step 100), flagged targets "
+                  "had a median error of 26 % (41 % within 20 %), unflagged ones 11 % (75 %), and 19 of the 22 "
                   "targets the prediction reached but training never did were flagged; on the pre-registered "
-                  "fourth set, 26 % against 12 %, and 8 of 11.")
+                  "fourth set, 31 % against 11 %, and 3 of 5.")
 
 
 def validation_note(method, warmup_steps=0, feature_norm="linear"):
