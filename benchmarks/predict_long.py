@@ -21,6 +21,7 @@ setting) against the recorded optimization seconds of the real run (evaluation e
 Writes benchmarks/results/predict-long-cpu-<date>.{json,md,png}.
 """
 import argparse
+import dataclasses
 import datetime
 import json
 import math
@@ -185,9 +186,14 @@ def run_pair(model_name, task, settings, args, log):
                                           paths=args.paths, sampling="stream", on_divergence="truncate",
                                           feature_rank=args.warm_rank, eval_every=args.eval_every,
                                           sketch_method=args.warm_sketch, curvature=args.curvature,
-                                          holdout=args.holdout)
+                                          holdout=args.holdout, holdout_self=args.holdout_self)
             curves[f"head-aware+warm{K}"] = pr
             rec["methods"][f"head-aware+warm{K}"] = {"total_s": pr.cost_seconds, "diverged_at": pr.diverged_at}
+            if args.holdout_self:  # the loss read off the holdout rows (with their own block); accuracy: the subset's
+                hold = np.concatenate([pr.loss_curve[:K], pr.holdout_loss_curve[K:]])
+                curves[f"head-aware[holdout-self]+warm{K}"] = dataclasses.replace(pr, loss_curve=hold)
+                rec["methods"][f"head-aware[holdout-self]+warm{K}"] = {"total_s": pr.cost_seconds,
+                                                                       "diverged_at": pr.diverged_at}
         for name in methods(args):
             out = rec["methods"].setdefault(name, {"diverged_at": 0})
             pr = curves.get(name)
@@ -202,6 +208,8 @@ def run_pair(model_name, task, settings, args, log):
                 gap = pr.holdout_loss_curve / pr.loss_curve
                 out["holdout_gap_at"] = {k: (None if v is None or not np.isfinite(np.interp(v, tt, gap))
                                              else float(np.interp(v, tt, gap))) for k, v in out["T"].items()}
+                out["holdout_curve"] = [round(float(v), 5) if np.isfinite(v) else None
+                                        for v in pr.holdout_loss_curve[::max(1, horizon // 300)]]
             out["cost_s"] = out["total_s"] if "total_s" in out else \
                 setup[name.split("+")[0]] + out["integrate_s"] + out.get("calib_s", 0.0)
             out["loss_curve"] = [round(float(v), 5) if np.isfinite(v) else None
@@ -224,7 +232,8 @@ def variant_name(v):
 def methods(args):
     variants = tuple(variant_name(v) for v in args.head_variants)
     return ((() if args.warm_only else METHODS) + (("head-aware-full",) if args.full_check else ()) + variants
-            + tuple(f"head-aware+warm{K}" for K in args.warmup))
+            + tuple(f"head-aware+warm{K}" for K in args.warmup)
+            + tuple(f"head-aware[holdout-self]+warm{K}" for K in args.warmup if args.holdout_self))
 
 
 def cached_real_run(cache, model_name, task, x, y, C, lr, batch, momentum, steps):
@@ -579,6 +588,8 @@ def main(argv=None):
     ap.add_argument("--warm-only", action="store_true", help="only the --warmup predictions")
     ap.add_argument("--holdout", type=int, default=0, help="holdout samples of the --warmup predictions "
                     "(their loss / the subset's at each predicted target is saved as holdout_gap_at)")
+    ap.add_argument("--holdout-self", action="store_true",
+                    help="the holdout rows also get their own kernel block at weight 1/N (HeadAwarePredictor)")
     ap.add_argument("--curvature", choices=("along",), help="curvature of the --warmup predictions (second-order "
                     "term along the linearized displacement, zoo_kernels.curvature)")
     ap.add_argument("--accuracy", type=float, default=0.9)

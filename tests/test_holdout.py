@@ -105,3 +105,55 @@ def test_predict_training_time_holdout_and_gap():
     assert np.isnan(plain.holdout_gap(5))
     with pytest.raises(ValueError, match="`holdout` apply to method='head-aware' only"):
         zk.predict_training_time(model, (x, y), lr=0.2, batch_size=10, max_steps=20, method="sketch", holdout=5)
+
+
+@pytest.mark.parametrize("feature_norm", ["linear", "fixed"])
+def test_holdout_own_block_equals_explicit_euler(feature_norm):
+    """holdout_self: at each evaluation the holdout rows' features gain −η κ E/N · J_h J_hᵀ ∂ℓ_h/∂z_h (E steps to
+    the next evaluation, κ = 1/(1 − m)), on top of the subset's weight-space SGD; explicit Jacobians and autograd."""
+    model, x, y = _problem(seed=8, n=60)
+    M, H, B, steps, lr, E, m = 20, 12, 12, 10, 0.3, 3, 0.9
+    pred = HeadAwarePredictor(model, (x, y), k=8, subset=M, holdout=H, seed=2, sketch_method="dense")
+    bb = Backbone(model, pred.x)
+    J = bb.jacobian()
+    pred.S = J
+    q = pred.predict(lr=lr, batch_size=B, max_steps=steps, momentum=m, paths=1, seed=6, sampling="stream",
+                     measure_time=False, eval_every=E, feature_norm=feature_norm, holdout_self=True)
+    plain = pred.predict(lr=lr, batch_size=B, max_steps=steps, momentum=m, paths=1, seed=6, sampling="stream",
+                         measure_time=False, eval_every=E, feature_norm=feature_norm)
+    np.testing.assert_allclose(q.loss_curve, plain.loss_curve, rtol=1e-12)  # the subset is unaffected
+    batches = path_batches(M, subset_batch_size(B, len(x), M), "stream", 6, 1, steps)[0]
+    W = model[1].weight.detach().clone().requires_grad_(True)
+    b = model[1].bias.detach().clone().requires_grad_(True)
+    delta = torch.zeros_like(bb.w0, requires_grad=True)
+    opt = torch.optim.SGD([W, b, delta], lr=lr, momentum=m)
+    phi0, yy, own, Jh = bb(bb.w0).detach(), pred.y, torch.zeros(H, 4, dtype=torch.float64), J[M:]
+    r0 = phi0.norm(dim=1, keepdim=True)
+    sphere = (lambda z: r0[-len(z):] * z / z.norm(dim=1, keepdim=True)) if feature_norm == "fixed" else (lambda z: z)
+
+    def features():
+        return phi0 + jvp(bb, (bb.w0,), (delta,))[1]
+
+    held = {}
+    for t in range(steps + 1):
+        if t % E == 0 or t == steps:
+            with torch.no_grad():
+                zh0 = features()[M:] + own
+            zh = zh0.clone().requires_grad_(True)
+            ell = nn.functional.cross_entropy(sphere(zh) @ W.detach().T + b.detach(), yy[M:], reduction="none")
+            held[t] = float(ell.mean().detach())
+            if t < steps:
+                vh, = torch.autograd.grad(ell.sum(), zh)
+                own = own - lr / (1 - m) * min(E, steps - t) / len(x) * torch.einsum(
+                    "hdp,hp->hd", Jh, torch.einsum("hdp,hd->hp", Jh, vh))
+        if t == steps:
+            break
+        opt.zero_grad()
+        z = features()
+        zb = z[batches[t]]
+        zb = (phi0[batches[t]].norm(dim=1, keepdim=True) * zb / zb.norm(dim=1, keepdim=True)
+              if feature_norm == "fixed" else zb)
+        nn.functional.cross_entropy(zb @ W.T + b, yy[batches[t]]).backward()
+        opt.step()
+    np.testing.assert_allclose([q.holdout_loss_curve[t] for t in held], list(held.values()), rtol=1e-9)
+    assert abs(q.holdout_loss_curve[-1] - plain.holdout_loss_curve[-1]) > 1e-4  # the own block mattered

@@ -162,7 +162,7 @@ class HeadAwarePredictor(Predictor):
         self.U = None
 
     def _simulate(self, sgd, max_steps, paths, seed, sampling, on_divergence="raise", eval_every=1,
-                  feature_norm="linear", velocity=None, curvature=None, track=False):
+                  feature_norm="linear", velocity=None, curvature=None, track=False, holdout_self=False):
         """All Monte-Carlo paths at once (leading dimension P; minibatches from dynamics.path_batches).
 
         The backbone's displacement is kept as sketch coordinates θ (φ_t = φ_0 + S θ_t, exactly the feature-space
@@ -171,7 +171,10 @@ class HeadAwarePredictor(Predictor):
         loss; a divergence is then located to within `eval_every` steps).
         curvature (zoo_kernels.curvature.Curvature): φ_t = φ_0 + S θ + a S'θ − ½ a² H with a = gᵀθ.
         track: also return A (M, r), the mean over the surviving paths of the coefficients with θ = Sᵀ A (the
-        gradients' feature-space coefficients, accumulated as θ is; None when no path survives)."""
+        gradients' feature-space coefficients, accumulated as θ is; None when no path survives).
+        holdout_self: the holdout rows also get their own kernel block at the full data's weight, an offset
+        −η κ/N · K_hh ∂ℓ_h/∂φ_h per step (κ: momentum's steady-state gain), applied at each evaluation for the
+        steps until the next (what a sample of N gets from its own visits, which the subset's rows get N/M× of)."""
         N, D = self.phi0.shape  # rows n_train.. are the holdout, never in a minibatch
         y, n = self.y, self.n_train
         C = self.W0.shape[0]
@@ -204,6 +207,9 @@ class HeadAwarePredictor(Predictor):
         dS, H, g = (None, None, None) if curv is None else (curv.dS, curv.H, curv.g)
         A = torch.zeros(P, N, r, dtype=torch.float64) if track else None
         bufA = None
+        own = torch.zeros(P, N - n, r, dtype=torch.float64) if holdout_self and S is not None and N > n else None
+        gain = (1 - sgd.dampening) / (1 - sgd.momentum) if sgd.momentum else 1.0
+        gain = 1 + sgd.momentum * gain if sgd.nesterov else gain
 
         def rows(Sx, th):  # (P, n, r): each path's θ through the rows Sx (n, r, k) (or per path: (P, n, r, k))
             if Sx.dim() == 4:
@@ -231,12 +237,24 @@ class HeadAwarePredictor(Predictor):
                 quad = None if curv is None else rows(dS, theta)
                 z = self.phi0.expand(P, N, D) if S is None else \
                     self.phi0 + up(bend(rows(S, theta), quad, a, H) + (0 if V is None else c[:, None, None] * V))
+                if own is not None:
+                    z = torch.cat([z[:, :n], z[:, n:] + up(own)], 1)
                 phi, scale = sphere(z, r0)
                 f = torch.einsum("pnd,pcd->pnc", phi, W) + b[:, None]
                 ell, grad = _loss_and_grad(f, y, onehot, self.loss)
                 losses[:, t] = ell[:, :n].mean(1).numpy()
                 accs[:, t] = _accuracy(f[:, :n], y[:n]).numpy()
                 held[:, t] = ell[:, n:].mean(1).numpy() if N > n else np.nan
+                if own is not None and t < max_steps:  # the holdout rows' own visits, until the next evaluation
+                    vh = torch.einsum("phc,pcd->phd", grad[:, n:], W)
+                    if scale is not None:
+                        zh = z[:, n:] * (scale[:, n:] / r0[n:])[..., None]
+                        vh = scale[:, n:, None] * (vh - zh * (zh * vh).sum(-1, keepdim=True))
+                    vh = vh if U is None else vh @ U
+                    Sh = S[n:].double()
+                    span = min(eval_every, max_steps - t)
+                    own = own - sgd.lr_at(t, max_steps) * gain * span / self.n_samples * \
+                        torch.einsum("hrk,phk->phr", Sh, torch.einsum("hrk,phr->phk", Sh, vh))
                 shift[:, t] = ((phi[:, :n] - self.phi0[:n]).square().sum((1, 2)).sqrt() / spread).numpy()
                 evaluated.append(t)
             if t == max_steps:
@@ -323,7 +341,7 @@ class HeadAwarePredictor(Predictor):
     def predict(self, *, lr, batch_size, max_steps, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0,
                 schedule="constant", paths=4, seed=None, measure_time=True, sampling="epoch", on_divergence="raise",
                 stride=1, eval_every=1, feature_norm="linear", velocity=None, curvature=None,
-                track_coefficients=False, **schedule_kwargs):
+                track_coefficients=False, holdout_self=False, **schedule_kwargs):
         """As Predictor.predict (on_divergence: "raise" or "truncate"; stride: super-steps, dynamics.coarsen).
 
         eval_every=E: the dynamics stay exact, but the full-set loss, accuracy and feature shift are computed every E
@@ -368,7 +386,7 @@ class HeadAwarePredictor(Predictor):
         run, n_run = coarsen(sgd, stride, max_steps, M)
         loss_curve, acc_curve, per_path, shift, coeff, held = self._simulate(
             run, n_run, paths, self.seed if seed is None else seed, sampling, on_divergence, eval_every, feature_norm,
-            velocity, curvature, track_coefficients and stride == 1)
+            velocity, curvature, track_coefficients and stride == 1, holdout_self)
         loss_curve, acc_curve, per_path = expand_curves(loss_curve, acc_curve, per_path, stride, max_steps)
         step_s = self.step_seconds(batch_size) if measure_time else float("nan")
         return Prediction(loss_curve=loss_curve, accuracy_curve=acc_curve, n_samples=N, batch_size=batch_size,
