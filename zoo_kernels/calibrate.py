@@ -355,7 +355,10 @@ class HeadAwarePredictor(Predictor):
         it; None starts at rest, as torch.optim.SGD does.
         curvature: the second-order term along one backbone direction (zoo_kernels.curvature.curvature_along).
         track_coefficients: set the result's `coefficients` (M, r), the feature-space coefficients A of the
-        backbone's displacement (mean over paths), from which curvature_along takes its direction."""
+        backbone's displacement (mean over paths), from which curvature_along takes its direction.
+        holdout_self (with holdout rows): each holdout row also gets its own kernel block at the full data's weight
+        1/N (see _simulate); Prediction.holdout_loss_curve is then the better estimate of the full-set loss on
+        MiniZoo's long runs (docs/PREDICT.md, "Reading the loss off the holdout")."""
         check_eval_every(eval_every)
         if curvature is not None:
             want = None if self.S_r is None else (tuple(self.S_r.shape), (len(self.x), self.S_r.shape[1]),
