@@ -17,6 +17,8 @@ import json
 import numpy as np
 import scipy.stats
 
+from benchmarks.predict_long import summary_rows
+
 
 def rows(records, method):
     """(target, gap, signed error, real reached) for each target with a gap (predicted after the warm-up)."""
@@ -143,8 +145,6 @@ def adaptive_records(base, doubled, method="head-aware+warm100", threshold=1.5):
 
 
 def adaptive_markdown(results):
-    from benchmarks.predict_long import summary_rows  # noqa: PLC0415
-
     f = lambda v: "–" if v is None else f"{v:.2f}"  # noqa: E731
     out = ["| set | method | targets | median | p90 | median signed | strict median | within 20 % | "
            "median training / prediction |", "|---|---|---|---|---|---|---|---|---|"]
@@ -183,8 +183,6 @@ def main(argv=None):
     md = "\n\n".join(([markdown(results)] if results else []) + ([adaptive_markdown(adaptive)] if adaptive else []))
     print(md)
     if args.out:
-        from benchmarks.predict_long import summary_rows  # noqa: PLC0415
-
         with open(args.out + ".json", "w") as fh:
             json.dump({"gap": results, "adaptive": {n: summary_rows(r) for n, r in adaptive.items()}}, fh, indent=1)
         with open(args.out + ".md", "w") as fh:

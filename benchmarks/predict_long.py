@@ -204,7 +204,7 @@ def run_pair(model_name, task, settings, args, log):
             if pr.feature_shift is not None:  # how far the linearized features moved by each predicted target
                 out["shift_at"] = {k: (None if v is None else float(np.interp(v, tt, pr.feature_shift)))
                                    for k, v in out["T"].items()}
-            if getattr(pr, "holdout_loss_curve", None) is not None:  # holdout / subset loss at each predicted target
+            if pr.holdout_loss_curve is not None:  # holdout / subset loss at each predicted target
                 gap = pr.holdout_loss_curve / pr.loss_curve
                 out["holdout_gap_at"] = {k: (None if v is None or not np.isfinite(np.interp(v, tt, gap))
                                              else float(np.interp(v, tt, gap))) for k, v in out["T"].items()}

@@ -201,6 +201,12 @@ class HeadAwarePredictor(Predictor):
         def up(dz):  # feature displacement (…, r) -> (…, D)
             return dz if U is None else dz @ U.T
 
+        def down(v, zz, sc, rr):  # ∂ℓ/∂φ (…, D) -> ∂ℓ/∂z in the sketch's coordinates (…, r)
+            if sc is not None:  # back through φ = r0 z/‖z‖: (r0/‖z‖)(I − ẑẑᵀ)
+                zh = zz * (sc / rr)[..., None]
+                v = sc[..., None] * (v - zh * (zh * v).sum(-1, keepdim=True))
+            return v if U is None else v @ U
+
         W, b = self.W0.expand(P, C, D).clone(), self.b0.expand(P, C).clone()
         theta = torch.zeros(P, S.shape[-1] if S is not None else 0, dtype=torch.float64)
         curv = curvature if S is not None else None
@@ -208,6 +214,7 @@ class HeadAwarePredictor(Predictor):
         A = torch.zeros(P, N, r, dtype=torch.float64) if track else None
         bufA = None
         own = torch.zeros(P, N - n, r, dtype=torch.float64) if holdout_self and S is not None and N > n else None
+        S_own = None if own is None else S[n:].double()  # the holdout rows' sketch: their blocks K_hh = S_h S_hᵀ
         gain = (1 - sgd.dampening) / (1 - sgd.momentum) if sgd.momentum else 1.0
         gain = 1 + sgd.momentum * gain if sgd.nesterov else gain
 
@@ -246,15 +253,11 @@ class HeadAwarePredictor(Predictor):
                 accs[:, t] = _accuracy(f[:, :n], y[:n]).numpy()
                 held[:, t] = ell[:, n:].mean(1).numpy() if N > n else np.nan
                 if own is not None and t < max_steps:  # the holdout rows' own visits, until the next evaluation
-                    vh = torch.einsum("phc,pcd->phd", grad[:, n:], W)
-                    if scale is not None:
-                        zh = z[:, n:] * (scale[:, n:] / r0[n:])[..., None]
-                        vh = scale[:, n:, None] * (vh - zh * (zh * vh).sum(-1, keepdim=True))
-                    vh = vh if U is None else vh @ U
-                    Sh = S[n:].double()
+                    vh = down(torch.einsum("phc,pcd->phd", grad[:, n:], W), z[:, n:],
+                              None if scale is None else scale[:, n:], None if r0 is None else r0[n:])
                     span = min(eval_every, max_steps - t)
                     own = own - sgd.lr_at(t, max_steps) * gain * span / self.n_samples * \
-                        torch.einsum("hrk,phk->phr", Sh, torch.einsum("hrk,phr->phk", Sh, vh))
+                        torch.einsum("hrk,phk->phr", S_own, torch.einsum("hrk,phr->phk", S_own, vh))
                 shift[:, t] = ((phi[:, :n] - self.phi0[:n]).square().sum((1, 2)).sqrt() / spread).numpy()
                 evaluated.append(t)
             if t == max_steps:
@@ -286,11 +289,8 @@ class HeadAwarePredictor(Predictor):
             else:
                 gW, gb = torch.zeros_like(W), torch.zeros_like(b)
             if S is not None:  # J_φ,batchᵀ ∂ℓ/∂φ, sketched; in S's dtype (float32 for a float32 model)
-                v = torch.einsum("pbc,pcd->pbd", G, W)
-                if scb is not None:  # back through φ = r0 z/‖z‖: (r0/‖z‖)(I − ẑẑᵀ)
-                    zh = zb * (scb / r0[bidx])[..., None]
-                    v = scb[..., None] * (v - zh * (zh * v).sum(-1, keepdim=True))
-                v = (v if U is None else v @ U).to(S.dtype)  # (P, B, r)
+                v = down(torch.einsum("pbc,pcd->pbd", G, W), zb, scb,
+                         None if r0 is None else r0[bidx]).to(S.dtype)  # (P, B, r)
                 gth = torch.stack([torch.einsum("bdk,bd->k", Sb[q], v[q]) for q in range(P)]).double()
                 if curv is not None:  # ∂z/∂θ = S + a S' + (S'θ − a H) gᵀ
                     vd = v.double()
