@@ -192,8 +192,11 @@ def run_pair(model_name, task, settings, args, log):
             if args.holdout_self:  # the loss read off the holdout rows (with their own block); accuracy: the subset's
                 hold = np.concatenate([pr.loss_curve[:K], pr.holdout_loss_curve[K:]])
                 curves[f"head-aware[holdout-self]+warm{K}"] = dataclasses.replace(pr, loss_curve=hold)
-                rec["methods"][f"head-aware[holdout-self]+warm{K}"] = {"total_s": pr.cost_seconds,
-                                                                       "diverged_at": pr.diverged_at}
+                acc = np.concatenate([pr.accuracy_curve[:K], pr.holdout_accuracy_curve[K:]])
+                curves[f"head-aware[holdout-self,acc]+warm{K}"] = dataclasses.replace(pr, loss_curve=hold,
+                                                                                     accuracy_curve=acc)
+                for name in (f"head-aware[holdout-self]+warm{K}", f"head-aware[holdout-self,acc]+warm{K}"):
+                    rec["methods"][name] = {"total_s": pr.cost_seconds, "diverged_at": pr.diverged_at}
         for name in methods(args):
             out = rec["methods"].setdefault(name, {"diverged_at": 0})
             pr = curves.get(name)
@@ -233,7 +236,8 @@ def methods(args):
     variants = tuple(variant_name(v) for v in args.head_variants)
     return ((() if args.warm_only else METHODS) + (("head-aware-full",) if args.full_check else ()) + variants
             + tuple(f"head-aware+warm{K}" for K in args.warmup)
-            + tuple(f"head-aware[holdout-self]+warm{K}" for K in args.warmup if args.holdout_self))
+            + tuple(f"head-aware[holdout-self{a}]+warm{K}" for K in args.warmup if args.holdout_self
+                    for a in ("", ",acc")))
 
 
 def cached_real_run(cache, model_name, task, x, y, C, lr, batch, momentum, steps):

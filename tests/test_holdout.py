@@ -59,11 +59,16 @@ def test_holdout_loss_equals_weight_space_sgd():
         z = phi0 + jvp(bb, (bb.w0,), (delta,))[1]
         return nn.functional.cross_entropy(z[idx] @ W.T + b, yy[idx])
 
-    train, hold = [], []
+    def accuracy(idx):
+        z = phi0 + jvp(bb, (bb.w0,), (delta,))[1]
+        return float(((z[idx] @ W.T + b).argmax(1) == yy[idx]).double().mean())
+
+    train, hold, hold_acc = [], [], []
     for t in range(steps + 1):
         with torch.no_grad():
             train.append(float(loss(slice(0, M))))
             hold.append(float(loss(slice(M, M + H))))
+            hold_acc.append(accuracy(slice(M, M + H)))
         if t == steps:
             break
         opt.zero_grad()
@@ -71,15 +76,18 @@ def test_holdout_loss_equals_weight_space_sgd():
         opt.step()
     np.testing.assert_allclose(q.loss_curve, train, rtol=1e-9)
     np.testing.assert_allclose(q.holdout_loss_curve, hold, rtol=1e-9)
-    assert abs(hold[-1] - hold[0]) > 1e-3
+    np.testing.assert_allclose(q.holdout_accuracy_curve, hold_acc, rtol=1e-12)
+    assert abs(hold[-1] - hold[0]) > 1e-3 and len(set(hold_acc)) > 1
 
 
 def test_warm_start_holdout_is_nan_over_the_warm_up():
     model, x, y = _problem(seed=4, n=60)
     p = predict_after_warmup(model, (x, y), lr=0.2, batch_size=10, max_steps=30, warmup_steps=5, momentum=0.9,
                              subset=20, holdout=10, k=16, seed=1, paths=2, sampling="stream")
-    assert np.isnan(p.holdout_loss_curve[:5]).all() and np.isfinite(p.holdout_loss_curve[5:]).all()
-    assert len(p.holdout_loss_curve) == len(p.loss_curve) == 31
+    for curve in (p.holdout_loss_curve, p.holdout_accuracy_curve):
+        assert np.isnan(curve[:5]).all() and np.isfinite(curve[5:]).all()
+        assert len(curve) == len(p.loss_curve) == 31
+    assert ((p.holdout_accuracy_curve[5:] >= 0) & (p.holdout_accuracy_curve[5:] <= 1)).all()
 
 
 @pytest.mark.parametrize("holdout", [-1, 41, 2.0, True])
@@ -134,7 +142,7 @@ def test_holdout_own_block_equals_explicit_euler(feature_norm):
     def features():
         return phi0 + jvp(bb, (bb.w0,), (delta,))[1]
 
-    held = {}
+    held, held_acc = {}, {}
     for t in range(steps + 1):
         if t % E == 0 or t == steps:
             with torch.no_grad():
@@ -142,6 +150,7 @@ def test_holdout_own_block_equals_explicit_euler(feature_norm):
             zh = zh0.clone().requires_grad_(True)
             ell = nn.functional.cross_entropy(sphere(zh) @ W.detach().T + b.detach(), yy[M:], reduction="none")
             held[t] = float(ell.mean().detach())
+            held_acc[t] = float(((sphere(zh) @ W.detach().T + b.detach()).argmax(1) == yy[M:]).double().mean())
             if t < steps:
                 vh, = torch.autograd.grad(ell.sum(), zh)
                 own = own - lr / (1 - m) * min(E, steps - t) / len(x) * torch.einsum(
@@ -156,4 +165,5 @@ def test_holdout_own_block_equals_explicit_euler(feature_norm):
         nn.functional.cross_entropy(zb @ W.T + b, yy[batches[t]]).backward()
         opt.step()
     np.testing.assert_allclose([q.holdout_loss_curve[t] for t in held], list(held.values()), rtol=1e-9)
+    np.testing.assert_allclose([q.holdout_accuracy_curve[t] for t in held], list(held_acc.values()), rtol=1e-12)
     assert abs(q.holdout_loss_curve[-1] - plain.holdout_loss_curve[-1]) > 1e-4  # the own block mattered

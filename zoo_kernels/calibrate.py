@@ -183,7 +183,7 @@ class HeadAwarePredictor(Predictor):
         batches = path_batches(n, sgd.batch_size, sampling, seed, P, max_steps)
         shape = (P, max_steps + 1)
         losses, accs, shift = np.full(shape, np.nan), np.full(shape, np.nan), np.full(shape, np.nan)
-        held = np.full(shape, np.nan)
+        held, held_acc = np.full(shape, np.nan), np.full(shape, np.nan)
         spread = float((self.phi0[:n] - self.phi0[:n].mean(0)).square().sum().sqrt()) or 1.0
         wd = sgd.weight_decay
         S, U = self.S_r, self.U  # the sketch is S (M, D, k), or U (D, r) times S (M, r, k)
@@ -251,7 +251,8 @@ class HeadAwarePredictor(Predictor):
                 ell, grad = _loss_and_grad(f, y, onehot, self.loss)
                 losses[:, t] = ell[:, :n].mean(1).numpy()
                 accs[:, t] = _accuracy(f[:, :n], y[:n]).numpy()
-                held[:, t] = ell[:, n:].mean(1).numpy() if N > n else np.nan
+                if N > n:
+                    held[:, t], held_acc[:, t] = ell[:, n:].mean(1).numpy(), _accuracy(f[:, n:], y[n:]).numpy()
                 if own is not None and t < max_steps:  # the holdout rows' own visits, until the next evaluation
                     vh = down(torch.einsum("phc,pcd->phd", grad[:, n:], W), z[:, n:],
                               None if scale is None else scale[:, n:], None if r0 is None else r0[n:])
@@ -330,13 +331,15 @@ class HeadAwarePredictor(Predictor):
                 losses[q, :last + 1] = interpolate_loss(keep, losses[q, keep], tt)
                 if N > n:
                     held[q, :last + 1] = interpolate_loss(keep, held[q, keep], tt)
+                    held_acc[q, :last + 1] = np.interp(tt, keep, held_acc[q, keep])
                 accs[q, :last + 1] = np.interp(tt, keep, accs[q, keep])
                 shift[q, :last + 1] = np.interp(tt, keep, shift[q, keep])
             losses[q, last + 1:], accs[q, last + 1:], shift[q, last + 1:] = np.nan, np.nan, np.nan
-            held[q, last + 1:] = np.nan
+            held[q, last + 1:], held_acc[q, last + 1:] = np.nan, np.nan
         alive = torch.as_tensor(dead < 0)
         coeff = None if A is None or not alive.any() else A[alive].mean(0)
-        return losses.mean(0), accs.mean(0), losses, shift.mean(0), coeff, (held.mean(0) if N > n else None)
+        hold = (held.mean(0), held_acc.mean(0)) if N > n else None
+        return losses.mean(0), accs.mean(0), losses, shift.mean(0), coeff, hold
 
     def predict(self, *, lr, batch_size, max_steps, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0,
                 schedule="constant", paths=4, seed=None, measure_time=True, sampling="epoch", on_divergence="raise",
@@ -387,7 +390,7 @@ class HeadAwarePredictor(Predictor):
         if sampling not in ("epoch", "stream"):
             raise ValueError(f"`sampling` must be 'epoch' or 'stream', got {sampling!r}")
         run, n_run = coarsen(sgd, stride, max_steps, M)
-        loss_curve, acc_curve, per_path, shift, coeff, held = self._simulate(
+        loss_curve, acc_curve, per_path, shift, coeff, hold = self._simulate(
             run, n_run, paths, self.seed if seed is None else seed, sampling, on_divergence, eval_every, feature_norm,
             velocity, curvature, track_coefficients and stride == 1, holdout_self)
         loss_curve, acc_curve, per_path = expand_curves(loss_curve, acc_curve, per_path, stride, max_steps)
@@ -397,7 +400,8 @@ class HeadAwarePredictor(Predictor):
                           cost_seconds=self.setup_seconds + time.perf_counter() - start, loss=self.loss,
                           path_losses=per_path, feature_shift=expand_curve(shift, stride, max_steps),
                           coefficients=coeff,
-                          holdout_loss_curve=None if held is None else expand_curve(held, stride, max_steps))
+                          holdout_loss_curve=None if hold is None else expand_curve(hold[0], stride, max_steps),
+                          holdout_accuracy_curve=None if hold is None else expand_curve(hold[1], stride, max_steps))
 
 
 # ------------------------------------------------------------------------------------------ time rescaling

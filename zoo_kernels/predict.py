@@ -44,6 +44,7 @@ class Prediction:
     # head-aware with holdout=H: the mean loss of H samples outside the subset, moved by the same dynamics but
     # never trained on (a measure of how much of the predicted decrease is the subset's memorization)
     holdout_loss_curve: np.ndarray = field(default=None, repr=False)
+    holdout_accuracy_curve: np.ndarray = field(default=None, repr=False)  # their mean accuracy
 
     def __post_init__(self):
         self.loss_curve = np.asarray(self.loss_curve, dtype=np.float64)

@@ -153,12 +153,17 @@ def predict_after_warmup(model, data, *, lr, batch_size, max_steps, warmup_steps
     accs = np.interp(tt, evals, accs + [q.accuracy_curve[0]])
     per_path = (None if q.path_losses is None else
                 np.concatenate([np.broadcast_to(losses, (q.path_losses.shape[0], K)), q.path_losses], 1))
-    shift = None if q.feature_shift is None else np.concatenate([np.full(K, np.nan), q.feature_shift])
+    shift = nan_over_warmup(q.feature_shift, K)
     step_s = float(np.median(step_times)) if K >= 3 else q.step_seconds
     return Prediction(loss_curve=np.concatenate([losses, q.loss_curve]),
                       accuracy_curve=np.concatenate([accs, q.accuracy_curve]), n_samples=N,
                       batch_size=batch_size, lr=lr, momentum=momentum, step_seconds=step_s,
                       cost_seconds=time.perf_counter() - start, loss=loss, path_losses=per_path,
                       diverged_at=None if q.diverged_at is None else q.diverged_at + K, feature_shift=shift,
-                      warmup_steps=K, holdout_loss_curve=None if q.holdout_loss_curve is None else
-                      np.concatenate([np.full(K, np.nan), q.holdout_loss_curve]))
+                      warmup_steps=K, holdout_loss_curve=nan_over_warmup(q.holdout_loss_curve, K),
+                      holdout_accuracy_curve=nan_over_warmup(q.holdout_accuracy_curve, K))
+
+
+def nan_over_warmup(curve, K):
+    """A curve of the predicted steps K.. prefixed with NaN for the K real steps (None stays None)."""
+    return None if curve is None else np.concatenate([np.full(K, np.nan), curve])
