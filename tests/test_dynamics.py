@@ -375,3 +375,18 @@ def test_coarsen_drift_per_unit_time():
     for t in (0, 19, 20, 199):
         assert run.lr_at(t, n) / (1 - run.momentum) == pytest.approx(5 * sgd.lr_at(5 * t, 1000) / 0.1)
     np.testing.assert_allclose(expand_curve([0.0, 5.0, 10.0], 5, 10), np.arange(11.0))
+
+
+def test_coarsen_ignores_dampening_without_momentum():
+    """torch.optim.SGD keeps no buffer at momentum 0, so dampening changes nothing there, nor in super-steps."""
+    from zoo_kernels.dynamics import SGD, coarsen
+    g = torch.randn(5, generator=torch.Generator().manual_seed(0))
+    w = torch.zeros(5, requires_grad=True)
+    opt = torch.optim.SGD([w], lr=0.1, momentum=0.0, dampening=0.5)
+    for _ in range(3):
+        w.grad = g.clone()
+        opt.step()
+    torch.testing.assert_close(w.detach(), -0.3 * g)  # the plain steps torch takes
+    plain, _ = coarsen(SGD(lr=0.1, batch_size=4, momentum=0.0), 3, 30, 100)
+    damped, _ = coarsen(SGD(lr=0.1, batch_size=4, momentum=0.0, dampening=0.5), 3, 30, 100)
+    assert damped.lr_at(0, 10) == pytest.approx(plain.lr_at(0, 10)) == pytest.approx(0.3)

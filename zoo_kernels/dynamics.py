@@ -91,7 +91,7 @@ def coarsen(sgd, stride, max_steps, n_samples):
 
     A super-step is one step on a batch of stride·B samples (capped at N) with the drift of `stride` real steps:
     lr × stride × κ (1 − m^stride), momentum m^stride, no dampening or Nesterov, where κ = (1 − d)/(1 − m)
-    (Nesterov: 1 + m (1 − d)/(1 − m)) is the real steps' drift per unit lr once the velocity has built up. Drift
+    (Nesterov: 1 + m (1 − d)/(1 − m); 1 without momentum, whatever d) is the real steps' drift per unit lr once the velocity has built up. Drift
     and SGD noise per unit time match the real steps to first order (the SDE limit; exact for stride = 1); the
     approximation needs curves that change little over `stride` steps and stride × the per-step rate of the
     fastest mode well below 1. Returns (the super-step SGD, the number of super-steps)."""
@@ -104,7 +104,10 @@ def coarsen(sgd, stride, max_steps, n_samples):
                       "super-steps are full-batch and the SGD noise is lost; use a smaller stride", RuntimeWarning,
                       stacklevel=3)
     m, d = sgd.momentum, sgd.dampening
-    kappa = (1 + m * (1 - d) / (1 - m)) if sgd.nesterov else (1 - d) / (1 - m)
+    if m == 0:  # torch keeps no buffer then, so dampening does nothing
+        kappa = 1.0
+    else:
+        kappa = (1 + m * (1 - d) / (1 - m)) if sgd.nesterov else (1 - d) / (1 - m)
     m_r = m ** stride
     factor = stride * kappa * (1 - m_r)
     coarse = SGD(lr=sgd.lr * factor, batch_size=min(n_samples, stride * sgd.batch_size), momentum=m_r,
