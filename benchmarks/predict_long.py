@@ -21,7 +21,6 @@ setting) against the recorded optimization seconds of the real run (evaluation e
 Writes benchmarks/results/predict-long-cpu-<date>.{json,md,png}.
 """
 import argparse
-import dataclasses
 import datetime
 import json
 import math
@@ -189,13 +188,10 @@ def run_pair(model_name, task, settings, args, log):
                                           holdout=args.holdout, holdout_self=args.holdout_self)
             curves[f"head-aware+warm{K}"] = pr
             rec["methods"][f"head-aware+warm{K}"] = {"total_s": pr.cost_seconds, "diverged_at": pr.diverged_at}
-            if args.holdout_self:  # the loss read off the holdout rows (with their own block); accuracy: the subset's
-                hold = np.concatenate([pr.loss_curve[:K], pr.holdout_loss_curve[K:]])
-                curves[f"head-aware[holdout-self]+warm{K}"] = dataclasses.replace(pr, loss_curve=hold)
-                acc = np.concatenate([pr.accuracy_curve[:K], pr.holdout_accuracy_curve[K:]])
-                curves[f"head-aware[holdout-self,acc]+warm{K}"] = dataclasses.replace(pr, loss_curve=hold,
-                                                                                     accuracy_curve=acc)
-                for name in (f"head-aware[holdout-self]+warm{K}", f"head-aware[holdout-self,acc]+warm{K}"):
+            if args.holdout_self:  # the loss read off the holdout rows (their own block); accuracy: subset's or theirs
+                for a, name in ((False, f"head-aware[holdout-self]+warm{K}"),
+                                (True, f"head-aware[holdout-self,acc]+warm{K}")):
+                    curves[name] = pr.from_holdout(accuracy=a)
                     rec["methods"][name] = {"total_s": pr.cost_seconds, "diverged_at": pr.diverged_at}
         for name in methods(args):
             out = rec["methods"].setdefault(name, {"diverged_at": 0})
@@ -208,7 +204,7 @@ def run_pair(model_name, task, settings, args, log):
                 out["shift_at"] = {k: (None if v is None else float(np.interp(v, tt, pr.feature_shift)))
                                    for k, v in out["T"].items()}
             if pr.holdout_loss_curve is not None:  # holdout / subset loss at each predicted target
-                gap = pr.holdout_loss_curve / pr.loss_curve
+                gap = pr.holdout_loss_curve / (pr.loss_curve if pr.subset_loss_curve is None else pr.subset_loss_curve)
                 out["holdout_gap_at"] = {k: (None if v is None or not np.isfinite(np.interp(v, tt, gap))
                                              else float(np.interp(v, tt, gap))) for k, v in out["T"].items()}
                 out["holdout_curve"] = [round(float(v), 5) if np.isfinite(v) else None

@@ -90,6 +90,28 @@ def test_warm_start_holdout_is_nan_over_the_warm_up():
     assert ((p.holdout_accuracy_curve[5:] >= 0) & (p.holdout_accuracy_curve[5:] <= 1)).all()
 
 
+def test_from_holdout_reads_the_curves_off_the_holdout_rows_after_the_warm_up():
+    model, x, y = _problem(seed=4, n=60)
+    p = predict_after_warmup(model, (x, y), lr=0.2, batch_size=10, max_steps=30, warmup_steps=5, momentum=0.9,
+                             subset=20, holdout=10, k=16, seed=1, paths=2, sampling="stream", holdout_self=True)
+    q, qa = p.from_holdout(accuracy=False), p.from_holdout()
+    for r in (q, qa):
+        np.testing.assert_array_equal(r.loss_curve[:5], p.loss_curve[:5])
+        np.testing.assert_array_equal(r.loss_curve[5:], p.holdout_loss_curve[5:])
+        np.testing.assert_array_equal(r.subset_loss_curve, p.loss_curve)
+        np.testing.assert_array_equal(r.subset_accuracy_curve, p.accuracy_curve)
+        assert r.holdout_gap(12) == pytest.approx(p.holdout_gap(12))  # still holdout over subset
+    np.testing.assert_array_equal(q.accuracy_curve, p.accuracy_curve)
+    np.testing.assert_array_equal(qa.accuracy_curve[:5], p.accuracy_curve[:5])
+    np.testing.assert_array_equal(qa.accuracy_curve[5:], p.holdout_accuracy_curve[5:])
+    assert p.holdout_gap(12) != pytest.approx(1.0)
+    with pytest.raises(ValueError, match="from_holdout needs a prediction with holdout rows"):
+        q.from_holdout()
+    plain = predict_after_warmup(model, (x, y), lr=0.2, batch_size=10, max_steps=30, warmup_steps=5, subset=20, k=16)
+    with pytest.raises(ValueError, match="from_holdout needs a prediction with holdout rows"):
+        plain.from_holdout()
+
+
 @pytest.mark.parametrize("holdout", [-1, 41, 2.0, True])
 def test_bad_holdout(holdout):
     model, x, y = _problem(seed=5, n=60)

@@ -9,7 +9,7 @@ import inspect
 import math
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -45,6 +45,9 @@ class Prediction:
     # never trained on (a measure of how much of the predicted decrease is the subset's memorization)
     holdout_loss_curve: np.ndarray = field(default=None, repr=False)
     holdout_accuracy_curve: np.ndarray = field(default=None, repr=False)  # their mean accuracy
+    # from_holdout(): the subset's own curves, which loss_curve (and accuracy_curve) then no longer are
+    subset_loss_curve: np.ndarray = field(default=None, repr=False)
+    subset_accuracy_curve: np.ndarray = field(default=None, repr=False)
 
     def __post_init__(self):
         self.loss_curve = np.asarray(self.loss_curve, dtype=np.float64)
@@ -109,7 +112,24 @@ class Prediction:
         if self.holdout_loss_curve is None or steps is None:
             return float("nan")
         t = np.arange(len(self.loss_curve))
-        return float(np.interp(steps, t, self.holdout_loss_curve) / np.interp(steps, t, self.loss_curve))
+        sub = self.loss_curve if self.subset_loss_curve is None else self.subset_loss_curve
+        return float(np.interp(steps, t, self.holdout_loss_curve) / np.interp(steps, t, sub))
+
+    def from_holdout(self, accuracy=True):
+        """This prediction with its loss curve (and accuracy curve, if `accuracy`) read off the holdout rows after the
+        warm-up; the subset's curves move to subset_loss_curve and subset_accuracy_curve. With the holdout rows' own
+        kernel block (holdout_self=True) this is the better full-set estimate (docs/PREDICT.md)."""
+        if self.holdout_loss_curve is None or self.subset_loss_curve is not None:
+            raise ValueError("from_holdout needs a prediction with holdout rows (holdout=H > 0), not yet read off them")
+        K = self.warmup_steps
+
+        def swap(own, held):
+            return np.concatenate([own[:K], held[K:]])
+        acc = swap(self.accuracy_curve, self.holdout_accuracy_curve) if accuracy else self.accuracy_curve
+        with warnings.catch_warnings():  # a divergence was announced when this prediction was made
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return replace(self, loss_curve=swap(self.loss_curve, self.holdout_loss_curve), accuracy_curve=acc,
+                           subset_loss_curve=self.loss_curve, subset_accuracy_curve=self.accuracy_curve)
 
 
 def _as_tensors(data):
