@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from .dynamics import (SGD, _accuracy, _loss_and_grad, check_divergence_mode, coarsen, expand_curve, expand_curves,
-                       interpolate_loss, mark_divergence, path_batches)
+                       interpolate_loss, mark_divergence, momentum_gain, path_batches)
 from .predict import (Prediction, Predictor, _load_data, _outputs, check_eval_every, check_sketch_method,
                       subset_batch_size, subset_indices)
 from .sketch import sketch_jacobian
@@ -215,8 +215,7 @@ class HeadAwarePredictor(Predictor):
         bufA = None
         own = torch.zeros(P, N - n, r, dtype=torch.float64) if holdout_self and S is not None and N > n else None
         S_own = None if own is None else S[n:].double()  # the holdout rows' sketch: their blocks K_hh = S_h S_hᵀ
-        gain = (1 - sgd.dampening) / (1 - sgd.momentum) if sgd.momentum else 1.0
-        gain = 1 + sgd.momentum * gain if sgd.nesterov else gain
+        gain = momentum_gain(sgd)
 
         def rows(Sx, th):  # (P, n, r): each path's θ through the rows Sx (n, r, k) (or per path: (P, n, r, k))
             if Sx.dim() == 4:

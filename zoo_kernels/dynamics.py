@@ -86,15 +86,23 @@ class SGD:
         return self.lr
 
 
+def momentum_gain(sgd):
+    """κ, the steady-state drift per unit lr of torch.optim.SGD's steps: (1 − d)/(1 − m), with Nesterov
+    1 + m (1 − d)/(1 − m), and 1 without momentum (torch keeps no buffer then, so dampening does nothing)."""
+    m, d = sgd.momentum, sgd.dampening
+    if m == 0:
+        return 1.0
+    return 1 + m * (1 - d) / (1 - m) if sgd.nesterov else (1 - d) / (1 - m)
+
+
 def coarsen(sgd, stride, max_steps, n_samples):
     """SGD in super-steps of `stride` real steps (for long horizons; stride = 1 returns `sgd` itself).
 
     A super-step is one step on a batch of stride·B samples (capped at N) with the drift of `stride` real steps:
-    lr × stride × κ (1 − m^stride), momentum m^stride, no dampening or Nesterov, where κ = (1 − d)/(1 − m)
-    (Nesterov: 1 + m (1 − d)/(1 − m); 1 without momentum, whatever d) is the real steps' drift per unit lr once the velocity has built up. Drift
-    and SGD noise per unit time match the real steps to first order (the SDE limit; exact for stride = 1); the
-    approximation needs curves that change little over `stride` steps and stride × the per-step rate of the
-    fastest mode well below 1. Returns (the super-step SGD, the number of super-steps)."""
+    lr × stride × κ (1 − m^stride), momentum m^stride, no dampening or Nesterov, where κ (momentum_gain) is the
+    real steps' drift per unit lr once the velocity has built up. Drift and SGD noise per unit time match the real
+    steps to first order (the SDE limit; exact for stride = 1); the approximation needs curves that change little
+    over `stride` steps and stride × the per-step rate of the fastest mode well below 1. Returns (the super-step SGD, the number of super-steps)."""
     if not isinstance(stride, int) or stride < 1:
         raise ValueError(f"`stride` must be a positive int, got {stride!r}")
     if stride == 1:
@@ -103,11 +111,8 @@ def coarsen(sgd, stride, max_steps, n_samples):
         warnings.warn(f"stride {stride} x batch {sgd.batch_size} exceeds the {n_samples} samples integrated: the "
                       "super-steps are full-batch and the SGD noise is lost; use a smaller stride", RuntimeWarning,
                       stacklevel=3)
-    m, d = sgd.momentum, sgd.dampening
-    if m == 0:  # torch keeps no buffer then, so dampening does nothing
-        kappa = 1.0
-    else:
-        kappa = (1 + m * (1 - d) / (1 - m)) if sgd.nesterov else (1 - d) / (1 - m)
+    m = sgd.momentum
+    kappa = momentum_gain(sgd)
     m_r = m ** stride
     factor = stride * kappa * (1 - m_r)
     coarse = SGD(lr=sgd.lr * factor, batch_size=min(n_samples, stride * sgd.batch_size), momentum=m_r,
