@@ -534,6 +534,18 @@ def test_predict_time_holdout_gap(capsys):
     rc, out, _ = run(capsys, base + ["--holdout", "6", "--warmup-steps", "2"])
     assert rc == 0 and "holdout_gap" in out and "memorized" in out  # the column and the legend
     for extra, match in [(["--holdout", "9"], "`holdout` must be an int in [0, 8]"),
-                         (["--holdout", "2", "--method", "sketch"], "--holdout applies to --method head-aware")]:
+                         (["--holdout", "2", "--method", "sketch"], "--holdout and --holdout-self apply to --method"),
+                         (["--holdout-self"], "--holdout-self reads the curves off the holdout rows: it needs "
+                                              "--holdout H > 0, got 0")]:
         rc, _, err = run(capsys, base + extra)
         assert rc == 2 and match in err, err
+
+
+def test_predict_time_holdout_self_reads_the_curves_off_the_holdout(capsys):
+    base = PRED + ["--k", "32", "--lr", "0.05", "--batch-size", "4", "--momentum", "0.9", "--subset", "8",
+                   "--holdout", "6", "--curves", "--target", "fraction=0.99"]
+    plain, own = run_json(capsys, base), run_json(capsys, base + ["--holdout-self"])
+    assert own["loss_curve"][0] != plain["loss_curve"][0]  # the holdout rows' loss, not the subset's
+    assert own["targets"][0]["holdout_gap"] is not None
+    rc, out, _ = run(capsys, base[:-3] + ["--holdout-self", "--warmup-steps", "2"])
+    assert rc == 0 and "holdout_gap" in out

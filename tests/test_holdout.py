@@ -112,6 +112,27 @@ def test_from_holdout_reads_the_curves_off_the_holdout_rows_after_the_warm_up():
         plain.from_holdout()
 
 
+def test_predict_training_time_holdout_self():
+    import zoo_kernels as zk
+
+    model, x, y = _problem(seed=7, n=60)
+    kw = dict(lr=0.2, batch_size=10, max_steps=20, momentum=0.9, subset=20, holdout=10, k=16, paths=2, seed=3)
+    p = zk.predict_training_time(model, (x, y), method="head-aware", holdout_self=True, **kw)
+    want = HeadAwarePredictor(model, (x, y), k=16, subset=20, holdout=10, seed=3).predict(
+        lr=0.2, batch_size=10, max_steps=20, momentum=0.9, paths=2, holdout_self=True).from_holdout()
+    np.testing.assert_allclose(p.loss_curve, want.loss_curve, rtol=1e-12)
+    np.testing.assert_allclose(p.accuracy_curve, want.accuracy_curve, rtol=1e-12)
+    np.testing.assert_allclose(p.subset_loss_curve, want.subset_loss_curve, rtol=1e-12)
+    w = zk.predict_training_time(model, (x, y), method="head-aware", holdout_self=True, warmup_steps=4, **kw)
+    assert np.isfinite(w.loss_curve).all() and np.isnan(w.holdout_loss_curve[:4]).all()
+    np.testing.assert_array_equal(w.loss_curve[4:], w.holdout_loss_curve[4:])
+    for bad, match in [(dict(holdout=0), "`holdout_self` must be a bool, and True only with `holdout` > 0"),
+                       (dict(holdout_self=1), "`holdout_self` must be a bool"),
+                       (dict(method="sketch", holdout=0), "`holdout_self` apply to method='head-aware' only")]:
+        with pytest.raises(ValueError, match=match):
+            zk.predict_training_time(model, (x, y), **{**kw, "method": "head-aware", "holdout_self": True, **bad})
+
+
 @pytest.mark.parametrize("holdout", [-1, 41, 2.0, True])
 def test_bad_holdout(holdout):
     model, x, y = _problem(seed=5, n=60)
@@ -133,7 +154,7 @@ def test_predict_training_time_holdout_and_gap():
                                      subset=20, k=16, paths=2)
     np.testing.assert_allclose(plain.loss_curve, p.loss_curve, rtol=1e-12)
     assert np.isnan(plain.holdout_gap(5))
-    with pytest.raises(ValueError, match="`holdout` apply to method='head-aware' only"):
+    with pytest.raises(ValueError, match="`holdout` and `holdout_self` apply to method=.head-aware. only"):
         zk.predict_training_time(model, (x, y), lr=0.2, batch_size=10, max_steps=20, method="sketch", holdout=5)
 
 

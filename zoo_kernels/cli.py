@@ -346,8 +346,8 @@ def build_predictor(model, x, y, args):
                                   holdout=args.holdout, **kw)
     if args.feature_rank is not None:
         raise ValueError("--feature-rank applies to --method head-aware only")
-    if args.holdout:
-        raise ValueError("--holdout applies to --method head-aware and recommended only")
+    if args.holdout or args.holdout_self:
+        raise ValueError("--holdout and --holdout-self apply to --method head-aware and recommended only")
     return Predictor(model, (x, y), method=args.method, k=args.k or 1024, **kw)
 
 
@@ -362,7 +362,9 @@ def _sgd_kwargs(args, lr=None, batch_size=None):
 
 def _head_kwargs(args):
     """predict() options that only the head-aware predictor takes."""
-    return {"feature_norm": args.feature_norm, "eval_every": args.eval_every} if args.method == "head-aware" else {}
+    if args.method != "head-aware":
+        return {}
+    return {"feature_norm": args.feature_norm, "eval_every": args.eval_every, "holdout_self": args.holdout_self}
 
 
 def _subset_arg(text):
@@ -459,6 +461,9 @@ def cmd_predict(args):
         except ValueError as e:
             raise InputError(str(e)) from e
         vars(args).update(chosen, method="head-aware")
+    if args.holdout_self and args.holdout < 1:
+        raise InputError(f"--holdout-self reads the curves off the holdout rows: it needs --holdout H > 0, got "
+                         f"{args.holdout}")
     if args.method != "head-aware" and (args.warmup_steps or args.feature_norm != "linear" or args.eval_every != 1):
         raise InputError("--warmup-steps, --feature-norm and --eval-every apply to --method head-aware only")
     if args.warmup_steps and (args.recommend or args.schedule != "constant"):
@@ -493,7 +498,8 @@ def cmd_predict(args):
                                      paths=args.paths, k=args.k or 512, subset=args.subset, seed=args.seed,
                                      loss=args.loss, feature_norm=args.feature_norm, feature_rank=args.feature_rank,
                                      sketch_method=args.sketch_method, eval_every=args.eval_every,
-                                     holdout=args.holdout, progress=not args.no_progress,
+                                     holdout=args.holdout, holdout_self=args.holdout_self,
+                                     progress=not args.no_progress,
                                      **{k: v for k, v in kw.items() if k != "schedule"})
         else:
             p = pred.predict(max_steps=args.max_steps, paths=args.paths, measure_time=not args.no_step_time,
@@ -503,6 +509,8 @@ def cmd_predict(args):
                          "prediction does not apply)") from e
     except ValueError as e:
         raise InputError(str(e)) from e
+    if args.holdout_self:  # the curves read off the holdout rows (docs/PREDICT.md)
+        p = p.from_holdout()
     L0 = float(p.loss_curve[0])
     rows = _prediction_summary(p, targets, L0)
     obj.update({"hyper_parameters": {k: v for k, v in kw.items()}, "max_steps": args.max_steps,
@@ -621,6 +629,7 @@ def _recommend(args, pred, targets, obj):
             p = pred.predict(max_steps=args.max_steps, paths=args.paths,
                              measure_time=(args.by == "seconds" and not args.no_step_time),
                              **_sgd_kwargs(args, lr=lr, batch_size=b), **_head_kwargs(args))
+            p = p.from_holdout() if args.holdout_self else p
             rows.append({"lr": lr, "batch_size": b, **p.time_to(**{kind: v}), "diverged": False})
         except FloatingPointError:
             rows.append({"lr": lr, "batch_size": b, "steps": None, "epochs": None, "seconds": None, "diverged": True})
@@ -730,6 +739,9 @@ def build_parser():
     p.add_argument("--holdout", type=int, default=0,
                    help="head-aware/recommended: H samples outside the subset moved by the same dynamics but never "
                         "trained on; adds each target's holdout gap and a 'memorized' flag")
+    p.add_argument("--holdout-self", action="store_true",
+                   help="with --holdout: the holdout rows also get their own kernel block at the full data's "
+                        "weight, and the curves are read off them (docs/PREDICT.md)")
     p.add_argument("--feature-rank", type=int, default=None,
                    help="head-aware: move the features only in their top-r energy directions (r backward passes "
                         "per sample instead of the feature width; default: all)")

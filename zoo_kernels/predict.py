@@ -440,7 +440,8 @@ def recommended_settings(model, max_steps, cli=False, **given):
 def predict_training_time(model, data, *, lr, batch_size, max_steps, momentum=0.0, weight_decay=0.0, loss="ce",
                           seed=0, subset=None, k=None, method="sketch", dampening=0.0, nesterov=False,
                           schedule="constant", paths=4, progress=False, feature_rank=None, feature_norm="linear",
-                          warmup_steps=0, sketch_method="dense", eval_every=1, holdout=0, **schedule_kwargs):
+                          warmup_steps=0, sketch_method="dense", eval_every=1, holdout=0, holdout_self=False,
+                          **schedule_kwargs):
     """Expected training loss/accuracy curves of SGD fine-tuning, predicted from the linearized model.
 
     data: (inputs, labels) tensors or a torch Dataset. Returns a Prediction: loss_curve and accuracy_curve
@@ -461,6 +462,9 @@ def predict_training_time(model, data, *, lr, batch_size, max_steps, momentum=0.
     subset and k, which must then be left at their defaults.
     holdout=H (head-aware, with a subset): Prediction.holdout_loss_curve and holdout_gap(), the loss of H more
     samples moved by the same dynamics but never trained on (HeadAwarePredictor's holdout).
+    holdout_self=True (with holdout=H): the holdout rows also get their own kernel block at the full data's weight
+    1/N, and the curves are read off them after the warm-up (Prediction.from_holdout; the subset's stay in
+    subset_loss_curve and subset_accuracy_curve); docs/PREDICT.md, "Reading the loss off the holdout".
     """
     if method not in ("sketch", "exact", "head-aware", "recommended"):
         raise ValueError(f"`method` must be 'sketch', 'exact', 'head-aware' or 'recommended', got {method!r}")
@@ -471,20 +475,27 @@ def predict_training_time(model, data, *, lr, batch_size, max_steps, momentum=0.
         return predict_training_time(model, data, lr=lr, batch_size=batch_size, max_steps=max_steps,
                                      momentum=momentum, weight_decay=weight_decay, loss=loss, seed=seed,
                                      method="head-aware", dampening=dampening, nesterov=nesterov, schedule=schedule,
-                                     paths=paths, progress=progress, holdout=holdout, **chosen, **schedule_kwargs)
-    if method != "head-aware" and (warmup_steps or feature_norm != "linear" or eval_every != 1 or holdout):
-        raise ValueError("`warmup_steps`, `feature_norm`, `eval_every` and `holdout` apply to method='head-aware' "
-                         "only")
+                                     paths=paths, progress=progress, holdout=holdout, holdout_self=holdout_self,
+                                     **chosen, **schedule_kwargs)
+    if method != "head-aware" and (warmup_steps or feature_norm != "linear" or eval_every != 1 or holdout
+                                   or holdout_self):
+        raise ValueError("`warmup_steps`, `feature_norm`, `eval_every`, `holdout` and `holdout_self` apply to "
+                         "method='head-aware' only")
+    if not isinstance(holdout_self, bool) or (holdout_self and not holdout):
+        raise ValueError(f"`holdout_self` must be a bool, and True only with `holdout` > 0; got {holdout_self!r} "
+                         f"with holdout={holdout!r}")
     if warmup_steps:
         if schedule != "constant":
             raise ValueError("`warmup_steps` supports the constant schedule only")
         from .warmstart import predict_after_warmup  # noqa: PLC0415
-        return predict_after_warmup(model, data, lr=lr, batch_size=batch_size, max_steps=max_steps,
-                                    warmup_steps=warmup_steps, momentum=momentum, dampening=dampening,
-                                    nesterov=nesterov, weight_decay=weight_decay, loss=loss, subset=subset,
-                                    k=512 if k is None else k, seed=seed, feature_norm=feature_norm,
-                                    feature_rank=feature_rank, paths=paths, sketch_method=sketch_method,
-                                    eval_every=eval_every, holdout=holdout, progress=progress)
+        p = predict_after_warmup(model, data, lr=lr, batch_size=batch_size, max_steps=max_steps,
+                                 warmup_steps=warmup_steps, momentum=momentum, dampening=dampening,
+                                 nesterov=nesterov, weight_decay=weight_decay, loss=loss, subset=subset,
+                                 k=512 if k is None else k, seed=seed, feature_norm=feature_norm,
+                                 feature_rank=feature_rank, paths=paths, sketch_method=sketch_method,
+                                 eval_every=eval_every, holdout=holdout, holdout_self=holdout_self,
+                                 progress=progress)
+        return p.from_holdout() if holdout_self else p
     if method == "head-aware":
         from .calibrate import HeadAwarePredictor  # noqa: PLC0415 (calibrate imports this module)
         pred = HeadAwarePredictor(model, data, loss=loss, k=512 if k is None else k, subset=subset, seed=seed,
@@ -495,7 +506,9 @@ def predict_training_time(model, data, *, lr, batch_size, max_steps, momentum=0.
             raise ValueError("`feature_rank` applies to method='head-aware' only")
         pred = Predictor(model, data, loss=loss, k=1024 if k is None else k, method=method, subset=subset,
                          seed=seed, sketch_method=sketch_method, progress=progress)
-    extra = {"feature_norm": feature_norm, "eval_every": eval_every} if method == "head-aware" else {}
-    return pred.predict(lr=lr, batch_size=batch_size, max_steps=max_steps, momentum=momentum,
-                        weight_decay=weight_decay, dampening=dampening, nesterov=nesterov, schedule=schedule,
-                        paths=paths, **extra, **schedule_kwargs)
+    extra = ({"feature_norm": feature_norm, "eval_every": eval_every, "holdout_self": holdout_self}
+             if method == "head-aware" else {})
+    p = pred.predict(lr=lr, batch_size=batch_size, max_steps=max_steps, momentum=momentum,
+                     weight_decay=weight_decay, dampening=dampening, nesterov=nesterov, schedule=schedule,
+                     paths=paths, **extra, **schedule_kwargs)
+    return p.from_holdout() if holdout_self else p
