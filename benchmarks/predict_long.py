@@ -204,7 +204,8 @@ def run_pair(model_name, task, settings, args, log):
                 out["shift_at"] = {k: (None if v is None else float(np.interp(v, tt, pr.feature_shift)))
                                    for k, v in out["T"].items()}
             if pr.holdout_loss_curve is not None:  # holdout / subset loss at each predicted target
-                gap = pr.holdout_loss_curve / (pr.loss_curve if pr.subset_loss_curve is None else pr.subset_loss_curve)
+                held, sub = pr.gap_curves()
+                gap = held / sub
                 out["holdout_gap_at"] = {k: (None if v is None or not np.isfinite(np.interp(v, tt, gap))
                                              else float(np.interp(v, tt, gap))) for k, v in out["T"].items()}
                 out["holdout_curve"] = [round(float(v), 5) if np.isfinite(v) else None

@@ -95,6 +95,7 @@ def test_from_holdout_reads_the_curves_off_the_holdout_rows_after_the_warm_up():
     p = predict_after_warmup(model, (x, y), lr=0.2, batch_size=10, max_steps=30, warmup_steps=5, momentum=0.9,
                              subset=20, holdout=10, k=16, seed=1, paths=2, sampling="stream", holdout_self=True)
     q, qa = p.from_holdout(accuracy=False), p.from_holdout()
+    assert np.isnan(p.holdout_plain_loss_curve[:5]).all() and np.isfinite(p.holdout_plain_loss_curve[5:]).all()
     for r in (q, qa):
         np.testing.assert_array_equal(r.loss_curve[:5], p.loss_curve[:5])
         np.testing.assert_array_equal(r.loss_curve[5:], p.holdout_loss_curve[5:])
@@ -210,3 +211,7 @@ def test_holdout_own_block_equals_explicit_euler(feature_norm):
     np.testing.assert_allclose([q.holdout_loss_curve[t] for t in held], list(held.values()), rtol=1e-9)
     np.testing.assert_allclose([q.holdout_accuracy_curve[t] for t in held], list(held_acc.values()), rtol=1e-12)
     assert abs(q.holdout_loss_curve[-1] - plain.holdout_loss_curve[-1]) > 1e-4  # the own block mattered
+    # the gap stays the validated one: the holdout rows without their own block, over the subset
+    assert plain.holdout_plain_loss_curve is None
+    np.testing.assert_allclose(q.holdout_plain_loss_curve, plain.holdout_loss_curve, rtol=1e-12)
+    assert q.holdout_gap(7.5) == pytest.approx(plain.holdout_gap(7.5), rel=1e-12)

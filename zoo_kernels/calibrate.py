@@ -183,7 +183,7 @@ class HeadAwarePredictor(Predictor):
         batches = path_batches(n, sgd.batch_size, sampling, seed, P, max_steps)
         shape = (P, max_steps + 1)
         losses, accs, shift = np.full(shape, np.nan), np.full(shape, np.nan), np.full(shape, np.nan)
-        held, held_acc = np.full(shape, np.nan), np.full(shape, np.nan)
+        held, held_acc, held_plain = np.full(shape, np.nan), np.full(shape, np.nan), np.full(shape, np.nan)
         spread = float((self.phi0[:n] - self.phi0[:n].mean(0)).square().sum().sqrt()) or 1.0
         wd = sgd.weight_decay
         S, U = self.S_r, self.U  # the sketch is S (M, D, k), or U (D, r) times S (M, r, k)
@@ -243,7 +243,10 @@ class HeadAwarePredictor(Predictor):
                 quad = None if curv is None else rows(dS, theta)
                 z = self.phi0.expand(P, N, D) if S is None else \
                     self.phi0 + up(bend(rows(S, theta), quad, a, H) + (0 if V is None else c[:, None, None] * V))
-                if own is not None:
+                if own is not None:  # the holdout rows' loss without their own block too: the gap's (holdout_gap)
+                    bare = sphere(z[:, n:], None if r0 is None else r0[n:])[0]
+                    bare = torch.einsum("phd,pcd->phc", bare, W) + b[:, None]
+                    held_plain[:, t] = _loss_and_grad(bare, y[n:], onehot[n:], self.loss)[0].mean(1).numpy()
                     z = torch.cat([z[:, :n], z[:, n:] + up(own)], 1)
                 phi, scale = sphere(z, r0)
                 f = torch.einsum("pnd,pcd->pnc", phi, W) + b[:, None]
@@ -331,13 +334,14 @@ class HeadAwarePredictor(Predictor):
                 if N > n:
                     held[q, :last + 1] = interpolate_loss(keep, held[q, keep], tt)
                     held_acc[q, :last + 1] = np.interp(tt, keep, held_acc[q, keep])
+                    held_plain[q, :last + 1] = interpolate_loss(keep, held_plain[q, keep], tt)
                 accs[q, :last + 1] = np.interp(tt, keep, accs[q, keep])
                 shift[q, :last + 1] = np.interp(tt, keep, shift[q, keep])
             losses[q, last + 1:], accs[q, last + 1:], shift[q, last + 1:] = np.nan, np.nan, np.nan
-            held[q, last + 1:], held_acc[q, last + 1:] = np.nan, np.nan
+            held[q, last + 1:], held_acc[q, last + 1:], held_plain[q, last + 1:] = np.nan, np.nan, np.nan
         alive = torch.as_tensor(dead < 0)
         coeff = None if A is None or not alive.any() else A[alive].mean(0)
-        hold = (held.mean(0), held_acc.mean(0)) if N > n else None
+        hold = (held.mean(0), held_acc.mean(0), held_plain.mean(0) if own is not None else None) if N > n else None
         return losses.mean(0), accs.mean(0), losses, shift.mean(0), coeff, hold
 
     def predict(self, *, lr, batch_size, max_steps, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0,
@@ -400,7 +404,9 @@ class HeadAwarePredictor(Predictor):
                           path_losses=per_path, feature_shift=expand_curve(shift, stride, max_steps),
                           coefficients=coeff,
                           holdout_loss_curve=None if hold is None else expand_curve(hold[0], stride, max_steps),
-                          holdout_accuracy_curve=None if hold is None else expand_curve(hold[1], stride, max_steps))
+                          holdout_accuracy_curve=None if hold is None else expand_curve(hold[1], stride, max_steps),
+                          holdout_plain_loss_curve=None if hold is None or hold[2] is None else
+                          expand_curve(hold[2], stride, max_steps))
 
 
 # ------------------------------------------------------------------------------------------ time rescaling

@@ -45,6 +45,8 @@ class Prediction:
     # never trained on (a measure of how much of the predicted decrease is the subset's memorization)
     holdout_loss_curve: np.ndarray = field(default=None, repr=False)
     holdout_accuracy_curve: np.ndarray = field(default=None, repr=False)  # their mean accuracy
+    # holdout_self=True: the holdout rows' loss without their own block (the holdout gap's, as validated)
+    holdout_plain_loss_curve: np.ndarray = field(default=None, repr=False)
     # from_holdout(): the subset's own curves, which loss_curve (and accuracy_curve) then no longer are
     subset_loss_curve: np.ndarray = field(default=None, repr=False)
     subset_accuracy_curve: np.ndarray = field(default=None, repr=False)
@@ -105,15 +107,23 @@ class Prediction:
         s = self.steps_to(**target)
         return {"steps": s, "epochs": self.epochs(s), "seconds": self.seconds(s)}
 
+    def gap_curves(self):
+        """(holdout, subset) loss curves of the holdout gap: the holdout rows without their own block (as the gap was
+        validated), the subset's rows; None without holdout rows."""
+        if self.holdout_loss_curve is None:
+            return None
+        held = self.holdout_loss_curve if self.holdout_plain_loss_curve is None else self.holdout_plain_loss_curve
+        return held, (self.loss_curve if self.subset_loss_curve is None else self.subset_loss_curve)
+
     def holdout_gap(self, steps):
         """holdout loss / subset loss after `steps` steps (interpolated; NaN where either is not predicted: no
         holdout, the warm-up, a divergence). Above 1.5 the predicted decrease leans on memorizing the subset
         (docs/PREDICT.md, "The holdout gap")."""
-        if self.holdout_loss_curve is None or steps is None:
+        curves = self.gap_curves()
+        if curves is None or steps is None:
             return float("nan")
         t = np.arange(len(self.loss_curve))
-        sub = self.loss_curve if self.subset_loss_curve is None else self.subset_loss_curve
-        return float(np.interp(steps, t, self.holdout_loss_curve) / np.interp(steps, t, sub))
+        return float(np.interp(steps, t, curves[0]) / np.interp(steps, t, curves[1]))
 
     def from_holdout(self, accuracy=True):
         """This prediction with its loss curve (and accuracy curve, if `accuracy`) read off the holdout rows after the

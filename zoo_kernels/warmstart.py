@@ -161,7 +161,8 @@ def predict_after_warmup(model, data, *, lr, batch_size, max_steps, warmup_steps
                       cost_seconds=time.perf_counter() - start, loss=loss, path_losses=per_path,
                       diverged_at=None if q.diverged_at is None else q.diverged_at + K, feature_shift=shift,
                       warmup_steps=K, holdout_loss_curve=nan_over_warmup(q.holdout_loss_curve, K),
-                      holdout_accuracy_curve=nan_over_warmup(q.holdout_accuracy_curve, K))
+                      holdout_accuracy_curve=nan_over_warmup(q.holdout_accuracy_curve, K),
+                      holdout_plain_loss_curve=nan_over_warmup(q.holdout_plain_loss_curve, K))
 
 
 def nan_over_warmup(curve, K):
