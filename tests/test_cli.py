@@ -115,6 +115,18 @@ def test_predict_time_recommended_method(capsys):
     assert obj["method"] == "recommended" and obj["warmup_steps"] == 100 and obj["feature_norm"] == "fixed"
     assert obj["sketch_method"] == "kronecker" and obj["k"] == 512 and len(obj["loss_curve"]) == 111
     assert "median error" in obj["validation"]
+    assert obj["holdout"] == 0 and not obj["loss_read_off_holdout"]  # M = N on 2 shots: no holdout rows
+
+
+def test_predict_time_recommended_reads_the_loss_off_its_holdout(capsys):
+    argv = ["predict-time", "--model", "convnet_latin", "--task", "texture_orient", "--shots", "25", "--no-progress",
+            "--threads", "1", "--max-steps", "130", "--no-step-time", "--paths", "1", "--lr", "0.01",
+            "--batch-size", "8", "--momentum", "0.9", "--method", "recommended", "--target", "fraction=0.999"]
+    obj = run_json(capsys, argv)  # N = 200, C = 8: M = 160, so H = 40
+    assert obj["subset"] == 160 and obj["holdout"] == 40 and obj["loss_read_off_holdout"]
+    assert "holdout_gap" in obj["targets"][0]
+    rc, out, _ = run(capsys, argv)
+    assert rc == 0 and "holdout H=40, loss read off it" in out and "memorized" in out
 
 
 def test_predict_time_table_seconds_and_plot(capsys, tmp_path):

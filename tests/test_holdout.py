@@ -94,7 +94,7 @@ def test_from_holdout_reads_the_curves_off_the_holdout_rows_after_the_warm_up():
     model, x, y = _problem(seed=4, n=60)
     p = predict_after_warmup(model, (x, y), lr=0.2, batch_size=10, max_steps=30, warmup_steps=5, momentum=0.9,
                              subset=20, holdout=10, k=16, seed=1, paths=2, sampling="stream", holdout_self=True)
-    q, qa = p.from_holdout(accuracy=False), p.from_holdout()
+    q, qa = p.from_holdout(), p.from_holdout(accuracy=True)
     assert np.isnan(p.holdout_plain_loss_curve[:5]).all() and np.isfinite(p.holdout_plain_loss_curve[5:]).all()
     for r in (q, qa):
         np.testing.assert_array_equal(r.loss_curve[:5], p.loss_curve[:5])

@@ -207,6 +207,28 @@ def test_recommended_method_is_the_validated_configuration():
         predict_training_time(model, (x, y), method="recommended", **kw | dict(max_steps=100))
     with pytest.raises(TypeError, match="`model` must be a torch.nn.Module"):
         predict_training_time("resnet", (x, y), method="recommended", **kw)
+    assert a.holdout_loss_curve is None  # M = max(N/20, 20 per class) is all 60 samples: no holdout rows
+
+
+def test_recommended_method_reads_the_curves_off_its_holdout_rows():
+    """With N > M, method="recommended" adds min(200, N − M) holdout rows with their own block and reads its curves
+    off them (predict.RECOMMENDED_HOLDOUT; the accuracy stays the subset's); holdout=H sets their number."""
+    from zoo_kernels import predict_training_time
+    from zoo_kernels.predict import RECOMMENDED, recommended_holdout
+    model, x, y = bilinear_problem(n=150, h=6, C=2)  # M = 40, so 110 holdout rows
+    assert recommended_holdout(y) == 110 and recommended_holdout(y, 7) == 7
+    kw = dict(lr=0.05, batch_size=8, max_steps=RECOMMENDED["warmup_steps"] + 20, momentum=0.9, paths=2, seed=2)
+    a = predict_training_time(model, (x, y), method="recommended", **kw)
+    b = predict_after_warmup(model, (x, y), **kw, **dict(RECOMMENDED, feature_rank=6), holdout=110,
+                             holdout_self=True).from_holdout()
+    np.testing.assert_array_equal(a.loss_curve, b.loss_curve)
+    np.testing.assert_array_equal(a.accuracy_curve, b.accuracy_curve)
+    np.testing.assert_array_equal(a.accuracy_curve, a.subset_accuracy_curve)
+    np.testing.assert_array_equal(a.subset_loss_curve, b.subset_loss_curve)
+    np.testing.assert_array_equal(a.loss_curve[100:], a.holdout_loss_curve[100:])
+    assert np.isfinite(a.holdout_gap(110))  # the flag's gap, without the own block
+    c = predict_training_time(model, (x, y), method="recommended", holdout=30, **kw)
+    assert c.holdout_loss_curve is not None and not np.array_equal(c.loss_curve, a.loss_curve)
 
 
 def test_progress_shows_the_warmup(capsys):

@@ -367,6 +367,11 @@ def _head_kwargs(args):
     return {"feature_norm": args.feature_norm, "eval_every": args.eval_every, "holdout_self": args.holdout_self}
 
 
+def _read_off_holdout(p, args):
+    """--holdout-self: the prediction's loss curve read off the holdout rows (docs/PREDICT.md)."""
+    return p.from_holdout() if args.holdout_self else p
+
+
 def _subset_arg(text):
     if text == "auto":
         return text
@@ -450,7 +455,7 @@ def cmd_predict(args):
     model.eval()
     label = args.method
     if args.method == "recommended":  # head-aware with the validated settings (predict.RECOMMENDED)
-        from .predict import RECOMMENDED, recommended_settings  # noqa: PLC0415
+        from .predict import RECOMMENDED, recommended_holdout, recommended_settings  # noqa: PLC0415
 
         if args.recommend or args.schedule != "constant":
             raise InputError("--method recommended runs real steps for one setting: not with --recommend or a "
@@ -461,6 +466,8 @@ def cmd_predict(args):
         except ValueError as e:
             raise InputError(str(e)) from e
         vars(args).update(chosen, method="head-aware")
+        args.holdout = recommended_holdout(y, args.holdout)  # the curves are read off the holdout rows
+        args.holdout_self = args.holdout > 0
     if args.holdout_self and args.holdout < 1:
         raise InputError(f"--holdout-self reads the curves off the holdout rows: it needs --holdout H > 0, got "
                          f"{args.holdout}")
@@ -478,7 +485,7 @@ def cmd_predict(args):
     obj = {"model": mname, "target_data": desc, "num_samples": int(len(x)), "num_classes": C,
            "method": label, "sketch_method": None if args.method == "exact" else args.sketch_method,
            "k": pred.k if pred else (args.k or 512),
-           "subset": subset, "loss": args.loss,
+           "subset": subset, "holdout": args.holdout, "loss_read_off_holdout": args.holdout_self, "loss": args.loss,
            "setup_seconds": pred.setup_seconds if pred else None, "warmup_steps": args.warmup_steps,
            "feature_norm": args.feature_norm if args.method == "head-aware" else None, "units": {
                "step": "one SGD update on one minibatch", "epoch": "N / batch_size steps (steps * B / N)",
@@ -509,8 +516,7 @@ def cmd_predict(args):
                          "prediction does not apply)") from e
     except ValueError as e:
         raise InputError(str(e)) from e
-    if args.holdout_self:  # the curves read off the holdout rows (docs/PREDICT.md)
-        p = p.from_holdout()
+    p = _read_off_holdout(p, args)
     L0 = float(p.loss_curve[0])
     rows = _prediction_summary(p, targets, L0)
     obj.update({"hyper_parameters": {k: v for k, v in kw.items()}, "max_steps": args.max_steps,
@@ -578,6 +584,8 @@ def _verify(model, x, y, C, args, obj, targets):
 def _predict_text(obj, p, args):
     hp = obj["hyper_parameters"]
     sub = f", subset M={obj['subset']}" if obj["subset"] != obj["num_samples"] else ""
+    if obj.get("holdout"):
+        sub += f", holdout H={obj['holdout']}" + (", loss read off it" if obj["loss_read_off_holdout"] else "")
     lines = [f"{obj['model']} -> {obj['target_data']}: N={obj['num_samples']}, C={obj['num_classes']}; "
              f"method {obj['method']} (k={obj['k']}{sub})",
              f"SGD lr={hp['lr']} batch={hp['batch_size']} momentum={hp['momentum']}"
@@ -629,7 +637,7 @@ def _recommend(args, pred, targets, obj):
             p = pred.predict(max_steps=args.max_steps, paths=args.paths,
                              measure_time=(args.by == "seconds" and not args.no_step_time),
                              **_sgd_kwargs(args, lr=lr, batch_size=b), **_head_kwargs(args))
-            p = p.from_holdout() if args.holdout_self else p
+            p = _read_off_holdout(p, args)
             rows.append({"lr": lr, "batch_size": b, **p.time_to(**{kind: v}), "diverged": False})
         except FloatingPointError:
             rows.append({"lr": lr, "batch_size": b, "steps": None, "epochs": None, "seconds": None, "diverged": True})
@@ -738,10 +746,12 @@ def build_parser():
     p.add_argument("--k", type=int, help="sketch width (default 512 head-aware, 1024 sketch)")
     p.add_argument("--holdout", type=int, default=0,
                    help="head-aware/recommended: H samples outside the subset moved by the same dynamics but never "
-                        "trained on; adds each target's holdout gap and a 'memorized' flag")
+                        "trained on; adds each target's holdout gap and a 'memorized' flag (recommended: default "
+                        "min(200, N - M))")
     p.add_argument("--holdout-self", action="store_true",
                    help="with --holdout: the holdout rows also get their own kernel block at the full data's "
-                        "weight, and the curves are read off them (docs/PREDICT.md)")
+                        "weight, and the loss curve is read off them (--method recommended does this with "
+                        "H = min(200, N - M); docs/PREDICT.md)")
     p.add_argument("--feature-rank", type=int, default=None,
                    help="head-aware: move the features only in their top-r energy directions (r backward passes "
                         "per sample instead of the feature width; default: all)")
