@@ -614,9 +614,9 @@ def _predict_text(obj, p, args):
     if any("holdout_gap" in r for r in obj["targets"]):
         from .predict import GAP_FLAG, GAP_VALIDATION  # noqa: PLC0415
 
-        lines.append(f"holdout_gap: the loss of --holdout samples moved but never trained on, over the subset's, at "
-                     f"the predicted step; 'memorized' (>= {GAP_FLAG}): the predicted decrease leans on memorizing "
-                     f"the subset. {GAP_VALIDATION}")
+        lines.append(f"holdout_gap: the loss of the {obj['holdout']} holdout samples (moved but never trained on; "
+                     f"without their own kernel block), over the subset's, at the predicted step; 'memorized' "
+                     f"(>= {GAP_FLAG}): the predicted decrease leans on memorizing the subset. {GAP_VALIDATION}")
     if "verify" in obj:
         v = obj["verify"]
         lines.append(f"real fine-tuning: {v['train_seconds']:.2f} s of optimization, final loss {v['final_loss']:.4g}, "
