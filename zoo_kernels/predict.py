@@ -397,12 +397,13 @@ RECOMMENDED = {"warmup_steps": 100, "feature_norm": "fixed", "feature_rank": 8, 
 RECOMMENDED_HOLDOUT = 200
 # what the validation measured for it (docs/PREDICT.md), shown with its predictions by the CLI
 RECOMMENDED_VALIDATION = ("validated on 10-epoch MiniZoo fine-tuning, 15 expert/task pairs in 5 sets: median error of "
-                          "the steps to a target after step 100 of 10 % (p90 30 %, 13 targets) on the fifth set, "
-                          "pre-registered, and 9-18 % per set (p90 34-48 %) on the four earlier sets, which suggested "
-                          "this mode; more often too early than too late; where the real network barely trains (two "
-                          "tasks of the fifth set) the prediction still reached 20 targets that training never "
-                          "reached, and the 'memorized' flag caught all of them, so distrust flagged targets; no "
-                          "error band is given, since the error does not transfer between sets")
+                          "the steps to a target after step 100 of 10 % (p90 30 %, 13 targets; 11 % and 15 % with two "
+                          "more prediction seeds) on the fifth set, pre-registered, and 9-18 % per set (p90 34-48 %) "
+                          "on the four earlier sets, which suggested this mode; more often too early than too late; "
+                          "where the real network barely trains (two tasks of the fifth set) the prediction still "
+                          "reached 20 targets that training never reached, and the 'memorized' flag caught all of "
+                          "them, so distrust flagged targets; no error band is given, since the error does not "
+                          "transfer between sets")
 
 
 # the holdout gap's flag (Prediction.holdout_gap >= GAP_FLAG) and what it measured (docs/PREDICT.md)
@@ -417,7 +418,8 @@ def validation_note(method, warmup_steps=0, feature_norm="linear"):
     """What the long-run validation measured for a prediction method (docs/PREDICT.md), one line for the CLI."""
     if method == "recommended":
         return RECOMMENDED_VALIDATION
-    rec = "--method recommended (100 real steps first) measured 10 % on a pre-registered set, 9-18 % on four others"
+    rec = ("--method recommended (100 real steps first) measured 10-15 % on a pre-registered set, 9-18 % on four "
+           "others")
     if method == "head-aware" and warmup_steps:
         return f"not validated with these settings; {rec}"
     if method == "head-aware":
