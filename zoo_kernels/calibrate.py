@@ -334,6 +334,7 @@ class HeadAwarePredictor(Predictor):
                 if N > n:
                     held[q, :last + 1] = interpolate_loss(keep, held[q, keep], tt)
                     held_acc[q, :last + 1] = np.interp(tt, keep, held_acc[q, keep])
+                if own is not None:
                     held_plain[q, :last + 1] = interpolate_loss(keep, held_plain[q, keep], tt)
                 accs[q, :last + 1] = np.interp(tt, keep, accs[q, keep])
                 shift[q, :last + 1] = np.interp(tt, keep, shift[q, keep])
@@ -341,7 +342,8 @@ class HeadAwarePredictor(Predictor):
             held[q, last + 1:], held_acc[q, last + 1:], held_plain[q, last + 1:] = np.nan, np.nan, np.nan
         alive = torch.as_tensor(dead < 0)
         coeff = None if A is None or not alive.any() else A[alive].mean(0)
-        hold = (held.mean(0), held_acc.mean(0), held_plain.mean(0) if own is not None else None) if N > n else None
+        hold = ((held.mean(0), held_acc.mean(0), held_plain.mean(0) if own is not None else None) if N > n
+                else (None, None, None))  # the holdout rows' loss, accuracy, and loss without their own block
         return losses.mean(0), accs.mean(0), losses, shift.mean(0), coeff, hold
 
     def predict(self, *, lr, batch_size, max_steps, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0,
@@ -397,16 +399,14 @@ class HeadAwarePredictor(Predictor):
             run, n_run, paths, self.seed if seed is None else seed, sampling, on_divergence, eval_every, feature_norm,
             velocity, curvature, track_coefficients and stride == 1, holdout_self)
         loss_curve, acc_curve, per_path = expand_curves(loss_curve, acc_curve, per_path, stride, max_steps)
+        hold = [None if c is None else expand_curve(c, stride, max_steps) for c in hold]
         step_s = self.step_seconds(batch_size) if measure_time else float("nan")
         return Prediction(loss_curve=loss_curve, accuracy_curve=acc_curve, n_samples=N, batch_size=batch_size,
                           lr=lr, momentum=momentum, step_seconds=step_s,
                           cost_seconds=self.setup_seconds + time.perf_counter() - start, loss=self.loss,
                           path_losses=per_path, feature_shift=expand_curve(shift, stride, max_steps),
-                          coefficients=coeff,
-                          holdout_loss_curve=None if hold is None else expand_curve(hold[0], stride, max_steps),
-                          holdout_accuracy_curve=None if hold is None else expand_curve(hold[1], stride, max_steps),
-                          holdout_plain_loss_curve=None if hold is None or hold[2] is None else
-                          expand_curve(hold[2], stride, max_steps))
+                          coefficients=coeff, holdout_loss_curve=hold[0], holdout_accuracy_curve=hold[1],
+                          holdout_plain_loss_curve=hold[2])
 
 
 # ------------------------------------------------------------------------------------------ time rescaling

@@ -102,7 +102,8 @@ def coarsen(sgd, stride, max_steps, n_samples):
     lr × stride × κ (1 − m^stride), momentum m^stride, no dampening or Nesterov, where κ (momentum_gain) is the
     real steps' drift per unit lr once the velocity has built up. Drift and SGD noise per unit time match the real
     steps to first order (the SDE limit; exact for stride = 1); the approximation needs curves that change little
-    over `stride` steps and stride × the per-step rate of the fastest mode well below 1. Returns (the super-step SGD, the number of super-steps)."""
+    over `stride` steps and stride × the per-step rate of the fastest mode well below 1. Returns (the super-step
+    SGD, the number of super-steps)."""
     if not isinstance(stride, int) or stride < 1:
         raise ValueError(f"`stride` must be a positive int, got {stride!r}")
     if stride == 1:
