@@ -35,5 +35,13 @@ TORCH_LIBRARY(zoo_kernels, m) {
   m.def("jacobian_matmul(Tensor acts, Tensor grads, Tensor W, int max_tile=0) -> Tensor");
   // gram += S^T S and cross += S^T targets in float64 (targets may be empty), streamed over row tiles.
   m.def("gram_accumulate_(Tensor(a!) gram, Tensor sketch, Tensor(b!) cross, Tensor targets) -> ()");
+  // E SGD steps of the head-aware linearized model for P paths, in place on the state (W, b, theta, c) and the
+  // momentum buffers; sketch (n, r, k), basis (D, r) or empty, batches (P, E, Bmax) with sizes (E,), lrs (E,).
+  // dead[p] (-1 on entry: alive) becomes the step at which path p's state stopped being finite. CPU only.
+  m.def("head_aware_sgd_steps(Tensor sketch, Tensor basis, Tensor phi0, Tensor radius, Tensor offset, "
+        "Tensor labels, Tensor batches, Tensor sizes, Tensor lrs, Tensor(a!) W, Tensor(b!) b, Tensor(c!) theta, "
+        "Tensor(d!) c, Tensor(e!) bufW, Tensor(f!) bufb, Tensor(g!) buftheta, Tensor(h!) bufc, Tensor(i!) dead, "
+        "float momentum, float dampening, bool nesterov, float weight_decay, bool head_trainable, str loss, "
+        "bool started) -> ()");
   m.def("cuda_version() -> int", &zoo_kernels::cuda_version);
 }

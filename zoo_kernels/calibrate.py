@@ -34,6 +34,7 @@ from .dynamics import (SGD, _accuracy, _loss_and_grad, check_divergence_mode, co
                        interpolate_loss, mark_divergence, momentum_gain, path_batches)
 from .predict import (Prediction, Predictor, _load_data, _outputs, check_eval_every, check_sketch_method,
                       subset_batch_size, subset_indices)
+from . import ops
 from .sketch import sketch_jacobian
 
 __all__ = ["HeadAwarePredictor", "calibrate_time", "fit_time_scale", "rescale_curve", "calibration_cost"]
@@ -162,7 +163,7 @@ class HeadAwarePredictor(Predictor):
         self.U = None
 
     def _simulate(self, sgd, max_steps, paths, seed, sampling, on_divergence="raise", eval_every=1,
-                  feature_norm="linear", velocity=None, curvature=None, track=False, holdout_self=False):
+                  feature_norm="linear", velocity=None, curvature=None, track=False, holdout_self=False, fused=True):
         """All Monte-Carlo paths at once (leading dimension P; minibatches from dynamics.path_batches).
 
         The backbone's displacement is kept as sketch coordinates θ (φ_t = φ_0 + S θ_t, exactly the feature-space
@@ -174,7 +175,9 @@ class HeadAwarePredictor(Predictor):
         gradients' feature-space coefficients, accumulated as θ is; None when no path survives).
         holdout_self: the holdout rows also get their own kernel block at the full data's weight, an offset
         −η κ/N · K_hh ∂ℓ_h/∂φ_h per step (κ: momentum's steady-state gain), applied at each evaluation for the
-        steps until the next (what a sample of N gets from its own visits, which the subset's rows get N/M× of)."""
+        steps until the next (what a sample of N gets from its own visits, which the subset's rows get N/M× of).
+        fused: the steps between evaluations run in the compiled kernel ops.head_aware_sgd_steps (without curvature
+        and track); False: this loop in torch (the same dynamics; the kernel is its float64 twin)."""
         N, D = self.phi0.shape  # rows n_train.. are the holdout, never in a minibatch
         y, n = self.y, self.n_train
         C = self.W0.shape[0]
@@ -236,7 +239,18 @@ class HeadAwarePredictor(Predictor):
                 V = None
             else:
                 buf += (torch.ones(P, dtype=torch.float64),)
-        for t in range(max_steps + 1):
+        fast = fused and S is not None and curv is None and A is None
+        if fast:  # the training rows' tensors, every path's batches packed (P, steps, Bmax), the step sizes
+            kernel = _FusedSteps(S[:n], U, self.phi0[:n], None if r0 is None else r0[:n],
+                                 None if V is None else V[:n], y[:n], batches, sgd, max_steps, self.head_trainable,
+                                 self.loss)
+            W, b = W.contiguous(), b.contiguous()
+            if buf is None:
+                buf = (torch.zeros_like(W), torch.zeros_like(b), torch.zeros_like(theta))
+            buf = tuple(u.contiguous() for u in buf) + ((torch.zeros(P, dtype=torch.float64),) if len(buf) == 3 else ())
+            started = velocity is not None
+        t = 0
+        while True:
             full = t % eval_every == 0 or t == max_steps
             a = None if curv is None else theta @ g  # (P,) the displacement along v̂
             if full:  # the whole training set: φ = φ_0 + S θ for all samples (one product for all paths)
@@ -265,6 +279,21 @@ class HeadAwarePredictor(Predictor):
                 evaluated.append(t)
             if t == max_steps:
                 break
+            if fast:  # the steps until the next evaluation, in the kernel
+                E = min(eval_every - t % eval_every, max_steps - t)
+                died = kernel.run(t, E, (W, b, theta, c), buf, dead, started)
+                started = True
+                if died.any():
+                    if on_divergence != "truncate":
+                        q = int(np.flatnonzero(died)[0])
+                        raise FloatingPointError(
+                            f"the head-aware linearized dynamics diverged at step {dead[q]} (learning rate "
+                            f"{sgd.lr_at(int(dead[q]), max_steps)}): the linearized features grow without the "
+                            "saturation of the real network")
+                    if (dead >= 0).all():
+                        break
+                t += E
+                continue
             bidx = torch.stack([bl[t] for bl in batches])  # (P, B): the paths' batches have equal sizes
             B = bidx.shape[1]
             Sb = [S[bidx[q]] for q in range(P)] if S is not None else None  # (B, D, k) per path
@@ -324,6 +353,7 @@ class HeadAwarePredictor(Predictor):
                                f"the head-aware linearized dynamics diverged at step {t} (learning rate {eta}): the "
                                "linearized features grow without the saturation of the real network"):
                 break
+            t += 1
         ev = np.asarray(evaluated)
         for q in range(P):  # fill the steps between evaluations; NaN after a divergence
             last = max_steps if dead[q] < 0 else int(ev[ev <= dead[q]].max())
@@ -349,7 +379,7 @@ class HeadAwarePredictor(Predictor):
     def predict(self, *, lr, batch_size, max_steps, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0,
                 schedule="constant", paths=4, seed=None, measure_time=True, sampling="epoch", on_divergence="raise",
                 stride=1, eval_every=1, feature_norm="linear", velocity=None, curvature=None,
-                track_coefficients=False, holdout_self=False, **schedule_kwargs):
+                track_coefficients=False, holdout_self=False, fused=True, **schedule_kwargs):
         """As Predictor.predict (on_divergence: "raise" or "truncate"; stride: super-steps, dynamics.coarsen).
 
         eval_every=E: the dynamics stay exact, but the full-set loss, accuracy and feature shift are computed every E
@@ -366,7 +396,9 @@ class HeadAwarePredictor(Predictor):
         backbone's displacement (mean over paths), from which curvature_along takes its direction.
         holdout_self (with holdout rows): each holdout row also gets its own kernel block at the full data's weight
         1/N (see _simulate); Prediction.holdout_loss_curve is then the better estimate of the full-set loss on
-        MiniZoo's long runs (docs/PREDICT.md, "Reading the loss off the holdout")."""
+        MiniZoo's long runs (docs/PREDICT.md, "Reading the loss off the holdout").
+        fused: the steps between evaluations run in the compiled kernel ops.head_aware_sgd_steps (not with
+        curvature or track_coefficients); False: in torch, step by step (the same dynamics, to rounding)."""
         check_eval_every(eval_every)
         if curvature is not None:
             want = None if self.S_r is None else (tuple(self.S_r.shape), (len(self.x), self.S_r.shape[1]),
@@ -397,7 +429,7 @@ class HeadAwarePredictor(Predictor):
         run, n_run = coarsen(sgd, stride, max_steps, M)
         loss_curve, acc_curve, per_path, shift, coeff, hold = self._simulate(
             run, n_run, paths, self.seed if seed is None else seed, sampling, on_divergence, eval_every, feature_norm,
-            velocity, curvature, track_coefficients and stride == 1, holdout_self)
+            velocity, curvature, track_coefficients and stride == 1, holdout_self, fused)
         loss_curve, acc_curve, per_path = expand_curves(loss_curve, acc_curve, per_path, stride, max_steps)
         hold = [None if c is None else expand_curve(c, stride, max_steps) for c in hold]
         step_s = self.step_seconds(batch_size) if measure_time else float("nan")
@@ -407,6 +439,37 @@ class HeadAwarePredictor(Predictor):
                           path_losses=per_path, feature_shift=expand_curve(shift, stride, max_steps),
                           coefficients=coeff, holdout_loss_curve=hold[0], holdout_accuracy_curve=hold[1],
                           holdout_plain_loss_curve=hold[2])
+
+
+class _FusedSteps:
+    """HeadAwarePredictor._simulate's steps between evaluations through ops.head_aware_sgd_steps."""
+
+    def __init__(self, S, U, phi0, r0, V, y, batches, sgd, max_steps, head_trainable, loss):
+        f64 = lambda t: None if t is None else t.double().contiguous()  # noqa: E731
+        self.S, self.U, self.phi0, self.r0, self.V = S.contiguous(), f64(U), f64(phi0), f64(r0), f64(V)
+        self.y = y.long().contiguous()
+        sizes = [len(bl) for bl in batches[0]]  # equal for every path at each step
+        self.idx = torch.zeros(len(batches), max_steps, max(sizes), dtype=torch.long)
+        for q, path in enumerate(batches):
+            for t, bl in enumerate(path):
+                self.idx[q, t, :len(bl)] = bl
+        self.sizes = torch.tensor(sizes, dtype=torch.long)
+        self.lrs = torch.tensor([sgd.lr_at(t, max_steps) for t in range(max_steps)], dtype=torch.float64)
+        self.sgd, self.head_trainable, self.loss = sgd, head_trainable, loss
+
+    def run(self, t, E, state, buffers, dead, started):
+        """Steps t..t+E-1 on state and buffers in place; records new divergences in `dead` (numpy, -1: alive) as
+        the step after which they happened. Returns the mask of the paths that diverged in these steps."""
+        d = torch.as_tensor(np.where(dead < 0, -1, 0), dtype=torch.long)  # the kernel skips d >= 0
+        sgd = self.sgd
+        ops.head_aware_sgd_steps(self.S, self.U, self.phi0, self.r0, self.V, self.y,
+                                 self.idx[:, t:t + E].contiguous(), self.sizes[t:t + E].contiguous(),
+                                 self.lrs[t:t + E].contiguous(), state, buffers, d, momentum=sgd.momentum,
+                                 dampening=sgd.dampening, nesterov=sgd.nesterov, weight_decay=sgd.weight_decay,
+                                 head_trainable=self.head_trainable, loss=self.loss, started=started)
+        died = (dead < 0) & (d.numpy() >= 0)
+        dead[died] = t + d.numpy()[died]
+        return died
 
 
 # ------------------------------------------------------------------------------------------ time rescaling

@@ -208,3 +208,64 @@ def reference_project_kron(acts, grads, k_in, k_out, seed, dist="rademacher"):
     R_out = random_matrix(g.shape[-1], k_out, derive_seed(seed, 1), dist, dtype=torch.float64, device=dev)
     S = torch.einsum("nctp,pa,ntq,qb->ncab", g.double(), R_out, a.double(), R_in).flatten(2) / math.sqrt(k_in * k_out)
     return S if grads.dim() == acts.dim() + 1 else S[:, 0]
+
+
+def head_aware_sgd_steps(sketch, basis, phi0, radius, offset, labels, batches, sizes, lrs, state, buffers, dead, *,
+                         momentum, dampening=0.0, nesterov=False, weight_decay=0.0, head_trainable=True, loss="ce",
+                         started=True):
+    """E SGD steps of the head-aware linearized model for P paths (calibrate.HeadAwarePredictor), in place.
+
+    sketch (n, r, k) float32/float64: the training rows' feature-Jacobian sketch; basis (D, r) float64 or None
+    (r == D); phi0 (n, D), radius (n,) or None (feature_norm "fixed": ‖φ_i‖ kept at radius_i), offset (n, r) or
+    None (the warm-up buffer's feature direction V), labels (n,) int64; batches (P, E, Bmax) int64 with the step
+    sizes (E,) (all paths draw equal sizes at a step), lrs (E,) float64. state = (W (P, C, D), b (P, C),
+    theta (P, k), c (P,)) and buffers (their torch.optim.SGD momentum buffers, read only when `started`) are
+    float64 and updated in place; dead (P,) int64: -1 for a live path, set to the step (0..E-1) after which its
+    state stopped being finite (that path is not updated further). CPU tensors only."""
+    e = phi0.new_empty(0)
+    _ops.head_aware_sgd_steps(sketch, e if basis is None else basis, phi0, e if radius is None else radius,
+                              e if offset is None else offset, labels, batches, sizes, lrs, *state, *buffers, dead,
+                              float(momentum), float(dampening), bool(nesterov), float(weight_decay),
+                              bool(head_trainable), loss, bool(started))
+
+
+def reference_head_aware_sgd_steps(sketch, basis, phi0, radius, offset, labels, batches, sizes, lrs, state, buffers,
+                                   dead, *, momentum, dampening=0.0, nesterov=False, weight_decay=0.0,
+                                   head_trainable=True, loss="ce", started=True):
+    """Pure-torch float64 reference of head_aware_sgd_steps (same arguments, same in-place updates); for tests."""
+    S, U = sketch.double(), basis
+    m, d, wd = momentum, dampening, weight_decay
+    C = state[0].shape[1]
+    for p in range(state[0].shape[0]):
+        if dead[p] >= 0:
+            continue
+        for e in range(batches.shape[1]):
+            idx = batches[p, e, :int(sizes[e])]
+            W, b, th, c = (t[p] for t in state)
+            with torch.enable_grad():  # the gradients by autograd, through the same chain
+                W_, th_ = W.clone().requires_grad_(True), th.clone().requires_grad_(True)
+                zr = S[idx] @ th_ + (0 if offset is None else c * offset[idx])
+                zz = phi0[idx] + (zr if U is None else zr @ U.T)
+                ph = zz if radius is None else zz * (radius[idx] / zz.norm(dim=1).clamp_min(1e-12))[:, None]
+                f = ph @ W_.T + b
+                onehot = torch.nn.functional.one_hot(labels[idx], C).double()
+                ell = torch.nn.functional.cross_entropy(f, labels[idx]) if loss == "ce" else \
+                    0.5 * (f - onehot).square().sum(1).mean()
+                gW, gth = torch.autograd.grad(ell, (W_, th_))
+            G = (torch.softmax(f.detach(), 1) if loss == "ce" else f.detach()) - onehot
+            gb = G.mean(0)
+            if not head_trainable:
+                gW, gb = torch.zeros_like(gW), torch.zeros_like(gb)
+            elif wd:
+                gW, gb = gW + wd * W, gb + wd * b
+            gth = gth + wd * th
+            grads = (gW, gb, gth, wd * c)
+            for j, (x, buf, g) in enumerate(zip(state, buffers, grads)):
+                if j == 3 and offset is None:
+                    continue
+                nb = g if (not started and e == 0) or m == 0 else m * buf[p] + (1 - d) * g
+                buf[p] = nb
+                x[p] = x[p] - lrs[e] * (g + m * nb if nesterov else nb)
+            if not (torch.isfinite(state[0][p]).all() and torch.isfinite(state[2][p]).all()):
+                dead[p] = e
+                break

@@ -78,7 +78,7 @@ def predict_after_warmup(model, data, *, lr, batch_size, max_steps, warmup_steps
                          nesterov=False, weight_decay=0.0, loss="ce", subset=None, k=512, seed=0,
                          feature_norm="linear", feature_rank=None, paths=4, sampling="epoch", eval_every=1,
                          on_divergence="raise", eval_batch_size=32, sketch_method="dense", curvature=None,
-                         holdout=0, holdout_self=False, progress=False):
+                         holdout=0, holdout_self=False, fused=True, progress=False):
     """Prediction of `max_steps` SGD steps whose first `warmup_steps` are run for real (see the module doc).
 
     The arguments are HeadAwarePredictor's and its predict()'s; warmup_steps = 0 is the plain head-aware
@@ -89,7 +89,7 @@ def predict_after_warmup(model, data, *, lr, batch_size, max_steps, warmup_steps
     run's backbone displacement (zoo_kernels.curvature; measured worse than None on MiniZoo's long runs, see
     docs/PREDICT.md); None: the linearized model only.
     holdout=H: Prediction.holdout_loss_curve, the loss of H samples outside the subset moved by the same dynamics
-    (HeadAwarePredictor's holdout), NaN over the warm-up."""
+    (HeadAwarePredictor's holdout), NaN over the warm-up. fused: HeadAwarePredictor.predict's (the compiled steps)."""
     if curvature not in (None, "along"):
         raise ValueError(f"`curvature` must be None or 'along', got {curvature!r}")
     if not isinstance(warmup_steps, int) or isinstance(warmup_steps, bool) or warmup_steps < 0:
@@ -138,7 +138,7 @@ def predict_after_warmup(model, data, *, lr, batch_size, max_steps, warmup_steps
     settings = dict(lr=lr, batch_size=batch_size, max_steps=max_steps - K, momentum=momentum, dampening=dampening,
                     nesterov=nesterov, weight_decay=weight_decay, paths=paths, seed=seed, sampling=sampling,
                     on_divergence=on_divergence, eval_every=eval_every, feature_norm=feature_norm,
-                    measure_time=K < 3, velocity=velocity, holdout_self=holdout_self)
+                    measure_time=K < 3, velocity=velocity, holdout_self=holdout_self, fused=fused)
     q = pred.predict(**settings, track_coefficients=curvature is not None)
     if curvature is not None and pred.S_r is not None:
         if q.coefficients is None:

@@ -1,0 +1,205 @@
+"""Training-time prediction for a large training set and a long run: where the >= 100x saving can exist.
+
+    python -m benchmarks.predict_large --real-only            # the real runs only (cached), ~15 min each on 1 thread
+    python -m benchmarks.predict_large                        # real runs (cached) + predictions + cost, one table
+
+The 10-epoch runs of benchmarks/predict_long.py (N ~ 4,000, 300-1,250 steps) cannot be predicted 100x cheaper by any
+method that spends real steps: the recommended mode's 100 warm-up steps alone are 8-30 % of them. Here a MiniZoo
+expert is fine-tuned with the recipe on --per-class samples per class (N = 40,000 by default) for --steps steps
+(20,000: 32 epochs at B = 64). The full-training-set loss is estimated on --eval-rows fixed random training rows
+(seed 0) at the geometric steps of predict_long.eval_steps; the prediction is the recommended mode
+(predict_training_time(method="recommended"): 100 real steps, then the head-aware model linearized at w_100 on a
+subset, its loss read off 200 holdout rows) with the subset M = N/20 (the mode's own rule) and with a fixed
+M = --small-subset. Errors: |T_pred - T_real| / T_real of the steps to L0/2, L0/4, L0/10, L0/30 and 90 % accuracy
+(predict_long.targets). Cost: the prediction's wall seconds (warm-up, setup, integration of --steps steps, same
+process) against the real run's optimization seconds (evaluation excluded).
+Writes benchmarks/results/predict-large-cpu-<date>[-tag].{json,md}.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import time
+import warnings
+
+import numpy as np
+import torch
+
+from benchmarks.predict_long import crossing, eval_steps, rel, sgd_run
+from zoo_kernels import zoo
+from zoo_kernels.predict import RECOMMENDED, auto_subset
+from zoo_kernels.warmstart import predict_after_warmup
+from zoo_kernels.zoo import data as D
+from zoo_kernels.zoo.finetune import evaluate
+
+PAIRS = (("convnet_pendigits", "texture_orient"), ("resnet_shapes", "greek_upper"))
+SETTING = (0.01, 64, 0.9)
+EARLY = (0.5, 0.25, 0.1, 1 / 30)  # predict_long's loss targets (fractions of L0)
+LATE = (0.01, 1 / 300, 0.001)  # late convergence: reached after thousands of steps on N = 40,000
+ACCURACIES = (0.9, 0.99)
+
+
+def targets(ts, loss, acc):
+    """Steps to each loss fraction of L0 and each accuracy (interpolated crossings; None: never)."""
+    out = {f"loss<={f:.3g}L0": crossing(ts, loss, f * loss[0]) for f in EARLY + LATE}
+    out.update({f"acc>={a:g}": crossing(ts, acc, a, below=False) for a in ACCURACIES})
+    return out
+
+
+def is_late(name):
+    return any(name == f"loss<={f:.3g}L0" for f in LATE) or name == "acc>=0.99"
+
+
+def large_data(task, per_class):
+    """(C, x, y): per_class training images per class of the task."""
+    C = D.TARGETS[task][0]
+    x, y = D.make_target(task, "train", per_class)
+    return C, x, y
+
+
+def eval_rows(N, rows):
+    """The fixed random training rows (seed 0) on which the real run's full-training-set loss is estimated."""
+    return torch.randperm(N, generator=torch.Generator().manual_seed(0))[:min(N, rows)]
+
+
+def cached_long_run(cache, model_name, task, x, y, C, lr, batch, momentum, steps, rows):
+    """The recipe's run of a fresh model (head of seed 0), its loss/accuracy estimated on `rows` training rows."""
+    path = os.path.join(cache, f"{model_name}-{task}-{len(x)}-{lr}-{batch}-{momentum}-{steps}-e{rows}.json")
+    if os.path.exists(path):
+        with open(path) as fh:
+            r = json.load(fh)
+        return np.asarray(r["t"]), np.asarray(r["loss"]), np.asarray(r["acc"]), r["wall"]
+    idx = eval_rows(len(x), rows)
+    ex, ey = x[idx], y[idx]
+    model = zoo.load_model(model_name, num_classes=C, seed=0)
+    ts, recs, wall = sgd_run(model, x, y, lr, batch, momentum, steps, set(eval_steps(steps)),
+                             lambda m: evaluate(m, ex, ey))
+    ls, acc = (np.asarray(v) for v in zip(*recs))
+    os.makedirs(cache, exist_ok=True)
+    with open(path, "w") as fh:
+        json.dump({"t": ts.tolist(), "loss": ls.tolist(), "acc": acc.tolist(), "wall": wall,
+                   "torch": torch.__version__, "cpu": platform.processor() or platform.machine()}, fh)
+    return ts, ls, acc, wall
+
+
+def predict_one(model_name, C, x, y, lr, batch, momentum, steps, subset, seed, fused=True):
+    """The recommended mode (its settings, holdout-read loss) with the given subset; (Prediction, wall seconds)."""
+    model = zoo.load_model(model_name, num_classes=C, seed=0)
+    M = subset if subset != "auto" else None
+    settings = {key: v for key, v in RECOMMENDED.items() if key not in ("subset",)}
+    holdout = min(200, len(x) - (M or max(len(x) // 20, 20 * C)))
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        p = predict_after_warmup(model, (x, y), lr=lr, batch_size=batch, momentum=momentum, max_steps=steps,
+                                 subset=subset, seed=seed, paths=2, sampling="stream", on_divergence="truncate",
+                                 holdout=holdout, holdout_self=True, fused=fused, **settings)
+    wall = time.perf_counter() - t0
+    return p.from_holdout(), wall
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pairs", nargs="+", default=[f"{m}:{t}" for m, t in PAIRS])
+    ap.add_argument("--setting", default=",".join(map(str, SETTING)), help="lr,batch,momentum")
+    ap.add_argument("--per-class", type=int, default=0, help="samples per class (default: N = 40,000 in all)")
+    ap.add_argument("--steps", type=int, default=20000)
+    ap.add_argument("--eval-rows", type=int, default=4000)
+    ap.add_argument("--small-subset", type=int, default=200)
+    ap.add_argument("--seed", type=int, default=0, help="the prediction's seed")
+    ap.add_argument("--real-only", action="store_true")
+    ap.add_argument("--unfused", action="store_true", help="also the M = --small-subset prediction without the "
+                    "compiled steps (HeadAwarePredictor.predict(fused=False)), for the cost")
+    ap.add_argument("--cache", default=".benchmarks/predict_large_real")
+    ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--tag", default="")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    lr, batch, momentum = (float(v) for v in args.setting.split(","))
+    batch = int(batch)
+    records = []
+    for pair in args.pairs:
+        model_name, task = pair.split(":")
+        C, x, y = large_data(task, args.per_class or round(40000 / D.TARGETS[task][0]))
+        N = len(x)
+        ts, ls, acc, wall = cached_long_run(args.cache, model_name, task, x, y, C, lr, batch, momentum, args.steps,
+                                            args.eval_rows)
+        real = targets(ts, ls, acc)
+        print(f"{model_name} -> {task}: N={N}, real run {wall:.0f} s ({args.steps} steps), targets "
+              + str({k: None if v is None else round(v) for k, v in real.items()}), flush=True)
+        if args.real_only:
+            continue
+        rec = {"model": model_name, "task": task, "N": N, "C": C, "lr": lr, "batch": batch, "momentum": momentum,
+               "steps": args.steps, "train_wall_s": wall, "step_s": wall / args.steps, "real": real,
+               "real_t": ts.tolist(), "real_loss": [round(float(v), 6) for v in ls], "predictions": {}}
+        runs = [("auto", True), (args.small_subset, True)] + ([(args.small_subset, False)] if args.unfused else [])
+        for subset, fused in runs:
+            p, cost = predict_one(model_name, C, x, y, lr, batch, momentum, args.steps, subset, args.seed, fused)
+            L = np.where(np.isfinite(p.loss_curve), p.loss_curve, np.inf)
+            tt = np.arange(len(L))
+            T = targets(tt, np.minimum(L, 1e30), p.accuracy_curve)
+            held, sub = p.gap_curves()
+            gap = held / sub
+            name = ("M=N/20" if subset == "auto" else f"M={subset}") + ("" if fused else " (torch loop)")
+            rec["predictions"][name] = {
+                "M": auto_subset(N, C) if subset == "auto" else subset, "fused": fused, "cost_s": cost,
+                "ratio": wall / cost, "T": T, "errors": {k: rel(T[k], real[k]) for k in real},
+                "gap_at": {k: (None if v is None or not np.isfinite(np.interp(v, tt, gap)) else
+                               float(np.interp(v, tt, gap))) for k, v in T.items()},
+                "loss_curve": [round(float(v), 6) if np.isfinite(v) else None for v in p.loss_curve[::50]]}
+            print(f"  {name}: {cost:.1f} s ({wall / cost:.1f}x cheaper), targets "
+                  + str({k: None if v is None else round(v) for k, v in T.items()}), flush=True)
+        records.append(rec)
+    if args.real_only:
+        return
+    stamp = datetime.date.today().isoformat()
+    base = os.path.join(args.out, f"predict-large-cpu-{stamp}" + (f"-{args.tag}" if args.tag else ""))
+    meta = {"argv": argv, "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
+            "threads": args.threads, "date": stamp}
+    with open(base + ".json", "w") as fh:
+        json.dump({"records": records, **meta}, fh, indent=1)
+    with open(base + ".md", "w") as fh:
+        fh.write(markdown(records, meta))
+    print("wrote", base + ".json", base + ".md")
+
+
+def markdown(records, meta):
+    """Per pair and prediction: cost, ratio, errors of the early and late targets; then every target."""
+    lines = [f"# Training-time prediction on N = 40,000, long runs (CPU, {meta['date']})", "",
+             f"`python -m benchmarks.predict_large` (torch {meta['torch']}, {meta['threads']} thread). Real runs: "
+             "the MiniZoo recipe, loss estimated on 4,000 fixed training rows. Predictions: the recommended mode "
+             "(100 real steps, head-aware at w_100, loss read off 200 holdout rows), 2 paths, horizon = the run.",
+             "", "| model -> task | prediction | M | cost s | training s | training / prediction | early median "
+             "(n) | late median (n) | false reaches |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        for name, q in r["predictions"].items():
+            row = []
+            for late in (False, True):
+                errs = [e for k, e in q["errors"].items() if e is not None and is_late(k) == late]
+                row.append(f"{100 * np.median(errs):.0f} % ({len(errs)})" if errs else "-")
+            false = sum(1 for k in r["real"] if r["real"][k] is None and q["T"][k] is not None)
+            lines.append(f"| {r['model']} -> {r['task']} | {name} | {q['M']} | {q['cost_s']:.1f} | "
+                         f"{r['train_wall_s']:.0f} | {q['ratio']:.1f} | {row[0]} | {row[1]} | {false} |")
+    lines += ["", "Steps to each target (real / predicted, relative error; gap: holdout/subset loss at the predicted "
+              "step, >= 1.5 flags a target that leans on memorizing the subset):", ""]
+    for r in records:
+        names = list(r["predictions"])
+        lines += [f"**{r['model']} -> {r['task']}** (N = {r['N']}, lr {r['lr']}, B {r['batch']}, momentum "
+                  f"{r['momentum']}, {r['steps']} steps, real step {1e3 * r['step_s']:.1f} ms)", "",
+                  "| target | real | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+        for k, v in r["real"].items():
+            cells = []
+            for n in names:
+                q = r["predictions"][n]
+                t, e, g = q["T"][k], q["errors"][k], q["gap_at"][k]
+                cells.append("never" if t is None else f"{t:.0f}" + ("" if e is None else f" ({100 * e:.0f} %)")
+                             + ("" if g is None else f", gap {g:.2f}"))
+            lines.append(f"| {k} | {'never' if v is None else f'{v:.0f}'} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
