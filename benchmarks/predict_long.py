@@ -184,6 +184,7 @@ def run_pair(model_name, task, settings, args, log):
                                           feature_norm=args.feature_norm,
                                           paths=args.paths, sampling="stream", on_divergence="truncate",
                                           feature_rank=args.warm_rank, eval_every=args.eval_every,
+                                          eval_growth=args.eval_growth,
                                           sketch_method=args.warm_sketch, curvature=args.curvature,
                                           holdout=args.holdout, holdout_self=args.holdout_self)
             curves[f"head-aware+warm{K}"] = pr
@@ -578,6 +579,7 @@ def main(argv=None):
                     help="also predict after K real steps (zoo_kernels.warmstart.predict_after_warmup), per K")
     ap.add_argument("--warm-rank", type=int, help="feature_rank of the --warmup predictions (default: all)")
     ap.add_argument("--eval-every", type=int, default=1, help="eval_every of the --warmup predictions")
+    ap.add_argument("--eval-growth", type=float, default=0.0, help="eval_growth of the --warmup predictions")
     ap.add_argument("--auto-subset", action="store_true",
                     help="the --warmup predictions use subset='auto' (the library's rule)")
     ap.add_argument("--pred-seed", type=int, default=0,

@@ -121,15 +121,13 @@ def test_predictor_fused_equals_the_torch_loop(kw):
     assert a.loss_curve[-1] < 0.9 * a.loss_curve[0]
 
 
-def test_warm_start_with_velocity_fused_equals_the_torch_loop(monkeypatch):
+def test_warm_start_with_velocity_fused_equals_the_torch_loop():
     """The recommended configuration's path: a warm-up's momentum buffers (c, V) enter the kernel."""
     model, x, y = bilinear_problem(n=40)
     kw = dict(lr=0.1, batch_size=8, max_steps=30, warmup_steps=6, momentum=0.9, paths=2, k=24, subset=30,
               holdout=10, holdout_self=True, feature_norm="fixed", eval_every=3, sampling="stream")
     a = predict_after_warmup(model, (x, y), **kw)
-    original = HeadAwarePredictor.predict
-    monkeypatch.setattr(HeadAwarePredictor, "predict", lambda self, **k: original(self, **k, fused=False))
-    b = predict_after_warmup(model, (x, y), **kw)
+    b = predict_after_warmup(model, (x, y), **kw, fused=False)
     np.testing.assert_allclose(a.loss_curve, b.loss_curve, rtol=1e-9)
     np.testing.assert_allclose(a.holdout_loss_curve[6:], b.holdout_loss_curve[6:], rtol=1e-9)
 
@@ -144,3 +142,29 @@ def test_divergence_is_located_as_in_the_torch_loop():
     np.testing.assert_array_equal(np.isnan(a.loss_curve), np.isnan(b.loss_curve))
     with pytest.raises(FloatingPointError, match="diverged at step"):
         p.predict(fused=True, **{**common, "on_divergence": "raise"})
+
+
+def test_evaluation_steps_are_even_then_geometric():
+    from zoo_kernels.predict import evaluation_steps
+    assert evaluation_steps(45, 10) == [0, 10, 20, 30, 40, 45]
+    at = evaluation_steps(20000, 10, 0.01)
+    gaps = np.diff(at)
+    assert at[0] == 0 and at[-1] == 20000 and (gaps > 0).all()
+    assert (gaps[np.asarray(at[:-1]) < 1000] == 10).all()  # max(10, 1 % of t)
+    assert gaps[-2] == int(0.01 * at[-3]) and len(at) < 500  # against 2,001 evenly spaced
+
+
+def test_eval_growth_changes_only_where_the_curves_are_read():
+    """The dynamics are exact between evaluations: at the steps both schedules evaluate, the curves agree."""
+    model, x, y = bilinear_problem(n=40)
+    p = HeadAwarePredictor(model, (x, y), k=24, seed=1, subset=30)
+    common = dict(lr=0.05, batch_size=8, max_steps=400, momentum=0.9, paths=2, measure_time=False, eval_every=2)
+    a, b = p.predict(eval_growth=0.0, **common), p.predict(eval_growth=0.05, **common)
+    from zoo_kernels.predict import evaluation_steps
+    both = [t for t in evaluation_steps(400, 2, 0.05) if t % 2 == 0]  # evaluated by both
+    assert len(both) > 40 and both[-1] > 300
+    np.testing.assert_allclose(a.loss_curve[both], b.loss_curve[both], rtol=1e-9)
+    c = p.predict(eval_growth=0.05, fused=False, **common)
+    np.testing.assert_allclose(b.loss_curve, c.loss_curve, rtol=1e-9)
+    with pytest.raises(ValueError, match="eval_growth"):
+        p.predict(eval_growth=-0.1, **common)

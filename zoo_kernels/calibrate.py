@@ -33,7 +33,7 @@ from torch import nn
 from .dynamics import (SGD, _accuracy, _loss_and_grad, check_divergence_mode, coarsen, expand_curve, expand_curves,
                        interpolate_loss, mark_divergence, momentum_gain, path_batches)
 from .predict import (Prediction, Predictor, _load_data, _outputs, check_eval_every, check_sketch_method,
-                      subset_batch_size, subset_indices)
+                      evaluation_steps, subset_batch_size, subset_indices)
 from . import ops
 from .sketch import sketch_jacobian
 
@@ -162,14 +162,14 @@ class HeadAwarePredictor(Predictor):
         self.S_r = None if value is None else value.cpu().contiguous()
         self.U = None
 
-    def _simulate(self, sgd, max_steps, paths, seed, sampling, on_divergence="raise", eval_every=1,
+    def _simulate(self, sgd, max_steps, paths, seed, sampling, on_divergence="raise", eval_every=1, eval_growth=0.0,
                   feature_norm="linear", velocity=None, curvature=None, track=False, holdout_self=False, fused=True):
         """All Monte-Carlo paths at once (leading dimension P; minibatches from dynamics.path_batches).
 
         The backbone's displacement is kept as sketch coordinates θ (φ_t = φ_0 + S θ_t, exactly the feature-space
         recursion), so a step touches only the minibatch's rows of S; the full-set loss, which streams all of S,
-        is evaluated every `eval_every` steps (and at the last) and interpolated in between (log-linear for the
-        loss; a divergence is then located to within `eval_every` steps).
+        is evaluated at evaluation_steps(max_steps, eval_every, eval_growth) and interpolated in between (log-linear
+        for the loss; a divergence is then located to within the spacing).
         curvature (zoo_kernels.curvature.Curvature): φ_t = φ_0 + S θ + a S'θ − ½ a² H with a = gᵀθ.
         track: also return A (M, r), the mean over the surviving paths of the coefficients with θ = Sᵀ A (the
         gradients' feature-space coefficients, accumulated as θ is; None when no path survives).
@@ -249,9 +249,11 @@ class HeadAwarePredictor(Predictor):
                 buf = (torch.zeros_like(W), torch.zeros_like(b), torch.zeros_like(theta))
             buf = tuple(u.contiguous() for u in buf) + ((torch.zeros(P, dtype=torch.float64),) if len(buf) == 3 else ())
             started = velocity is not None
+        at = evaluation_steps(max_steps, eval_every, eval_growth)
+        following = dict(zip(at, at[1:]))  # evaluation step -> the next one
         t = 0
         while True:
-            full = t % eval_every == 0 or t == max_steps
+            full = t in following or t == max_steps
             a = None if curv is None else theta @ g  # (P,) the displacement along v̂
             if full:  # the whole training set: φ = φ_0 + S θ for all samples (one product for all paths)
                 quad = None if curv is None else rows(dS, theta)
@@ -272,7 +274,7 @@ class HeadAwarePredictor(Predictor):
                 if own is not None and t < max_steps:  # the holdout rows' own visits, until the next evaluation
                     vh = down(torch.einsum("phc,pcd->phd", grad[:, n:], W), z[:, n:],
                               None if scale is None else scale[:, n:], None if r0 is None else r0[n:])
-                    span = min(eval_every, max_steps - t)
+                    span = following[t] - t
                     own = own - sgd.lr_at(t, max_steps) * gain * span / self.n_samples * \
                         torch.einsum("hrk,phk->phr", S_own, torch.einsum("hrk,phr->phk", S_own, vh))
                 shift[:, t] = ((phi[:, :n] - self.phi0[:n]).square().sum((1, 2)).sqrt() / spread).numpy()
@@ -280,7 +282,7 @@ class HeadAwarePredictor(Predictor):
             if t == max_steps:
                 break
             if fast:  # the steps until the next evaluation, in the kernel
-                E = min(eval_every - t % eval_every, max_steps - t)
+                E = following[t] - t  # t is an evaluation step here
                 died = kernel.run(t, E, (W, b, theta, c), buf, dead, started)
                 started = True
                 if died.any():
@@ -378,13 +380,14 @@ class HeadAwarePredictor(Predictor):
 
     def predict(self, *, lr, batch_size, max_steps, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0,
                 schedule="constant", paths=4, seed=None, measure_time=True, sampling="epoch", on_divergence="raise",
-                stride=1, eval_every=1, feature_norm="linear", velocity=None, curvature=None,
+                stride=1, eval_every=1, eval_growth=0.0, feature_norm="linear", velocity=None, curvature=None,
                 track_coefficients=False, holdout_self=False, fused=True, **schedule_kwargs):
         """As Predictor.predict (on_divergence: "raise" or "truncate"; stride: super-steps, dynamics.coarsen).
 
         eval_every=E: the dynamics stay exact, but the full-set loss, accuracy and feature shift are computed every E
         steps (and at the last) and interpolated in between (log-linear for the loss); a step then costs O(B·D·k)
-        per path instead of O(M·D·k). A divergence is located to within E steps.
+        per path instead of O(M·D·k). A divergence is located to within E steps. eval_growth=g: evaluations
+        max(E, g·t) steps apart (predict.evaluation_steps; geometric late, for long runs).
         feature_norm="fixed": each sample's features keep their norm, φ_t(x) = ‖φ_0(x)‖ · z/‖z‖ with z = φ_0 + S θ
         the linearized features (the real GroupNorm/ReLU features keep 0.83-1.04 of their norm over 10 epochs
         while their centered part grows up to 8×; docs/PREDICT.md); the default "linear" is φ_t = z.
@@ -399,7 +402,7 @@ class HeadAwarePredictor(Predictor):
         MiniZoo's long runs (docs/PREDICT.md, "Reading the loss off the holdout").
         fused: the steps between evaluations run in the compiled kernel ops.head_aware_sgd_steps (not with
         curvature or track_coefficients); False: in torch, step by step (the same dynamics, to rounding)."""
-        check_eval_every(eval_every)
+        check_eval_every(eval_every, eval_growth)
         if curvature is not None:
             want = None if self.S_r is None else (tuple(self.S_r.shape), (len(self.x), self.S_r.shape[1]),
                                                   (self.S_r.shape[2],))
@@ -428,8 +431,8 @@ class HeadAwarePredictor(Predictor):
             raise ValueError(f"`sampling` must be 'epoch' or 'stream', got {sampling!r}")
         run, n_run = coarsen(sgd, stride, max_steps, M)
         loss_curve, acc_curve, per_path, shift, coeff, hold = self._simulate(
-            run, n_run, paths, self.seed if seed is None else seed, sampling, on_divergence, eval_every, feature_norm,
-            velocity, curvature, track_coefficients and stride == 1, holdout_self, fused)
+            run, n_run, paths, self.seed if seed is None else seed, sampling, on_divergence, eval_every, eval_growth,
+            feature_norm, velocity, curvature, track_coefficients and stride == 1, holdout_self, fused)
         loss_curve, acc_curve, per_path = expand_curves(loss_curve, acc_curve, per_path, stride, max_steps)
         hold = [None if c is None else expand_curve(c, stride, max_steps) for c in hold]
         step_s = self.step_seconds(batch_size) if measure_time else float("nan")

@@ -364,7 +364,8 @@ def _head_kwargs(args):
     """predict() options that only the head-aware predictor takes."""
     if args.method != "head-aware":
         return {}
-    return {"feature_norm": args.feature_norm, "eval_every": args.eval_every, "holdout_self": args.holdout_self}
+    return {"feature_norm": args.feature_norm, "eval_every": args.eval_every, "eval_growth": args.eval_growth,
+            "holdout_self": args.holdout_self}
 
 
 def _read_off_holdout(p, args):
@@ -471,8 +472,10 @@ def cmd_predict(args):
     if args.holdout_self and args.holdout < 1:
         raise InputError(f"--holdout-self reads the curves off the holdout rows: it needs --holdout H > 0, got "
                          f"{args.holdout}")
-    if args.method != "head-aware" and (args.warmup_steps or args.feature_norm != "linear" or args.eval_every != 1):
-        raise InputError("--warmup-steps, --feature-norm and --eval-every apply to --method head-aware only")
+    if args.method != "head-aware" and (args.warmup_steps or args.feature_norm != "linear" or args.eval_every != 1
+                                        or args.eval_growth):
+        raise InputError("--warmup-steps, --feature-norm, --eval-every and --eval-growth apply to --method "
+                         "head-aware only")
     if args.warmup_steps and (args.recommend or args.schedule != "constant"):
         raise InputError("--warmup-steps runs real steps for one setting: not with --recommend or a schedule")
     try:
@@ -505,7 +508,7 @@ def cmd_predict(args):
                                      paths=args.paths, k=args.k or 512, subset=args.subset, seed=args.seed,
                                      loss=args.loss, feature_norm=args.feature_norm, feature_rank=args.feature_rank,
                                      sketch_method=args.sketch_method, eval_every=args.eval_every,
-                                     holdout=args.holdout, holdout_self=args.holdout_self,
+                                     eval_growth=args.eval_growth, holdout=args.holdout, holdout_self=args.holdout_self,
                                      progress=not args.no_progress,
                                      **{k: v for k, v in kw.items() if k != "schedule"})
         else:
@@ -757,6 +760,8 @@ def build_parser():
                         "per sample instead of the feature width; default: all)")
     p.add_argument("--eval-every", type=int, default=1,
                    help="head-aware: compute the full-set curves every E steps, interpolated in between (faster)")
+    p.add_argument("--eval-growth", type=float, default=0.0,
+                   help="head-aware: space those evaluations max(E, g*t) steps apart (geometric late; long runs)")
     p.add_argument("--sketch-method", choices=("dense", "kronecker"), default="dense",
                    help="Jacobian sketch: dense (exact JL; default) or kronecker (3-4x cheaper setup, same k)")
     p.add_argument("--feature-norm", choices=("linear", "fixed"), default="linear",

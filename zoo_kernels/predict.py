@@ -175,9 +175,21 @@ def check_sketch_method(sketch_method):
         raise ValueError(f"`sketch_method` must be one of {SKETCH_METHODS}, got {sketch_method!r}")
 
 
-def check_eval_every(eval_every):
+def check_eval_every(eval_every, eval_growth=0.0):
     if not isinstance(eval_every, int) or isinstance(eval_every, bool) or eval_every < 1:
         raise ValueError(f"`eval_every` must be a positive int, got {eval_every!r}")
+    if isinstance(eval_growth, bool) or not isinstance(eval_growth, (int, float)) or not 0 <= eval_growth <= 1:
+        raise ValueError(f"`eval_growth` must be a number in [0, 1], got {eval_growth!r}")
+
+
+def evaluation_steps(max_steps, eval_every, eval_growth=0.0):
+    """The steps 0..max_steps at which the full-set curves are computed: 0, then every max(eval_every,
+    floor(eval_growth · t)) steps (evenly spaced, then geometric: late curves change slowly), and max_steps."""
+    out, t = [0], 0
+    while t < max_steps:
+        t = min(max_steps, t + max(eval_every, int(eval_growth * t)))
+        out.append(t)
+    return out
 
 
 def auto_subset(n, num_classes):
@@ -391,7 +403,7 @@ class Predictor:
 # width; 16 were as accurate and 25 % dearer), a Kronecker sketch of width 512 on max(N/20, 20 per class) samples,
 # full-set curves every 10 steps
 RECOMMENDED = {"warmup_steps": 100, "feature_norm": "fixed", "feature_rank": 8, "sketch_method": "kronecker",
-               "eval_every": 10, "subset": "auto", "k": 512}
+               "eval_every": 10, "eval_growth": 0.01, "subset": "auto", "k": 512}
 # and the loss curve read off min(200, N − M) holdout rows with their own kernel block (predict_training_time's
 # holdout_self; pre-registered test: benchmarks/results/predict-long-cpu-2026-11-28-holdout-self-newest.md)
 RECOMMENDED_HOLDOUT = 200
@@ -465,8 +477,8 @@ def recommended_settings(model, max_steps, cli=False, **given):
 def predict_training_time(model, data, *, lr, batch_size, max_steps, momentum=0.0, weight_decay=0.0, loss="ce",
                           seed=0, subset=None, k=None, method="sketch", dampening=0.0, nesterov=False,
                           schedule="constant", paths=4, progress=False, feature_rank=None, feature_norm="linear",
-                          warmup_steps=0, sketch_method="dense", eval_every=1, holdout=0, holdout_self=False,
-                          **schedule_kwargs):
+                          warmup_steps=0, sketch_method="dense", eval_every=1, eval_growth=0.0, holdout=0,
+                          holdout_self=False, **schedule_kwargs):
     """Expected training loss/accuracy curves of SGD fine-tuning, predicted from the linearized model.
 
     data: (inputs, labels) tensors or a torch Dataset. Returns a Prediction: loss_curve and accuracy_curve
@@ -481,10 +493,11 @@ def predict_training_time(model, data, *, lr, batch_size, max_steps, momentum=0.
     first K steps for real and linearizes at w_K: zoo_kernels.warmstart.predict_after_warmup, constant schedule).
     sketch_method: the Jacobian sketch of method "sketch" and "head-aware", "dense" (exact JL) or "kronecker"
     (3-4× cheaper to set up, same width k; see sketch_jacobian). eval_every=E (head-aware): the full-set curves
-    are computed every E steps and interpolated in between (HeadAwarePredictor.predict); the dynamics stay exact.
+    are computed every E steps and interpolated in between (HeadAwarePredictor.predict); the dynamics stay exact;
+    eval_growth=g spaces them max(E, g·t) apart (evaluation_steps: geometric late, for long runs).
     method="recommended": head-aware with the settings of RECOMMENDED (100 real steps first, then the validated
     configuration; docs/PREDICT.md); it sets warmup_steps, feature_norm, feature_rank, sketch_method, eval_every,
-    subset and k, which must then be left at their defaults.
+    eval_growth, subset and k, which must then be left at their defaults.
     holdout=H (head-aware, with a subset): Prediction.holdout_loss_curve and holdout_gap(), the loss of H more
     samples moved by the same dynamics but never trained on (HeadAwarePredictor's holdout).
     holdout_self=True (with holdout=H): the holdout rows also get their own kernel block at the full data's weight
@@ -497,7 +510,7 @@ def predict_training_time(model, data, *, lr, batch_size, max_steps, momentum=0.
     if method == "recommended":
         chosen = recommended_settings(model, max_steps, warmup_steps=warmup_steps, feature_norm=feature_norm,
                                       feature_rank=feature_rank, sketch_method=sketch_method, eval_every=eval_every,
-                                      subset=subset, k=k)
+                                      eval_growth=eval_growth, subset=subset, k=k)
         data = _as_tensors(data)
         holdout = recommended_holdout(data[1], holdout)
         holdout_self = isinstance(holdout, int) and holdout > 0
@@ -506,10 +519,10 @@ def predict_training_time(model, data, *, lr, batch_size, max_steps, momentum=0.
                                      method="head-aware", dampening=dampening, nesterov=nesterov, schedule=schedule,
                                      paths=paths, progress=progress, holdout=holdout, holdout_self=holdout_self,
                                      **chosen, **schedule_kwargs)
-    if method != "head-aware" and (warmup_steps or feature_norm != "linear" or eval_every != 1 or holdout
-                                   or holdout_self):
-        raise ValueError("`warmup_steps`, `feature_norm`, `eval_every`, `holdout` and `holdout_self` apply to "
-                         "method='head-aware' only")
+    if method != "head-aware" and (warmup_steps or feature_norm != "linear" or eval_every != 1 or eval_growth
+                                   or holdout or holdout_self):
+        raise ValueError("`warmup_steps`, `feature_norm`, `eval_every`, `eval_growth`, `holdout` and `holdout_self` "
+                         "apply to method='head-aware' only")
     if not isinstance(holdout_self, bool) or (holdout_self and not holdout):
         raise ValueError(f"`holdout_self` must be a bool, and True only with `holdout` > 0; got {holdout_self!r} "
                          f"with holdout={holdout!r}")
@@ -522,8 +535,8 @@ def predict_training_time(model, data, *, lr, batch_size, max_steps, momentum=0.
                                  nesterov=nesterov, weight_decay=weight_decay, loss=loss, subset=subset,
                                  k=512 if k is None else k, seed=seed, feature_norm=feature_norm,
                                  feature_rank=feature_rank, paths=paths, sketch_method=sketch_method,
-                                 eval_every=eval_every, holdout=holdout, holdout_self=holdout_self,
-                                 progress=progress)
+                                 eval_every=eval_every, eval_growth=eval_growth, holdout=holdout,
+                                 holdout_self=holdout_self, progress=progress)
         return p.from_holdout() if holdout_self else p
     if method == "head-aware":
         from .calibrate import HeadAwarePredictor  # noqa: PLC0415 (calibrate imports this module)
@@ -535,7 +548,8 @@ def predict_training_time(model, data, *, lr, batch_size, max_steps, momentum=0.
             raise ValueError("`feature_rank` applies to method='head-aware' only")
         pred = Predictor(model, data, loss=loss, k=1024 if k is None else k, method=method, subset=subset,
                          seed=seed, sketch_method=sketch_method, progress=progress)
-    extra = ({"feature_norm": feature_norm, "eval_every": eval_every, "holdout_self": holdout_self}
+    extra = ({"feature_norm": feature_norm, "eval_every": eval_every, "eval_growth": eval_growth,
+              "holdout_self": holdout_self}
              if method == "head-aware" else {})
     p = pred.predict(lr=lr, batch_size=batch_size, max_steps=max_steps, momentum=momentum,
                      weight_decay=weight_decay, dampening=dampening, nesterov=nesterov, schedule=schedule,

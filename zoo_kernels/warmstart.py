@@ -77,6 +77,7 @@ def _real_loss(out, y, loss):
 def predict_after_warmup(model, data, *, lr, batch_size, max_steps, warmup_steps, momentum=0.0, dampening=0.0,
                          nesterov=False, weight_decay=0.0, loss="ce", subset=None, k=512, seed=0,
                          feature_norm="linear", feature_rank=None, paths=4, sampling="epoch", eval_every=1,
+                         eval_growth=0.0,
                          on_divergence="raise", eval_batch_size=32, sketch_method="dense", curvature=None,
                          holdout=0, holdout_self=False, fused=True, progress=False):
     """Prediction of `max_steps` SGD steps whose first `warmup_steps` are run for real (see the module doc).
@@ -84,7 +85,8 @@ def predict_after_warmup(model, data, *, lr, batch_size, max_steps, warmup_steps
     The arguments are HeadAwarePredictor's and its predict()'s; warmup_steps = 0 is the plain head-aware
     prediction. `model` is not modified. Prediction.warmup_steps = K; its step_seconds is the median measured
     warm-up step (K ≥ 3), and its feature_shift is NaN over the warm-up (it is relative to the features at w_K).
-    eval_every=E also spaces the warm-up's subset evaluations (every E real steps, interpolated as in predict()).
+    eval_every=E also spaces the warm-up's subset evaluations (every E real steps, interpolated as in predict());
+    eval_growth spaces the prediction's only (HeadAwarePredictor.predict).
     curvature="along": integrate twice, the second time with the second-order term along the direction of the first
     run's backbone displacement (zoo_kernels.curvature; measured worse than None on MiniZoo's long runs, see
     docs/PREDICT.md); None: the linearized model only.
@@ -99,7 +101,7 @@ def predict_after_warmup(model, data, *, lr, batch_size, max_steps, warmup_steps
     if not (isinstance(lr, (int, float)) and lr > 0):
         raise ValueError(f"`lr` must be a positive number, got {lr!r}")
     check_sketch_method(sketch_method)
-    check_eval_every(eval_every)
+    check_eval_every(eval_every, eval_growth)
     start = time.perf_counter()
     K = warmup_steps
     checked = types.SimpleNamespace()  # the predictors' checks of model, data, loss, subset; the subset itself
@@ -137,7 +139,8 @@ def predict_after_warmup(model, data, *, lr, batch_size, max_steps, warmup_steps
     velocity = feature_velocity(warm, opt, pred, eval_batch_size) if opt is not None and momentum else None
     settings = dict(lr=lr, batch_size=batch_size, max_steps=max_steps - K, momentum=momentum, dampening=dampening,
                     nesterov=nesterov, weight_decay=weight_decay, paths=paths, seed=seed, sampling=sampling,
-                    on_divergence=on_divergence, eval_every=eval_every, feature_norm=feature_norm,
+                    on_divergence=on_divergence, eval_every=eval_every, eval_growth=eval_growth,
+                    feature_norm=feature_norm,
                     measure_time=K < 3, velocity=velocity, holdout_self=holdout_self, fused=fused)
     q = pred.predict(**settings, track_coefficients=curvature is not None)
     if curvature is not None and pred.S_r is not None:

@@ -102,9 +102,8 @@ void run_path(int64_t p, const scalar_t* S, const double* Ut, const double* phi0
       }
       if (ce) {  // softmax - onehot
         double sum = 0.0;
-        for (int64_t o = 0; o < C; ++o) sum += std::exp(f[o] - fmax);
-        const double lse = fmax + std::log(sum);
-        for (int64_t o = 0; o < C; ++o) g[o] = std::exp(f[o] - lse);
+        for (int64_t o = 0; o < C; ++o) sum += (g[o] = std::exp(f[o] - fmax));
+        for (int64_t o = 0; o < C; ++o) g[o] /= sum;
       } else {
         for (int64_t o = 0; o < C; ++o) g[o] = f[o];
       }
