@@ -12,7 +12,7 @@ expert is fine-tuned with the recipe on --per-class samples per class (N = 40,00
 subset, its loss read off 200 holdout rows) with the subset M = N/20 (the mode's own rule) and with a fixed
 M = --small-subset. Errors: |T_pred - T_real| / T_real of the steps to L0/2, L0/4, L0/10, L0/30 and 90 % accuracy
 (predict_long.targets). Cost: the prediction's wall seconds (warm-up, setup, integration of --steps steps, same
-process) against the real run's optimization seconds (evaluation excluded).
+process) against --steps x the median real step measured just before them (evaluation excluded).
 Writes benchmarks/results/predict-large-cpu-<date>[-tag].{json,md}.
 """
 import argparse
@@ -83,6 +83,25 @@ def cached_long_run(cache, model_name, task, x, y, C, lr, batch, momentum, steps
     return ts, ls, acc, wall
 
 
+def step_seconds(model_name, C, x, y, lr, batch, momentum, steps=50):
+    """Median seconds of one real SGD step of the recipe (after 10 untimed), measured next to the predictions: the
+    training's cost is steps x this (the long run's own wall time carries the machine's load while it ran)."""
+    model = zoo.load_model(model_name, num_classes=C, seed=0)
+    gen = torch.Generator().manual_seed(1)
+    times = []
+    sgd_run(model, x, y, lr, batch, momentum, 10, set(), lambda m: None)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    for _ in range(steps):
+        idx = torch.randint(0, len(x), (batch,), generator=gen)
+        t0 = time.perf_counter()
+        loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
 def predict_one(model_name, C, x, y, lr, batch, momentum, steps, subset, seed, fused=True):
     """The recommended mode (its settings, holdout-read loss) with the given subset; (Prediction, wall seconds)."""
     model = zoo.load_model(model_name, num_classes=C, seed=0)
@@ -131,8 +150,10 @@ def main(argv=None):
               + str({k: None if v is None else round(v) for k, v in real.items()}), flush=True)
         if args.real_only:
             continue
+        step_s = step_seconds(model_name, C, x, y, lr, batch, momentum)
+        train_s = step_s * args.steps
         rec = {"model": model_name, "task": task, "N": N, "C": C, "lr": lr, "batch": batch, "momentum": momentum,
-               "steps": args.steps, "train_wall_s": wall, "step_s": wall / args.steps, "real": real,
+               "steps": args.steps, "run_wall_s": wall, "step_s": step_s, "train_s": train_s, "real": real,
                "real_t": ts.tolist(), "real_loss": [round(float(v), 6) for v in ls], "predictions": {}}
         runs = [("auto", True), (args.small_subset, True)] + ([(args.small_subset, False)] if args.unfused else [])
         for subset, fused in runs:
@@ -145,11 +166,11 @@ def main(argv=None):
             name = ("M=N/20" if subset == "auto" else f"M={subset}") + ("" if fused else " (torch loop)")
             rec["predictions"][name] = {
                 "M": auto_subset(N, C) if subset == "auto" else subset, "fused": fused, "cost_s": cost,
-                "ratio": wall / cost, "T": T, "errors": {k: rel(T[k], real[k]) for k in real},
+                "ratio": train_s / cost, "T": T, "errors": {k: rel(T[k], real[k]) for k in real},
                 "gap_at": {k: (None if v is None or not np.isfinite(np.interp(v, tt, gap)) else
                                float(np.interp(v, tt, gap))) for k, v in T.items()},
                 "loss_curve": [round(float(v), 6) if np.isfinite(v) else None for v in p.loss_curve[::50]]}
-            print(f"  {name}: {cost:.1f} s ({wall / cost:.1f}x cheaper), targets "
+            print(f"  {name}: {cost:.1f} s ({train_s / cost:.1f}x cheaper), targets "
                   + str({k: None if v is None else round(v) for k, v in T.items()}), flush=True)
         records.append(rec)
     if args.real_only:
@@ -169,7 +190,8 @@ def markdown(records, meta):
     """Per pair and prediction: cost, ratio, errors of the early and late targets; then every target."""
     lines = [f"# Training-time prediction on N = 40,000, long runs (CPU, {meta['date']})", "",
              f"`python -m benchmarks.predict_large` (torch {meta['torch']}, {meta['threads']} thread). Real runs: "
-             "the MiniZoo recipe, loss estimated on 4,000 fixed training rows. Predictions: the recommended mode "
+             "the MiniZoo recipe, loss estimated on 4,000 fixed training rows. Training s: steps x the median of 50 real "
+             "steps, measured in the process of the predictions. Predictions: the recommended mode "
              "(100 real steps, head-aware at w_100, loss read off 200 holdout rows), 2 paths, horizon = the run.",
              "", "| model -> task | prediction | M | cost s | training s | training / prediction | early median "
              "(n) | late median (n) | false reaches |", "|---|---|---|---|---|---|---|---|---|"]
@@ -181,7 +203,7 @@ def markdown(records, meta):
                 row.append(f"{100 * np.median(errs):.0f} % ({len(errs)})" if errs else "-")
             false = sum(1 for k in r["real"] if r["real"][k] is None and q["T"][k] is not None)
             lines.append(f"| {r['model']} -> {r['task']} | {name} | {q['M']} | {q['cost_s']:.1f} | "
-                         f"{r['train_wall_s']:.0f} | {q['ratio']:.1f} | {row[0]} | {row[1]} | {false} |")
+                         f"{r['train_s']:.0f} | {q['ratio']:.1f} | {row[0]} | {row[1]} | {false} |")
     lines += ["", "Steps to each target (real / predicted, relative error; gap: holdout/subset loss at the predicted "
               "step, >= 1.5 flags a target that leans on memorizing the subset):", ""]
     for r in records:
