@@ -38,7 +38,7 @@ struct Momentum {
 #define ZK_CLONES
 #endif
 template <typename T>
-inline T dot_impl(const T* a, const T* b, int64_t n) {
+__attribute__((always_inline)) inline T dot_impl(const T* a, const T* b, int64_t n) {
   constexpr int64_t L = 32;
   T acc[L] = {};
   int64_t j = 0;
