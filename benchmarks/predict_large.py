@@ -129,6 +129,7 @@ def main(argv=None):
     ap.add_argument("--small-subset", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0, help="the prediction's seed")
     ap.add_argument("--real-only", action="store_true")
+    ap.add_argument("--only", choices=("auto", "small"), help="only the M = N/20 or only the M = --small-subset runs")
     ap.add_argument("--unfused", action="store_true", help="also the M = --small-subset prediction without the "
                     "compiled steps (HeadAwarePredictor.predict(fused=False)), for the cost")
     ap.add_argument("--cache", default=".benchmarks/predict_large_real")
@@ -157,6 +158,7 @@ def main(argv=None):
                "steps": args.steps, "run_wall_s": wall, "step_s": step_s, "train_s": train_s, "real": real,
                "real_t": ts.tolist(), "real_loss": [round(float(v), 6) for v in ls], "predictions": {}}
         runs = [("auto", True), (args.small_subset, True)] + ([(args.small_subset, False)] if args.unfused else [])
+        runs = [rs for rs in runs if args.only is None or (rs[0] == "auto") == (args.only == "auto")]
         for subset, fused in runs:
             p, cost = predict_one(model_name, C, x, y, lr, batch, momentum, args.steps, subset, args.seed, fused)
             L = np.where(np.isfinite(p.loss_curve), p.loss_curve, np.inf)
@@ -171,6 +173,10 @@ def main(argv=None):
                 "gap_at": {k: (None if v is None or not np.isfinite(np.interp(v, tt, gap)) else
                                float(np.interp(v, tt, gap))) for k, v in T.items()},
                 "loss_curve": [round(float(v), 6) if np.isfinite(v) else None for v in p.loss_curve[::50]]}
+            S = np.where(np.isfinite(p.subset_loss_curve), p.subset_loss_curve, np.inf)  # post hoc: the subset's
+            Ts = targets(tt, np.minimum(S, 1e30), p.accuracy_curve)
+            rec["predictions"][name].update(T_subset=Ts, errors_subset={k: rel(Ts[k], real[k]) for k in real},
+                                            ratio_run_wall=wall / cost)
             print(f"  {name}: {cost:.1f} s ({train_s / cost:.1f}x cheaper), targets "
                   + str({k: None if v is None else round(v) for k, v in T.items()}), flush=True)
         records.append(rec)
@@ -194,8 +200,9 @@ def markdown(records, meta):
              "the MiniZoo recipe, loss estimated on 4,000 fixed training rows. Training s: steps x the median of 50 real "
              "steps, measured in the process of the predictions. Predictions: the recommended mode "
              "(100 real steps, head-aware at w_100, loss read off 200 holdout rows), 2 paths, horizon = the run.",
-             "", "| model -> task | prediction | M | cost s | training s | training / prediction | early median "
-             "(n, after step 100) | late median (n) | false reaches |", "|---|---|---|---|---|---|---|---|---|"]
+             "", "| model -> task | prediction | M | cost s | training s | training / prediction (run's own wall / prediction) | "
+             "early median (n, after step 100) | late median (n) | false reaches | post hoc: subset curve, early / "
+             "late median |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         for name, q in r["predictions"].items():
             row = []
@@ -204,8 +211,14 @@ def markdown(records, meta):
                         if e is not None and is_late(k) == late and r["real"][k] > WARMUP]
                 row.append(f"{100 * np.median(errs):.0f} % ({len(errs)})" if errs else "-")
             false = sum(1 for k in r["real"] if r["real"][k] is None and q["T"][k] is not None)
+            sub = []
+            for late in (False, True):
+                errs = [e for k, e in q.get("errors_subset", {}).items()
+                        if e is not None and is_late(k) == late and r["real"][k] > WARMUP]
+                sub.append(f"{100 * np.median(errs):.0f} %" if errs else "-")
             lines.append(f"| {r['model']} -> {r['task']} | {name} | {q['M']} | {q['cost_s']:.1f} | "
-                         f"{r['train_s']:.0f} | {q['ratio']:.1f} | {row[0]} | {row[1]} | {false} |")
+                         f"{r['train_s']:.0f} | {q['ratio']:.1f} ({q.get('ratio_run_wall', float('nan')):.1f}) | "
+                         f"{row[0]} | {row[1]} | {false} | {sub[0]} / {sub[1]} |")
     lines += ["", "Steps to each target (real / predicted, relative error; gap: holdout/subset loss at the predicted "
               "step, >= 1.5 flags a target that leans on memorizing the subset):", ""]
     for r in records:
