@@ -210,6 +210,18 @@ def test_recommended_method_is_the_validated_configuration():
     assert a.holdout_loss_curve is None  # M = max(N/20, 20 per class) is all 60 samples: no holdout rows
 
 
+def test_recommended_mode_warns_outside_its_validated_scope():
+    """Its 100 real steps covered >= 0.8 epochs where it was validated; far less (N = 40,000) it predicted too late."""
+    from zoo_kernels import predict_training_time
+    from zoo_kernels.predict import recommended_scope
+    assert recommended_scope(4000, 64) is None and recommended_scope(4000, 32) is None
+    assert "0.16 epochs" in recommended_scope(40000, 64)
+    model, x, y = bilinear_problem(n=2400, h=6)  # 100 steps of 8 = 0.33 epochs
+    kw = dict(lr=0.05, batch_size=8, max_steps=110, momentum=0.9, paths=1, seed=2)
+    with pytest.warns(RuntimeWarning, match="0.33 epochs"):
+        predict_training_time(model, (x, y), method="recommended", **kw)
+
+
 def test_recommended_method_reads_the_curves_off_its_holdout_rows():
     """With N > M, method="recommended" adds min(200, N − M) holdout rows with their own block and reads its curves
     off them (predict.RECOMMENDED_HOLDOUT; the accuracy stays the subset's); holdout=H sets their number."""

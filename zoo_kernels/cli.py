@@ -497,6 +497,10 @@ def cmd_predict(args):
     from .predict import validation_note  # noqa: PLC0415
 
     obj["validation"] = validation_note(label, args.warmup_steps, args.feature_norm)
+    if label == "recommended":
+        from .predict import recommended_scope  # noqa: PLC0415
+
+        obj["scope_warning"] = recommended_scope(len(x), args.batch_size)
     if args.recommend:
         return _recommend(args, pred, targets, obj)
     kw = _sgd_kwargs(args)
@@ -614,6 +618,8 @@ def _predict_text(obj, p, args):
                      "shared by every setting of one predictor)")
     if "validation" in obj:
         lines.append(f"accuracy of --method {obj['method']}: {obj['validation']}")
+    if obj.get("scope_warning"):
+        lines.append(f"warning: {obj['scope_warning']}")
     if any("holdout_gap" in r for r in obj["targets"]):
         from .predict import GAP_FLAG, GAP_VALIDATION  # noqa: PLC0415
 

@@ -401,7 +401,7 @@ class Predictor:
 # method="recommended": the configuration validated on the long runs (docs/PREDICT.md, "Warm start"): 100 real
 # steps, then the head-aware model at w_100 with fixed feature norms, 8 feature directions (at most the feature
 # width; 16 were as accurate and 25 % dearer), a Kronecker sketch of width 512 on max(N/20, 20 per class) samples,
-# full-set curves every 10 steps
+# full-set curves every 10 steps, growing to 1 % of t (the same targets on the five sets, 2026-11-28)
 RECOMMENDED = {"warmup_steps": 100, "feature_norm": "fixed", "feature_rank": 8, "sketch_method": "kronecker",
                "eval_every": 10, "eval_growth": 0.01, "subset": "auto", "k": 512}
 # and the loss curve read off min(200, N − M) holdout rows with their own kernel block (predict_training_time's
@@ -415,7 +415,8 @@ RECOMMENDED_VALIDATION = ("validated on 10-epoch MiniZoo fine-tuning, 15 expert/
                           "where the real network barely trains (two tasks of the fifth set) the prediction still "
                           "reached 20 targets that training never reached, and the 'memorized' flag caught all of "
                           "them, so distrust flagged targets; no error band is given, since the error does not "
-                          "transfer between sets")
+                          "transfer between sets; on N = 40,000 (two pairs, 20,000-step runs, pre-registered) it "
+                          "predicted the targets 1.5-12x too late")
 
 
 # the holdout gap's flag (Prediction.holdout_gap >= GAP_FLAG) and what it measured (docs/PREDICT.md)
@@ -442,6 +443,19 @@ def validation_note(method, warmup_steps=0, feature_norm="linear"):
                 f"with the target's depth ({'31 % at L0/2, 50 %' if fixed else '37 % at L0/2, 80 %'} at L0/30); {rec}")
     return ("the paper's full linearization, measured on 10-epoch MiniZoo fine-tuning (--method sketch, 3 expert/task "
             f"pairs, 70 targets): median error of the steps to a target 299 % (p90 inf); {rec}")
+
+
+def recommended_scope(n_samples, batch_size):
+    """A warning (or None) when the recommended mode is used outside what it was validated on: its 100 real steps
+    covered 0.8-3.2 epochs of N ≈ 4,000 there, and on N = 40,000 (0.16 epochs) it predicted 1.5-12× too late."""
+    K = RECOMMENDED["warmup_steps"]
+    epochs = K * batch_size / n_samples
+    if epochs >= 0.5:
+        return None
+    return (f"the recommended mode's {K} real steps cover {epochs:.2g} epochs of these {n_samples} samples; it was "
+            f"validated where they covered 0.8-3.2 (N ≈ 4,000), and on N = 40,000 (0.16 epochs, pre-registered test) "
+            f"it predicted the targets 1.5-12x too late (benchmarks/results/predict-large-cpu-2026-11-28-"
+            f"preregistration.md): read its steps as an upper bound")
 
 
 def recommended_holdout(labels, holdout=0):
@@ -512,6 +526,9 @@ def predict_training_time(model, data, *, lr, batch_size, max_steps, momentum=0.
                                       feature_rank=feature_rank, sketch_method=sketch_method, eval_every=eval_every,
                                       eval_growth=eval_growth, subset=subset, k=k)
         data = _as_tensors(data)
+        scope = recommended_scope(len(data[1]), batch_size) if isinstance(batch_size, int) and batch_size > 0 else None
+        if scope:
+            warnings.warn(scope, RuntimeWarning, stacklevel=2)
         holdout = recommended_holdout(data[1], holdout)
         holdout_self = isinstance(holdout, int) and holdout > 0
         return predict_training_time(model, data, lr=lr, batch_size=batch_size, max_steps=max_steps,
