@@ -116,6 +116,7 @@ def test_predict_time_recommended_method(capsys):
     assert obj["sketch_method"] == "kronecker" and obj["k"] == 512 and len(obj["loss_curve"]) == 111
     assert "median error" in obj["validation"]
     assert obj["holdout"] == 0 and not obj["loss_read_off_holdout"]  # M = N on 2 shots: no holdout rows
+    assert obj["scope_warning"] is None  # 100 steps cover many epochs of these few samples
 
 
 def test_predict_time_recommended_reads_the_loss_off_its_holdout(capsys):
@@ -127,6 +128,10 @@ def test_predict_time_recommended_reads_the_loss_off_its_holdout(capsys):
     assert "holdout_gap" in obj["targets"][0]
     rc, out, _ = run(capsys, argv)
     assert rc == 0 and "holdout H=40, loss read off it" in out and "memorized" in out
+    assert "warning:" not in out
+    argv[argv.index("--shots") + 1], argv[argv.index("--batch-size") + 1] = "50", "1"  # 100 of N = 400: 0.25 epochs
+    rc, out, _ = run(capsys, argv)
+    assert rc == 0 and "warning: the recommended mode's 100 real steps cover 0.25 epochs" in out, out
 
 
 def test_predict_time_table_seconds_and_plot(capsys, tmp_path):
