@@ -10,6 +10,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 #include <vector>
@@ -71,7 +72,7 @@ void run_path(int64_t p, const scalar_t* S, const double* Ut, const double* phi0
   W += p * C * D, b += p * C, theta += p * k, c += p;
   bW += p * C * D, bb += p * C, bth += p * k, bc += p;
   std::vector<scalar_t> th(k), vr_s(r), gth_s(k);
-  std::vector<double> gW(C * D), gb(C), gth(k), zr(r), z(D), ph(D), f(C), g(C), vphi(D), vr(r);
+  std::vector<double> gW(C * D), gb(C), gth(k), zr(r), z(D), ph(D), f(C), g(C), vphi(D);
   for (int64_t e = 0; e < E; ++e) {
     const int64_t B = sizes[e];
     const int64_t* idx = batches + (p * E + e) * Bmax;
@@ -123,9 +124,9 @@ void run_path(int64_t p, const scalar_t* S, const double* Ut, const double* phi0
       std::fill(vphi.begin(), vphi.end(), 0.0);  // dl/dphi = W^T g
       for (int64_t o = 0; o < C; ++o) axpy(W + o * D, g[o], vphi.data(), D);
       if (radius) {  // back through phi = radius z/|z|: scale (I - zh zh^T), zh = z/|z|
-        double dot = 0.0;
-        for (int64_t d = 0; d < D; ++d) dot += z[d] * inv * vphi[d];
-        for (int64_t d = 0; d < D; ++d) vphi[d] = scale * (vphi[d] - z[d] * inv * dot);
+        double along = 0.0;
+        for (int64_t d = 0; d < D; ++d) along += z[d] * inv * vphi[d];
+        for (int64_t d = 0; d < D; ++d) vphi[d] = scale * (vphi[d] - z[d] * inv * along);
       }
       for (int64_t a = 0; a < r; ++a) {  // U^T vphi
         if (Ut) {
