@@ -469,6 +469,14 @@ def subset_vs_full(sub_records, full_records):
     return "\n".join(out)
 
 
+def with_preamble(old, md):
+    """The rescored file: the hand-written text of the old one before its table (all of it when it has no table
+    yet, e.g. a pre-registration), then the new tables."""
+    if "| method |" in old:
+        return old[:old.index("| method |")] + md + "\n"
+    return (old.rstrip() + "\n\n" if old.strip() else "") + md + "\n"
+
+
 def markdown(records, rows, meta):
     keys = list(records[0]["real"])
     names = [r["method"] for r in rows]
@@ -620,10 +628,9 @@ def main(argv=None):
             json.dump(saved, fh)
         md = markdown(saved["records"], saved["summary"], saved["meta"])
         path = args.rescore[:-len(".json")] + ".md"
-        old = open(path).read() if os.path.exists(path) else ""  # keep the hand-written preamble
-        head = old[:old.index("| method |")] if "| method |" in old else ""
+        old = open(path).read() if os.path.exists(path) else ""
         with open(path, "w") as fh:
-            fh.write(head + md + "\n")
+            fh.write(with_preamble(old, md))
         plot(saved["records"], args.rescore[:-len(".json")] + ".png")
         print(md)
         return

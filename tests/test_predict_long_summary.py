@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from benchmarks.predict_long import summary_rows
+from benchmarks.predict_long import summary_rows, with_preamble
 
 
 def _record(real, pred, steps=600):
@@ -26,3 +26,10 @@ def test_errors_and_targets_reached_by_the_prediction_only():
     # strict: c (predicted at 300, the real run of 600 steps never reaches it) counts with its least error, 0.5
     assert row["median_strict"] == pytest.approx(0.5) and math.isinf(row["p90_strict"])
     assert row["train_over_pred"] == pytest.approx(5.0)
+
+
+def test_rescore_keeps_the_hand_written_text():
+    table = "| method | pairs |\n|---|---|\n| x | 1 |"
+    assert with_preamble("# Title\n\nwhy\n\n| method | old |\n|---|\n", table) == "# Title\n\nwhy\n\n" + table + "\n"
+    assert with_preamble("# Pre-registration\n\nclaims\n", table) == "# Pre-registration\n\nclaims\n\n" + table + "\n"
+    assert with_preamble("", table) == table + "\n"
