@@ -103,11 +103,20 @@ def step_seconds(model_name, C, x, y, lr, batch, momentum, steps=50):
     return float(np.median(times))
 
 
-def predict_one(model_name, C, x, y, lr, batch, momentum, steps, subset, seed, fused=True):
-    """The recommended mode (its settings, holdout-read loss) with the given subset; (Prediction, wall seconds)."""
+def warmup_length(rule, N, batch):
+    """--warmup: an int (real steps), or "half-epoch" (ceil(N / 2B), at least the recommended mode's 100)."""
+    if rule == "half-epoch":
+        return max(WARMUP, -(-N // (2 * batch)))
+    return int(rule)
+
+
+def predict_one(model_name, C, x, y, lr, batch, momentum, steps, subset, seed, fused=True, warmup=WARMUP):
+    """The recommended mode (its settings, holdout-read loss) with the given subset and warm-up length;
+    (Prediction, wall seconds)."""
     model = zoo.load_model(model_name, num_classes=C, seed=0)
     M = subset if subset != "auto" else None
     settings = {key: v for key, v in RECOMMENDED.items() if key not in ("subset",)}
+    settings["warmup_steps"] = warmup
     holdout = min(200, len(x) - (M or max(len(x) // 20, 20 * C)))
     t0 = time.perf_counter()
     with warnings.catch_warnings():
@@ -128,6 +137,8 @@ def main(argv=None):
     ap.add_argument("--eval-rows", type=int, default=4000)
     ap.add_argument("--small-subset", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0, help="the prediction's seed")
+    ap.add_argument("--warmup", default=str(WARMUP), help="real warm-up steps: an int, or half-epoch "
+                    "(max(100, ceil(N / 2B)))")
     ap.add_argument("--real-only", action="store_true")
     ap.add_argument("--only", choices=("auto", "small"), help="only the M = N/20 or only the M = --small-subset runs")
     ap.add_argument("--unfused", action="store_true", help="also the M = --small-subset prediction without the "
@@ -159,8 +170,9 @@ def main(argv=None):
                "real_t": ts.tolist(), "real_loss": [round(float(v), 6) for v in ls], "predictions": {}}
         runs = [("auto", True), (args.small_subset, True)] + ([(args.small_subset, False)] if args.unfused else [])
         runs = [rs for rs in runs if args.only is None or (rs[0] == "auto") == (args.only == "auto")]
+        K = warmup_length(args.warmup, N, batch)
         for subset, fused in runs:
-            p, cost = predict_one(model_name, C, x, y, lr, batch, momentum, args.steps, subset, args.seed, fused)
+            p, cost = predict_one(model_name, C, x, y, lr, batch, momentum, args.steps, subset, args.seed, fused, K)
             L = np.where(np.isfinite(p.loss_curve), p.loss_curve, np.inf)
             tt = np.arange(len(L))
             T = targets(tt, np.minimum(L, 1e30), p.accuracy_curve)
@@ -168,7 +180,7 @@ def main(argv=None):
             gap = held / sub
             name = ("M=N/20" if subset == "auto" else f"M={subset}") + ("" if fused else " (torch loop)")
             rec["predictions"][name] = {
-                "M": auto_subset(N, C) if subset == "auto" else subset, "fused": fused, "cost_s": cost,
+                "M": auto_subset(N, C) if subset == "auto" else subset, "K": K, "fused": fused, "cost_s": cost,
                 "ratio": train_s / cost, "T": T, "errors": {k: rel(T[k], real[k]) for k in real},
                 "gap_at": {k: (None if v is None or not np.isfinite(np.interp(v, tt, gap)) else
                                float(np.interp(v, tt, gap))) for k, v in T.items()},
@@ -199,10 +211,12 @@ def markdown(records, meta):
              f"`python -m benchmarks.predict_large` (torch {meta['torch']}, {meta['threads']} thread). Real runs: "
              "the MiniZoo recipe, loss estimated on 4,000 fixed training rows. Training s: steps x the median of 50 real "
              "steps, measured in the process of the predictions. Predictions: the recommended mode "
-             "(100 real steps, head-aware at w_100, loss read off 200 holdout rows), 2 paths, horizon = the run.",
-             "", "| model -> task | prediction | M | cost s | training s | training / prediction (run's own wall / prediction) | "
-             "early median (n, after step 100) | late median (n) | false reaches | post hoc: subset curve, early / "
-             "late median |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "(K real steps, head-aware at w_K, loss read off 200 holdout rows), 2 paths, horizon = the run. Targets "
+             "the real run reaches between step 100 and K count with the warm-up's measured subset curve.",
+             "", "| model -> task | prediction | M | K | cost s | training s | training / prediction (run's own wall / "
+             "prediction) | early median (n, after step 100) | late median (n) | all after step K: median (n) | "
+             "false reaches | post hoc: subset curve, early / late median |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         for name, q in r["predictions"].items():
             row = []
@@ -210,15 +224,18 @@ def markdown(records, meta):
                 errs = [e for k, e in q["errors"].items()
                         if e is not None and is_late(k) == late and r["real"][k] > WARMUP]
                 row.append(f"{100 * np.median(errs):.0f} % ({len(errs)})" if errs else "-")
+            K = q.get("K", WARMUP)
+            after = [e for k, e in q["errors"].items() if e is not None and r["real"][k] > K]
+            row.append(f"{100 * np.median(after):.0f} % ({len(after)})" if after else "-")
             false = sum(1 for k in r["real"] if r["real"][k] is None and q["T"][k] is not None)
             sub = []
             for late in (False, True):
                 errs = [e for k, e in q.get("errors_subset", {}).items()
                         if e is not None and is_late(k) == late and r["real"][k] > WARMUP]
                 sub.append(f"{100 * np.median(errs):.0f} %" if errs else "-")
-            lines.append(f"| {r['model']} -> {r['task']} | {name} | {q['M']} | {q['cost_s']:.1f} | "
+            lines.append(f"| {r['model']} -> {r['task']} | {name} | {q['M']} | {K} | {q['cost_s']:.1f} | "
                          f"{r['train_s']:.0f} | {q['ratio']:.1f} ({q.get('ratio_run_wall', float('nan')):.1f}) | "
-                         f"{row[0]} | {row[1]} | {false} | {sub[0]} / {sub[1]} |")
+                         f"{row[0]} | {row[1]} | {row[2]} | {false} | {sub[0]} / {sub[1]} |")
     lines += ["", "Steps to each target (real / predicted, relative error; gap: holdout/subset loss at the predicted "
               "step, >= 1.5 flags a target that leans on memorizing the subset):", ""]
     for r in records:
