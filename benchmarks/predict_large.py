@@ -8,10 +8,10 @@ method that spends real steps: the recommended mode's 100 warm-up steps alone ar
 expert is fine-tuned with the recipe on --per-class samples per class (N = 40,000 by default) for --steps steps
 (20,000: 32 epochs at B = 64). The full-training-set loss is estimated on --eval-rows fixed random training rows
 (seed 0) at the geometric steps of predict_long.eval_steps; the prediction is the recommended mode
-(predict_training_time(method="recommended"): 100 real steps, then the head-aware model linearized at w_100 on a
-subset, its loss read off 200 holdout rows) with the subset M = N/20 (the mode's own rule) and with a fixed
-M = --small-subset. Errors: |T_pred - T_real| / T_real of the steps to L0/2, L0/4, L0/10, L0/30 and 90 % accuracy
-(predict_long.targets). Cost: the prediction's wall seconds (warm-up, setup, integration of --steps steps, same
+(predict_training_time(method="recommended"): K = --warmup real steps, then the head-aware model linearized at w_K
+on a subset, its loss read off 200 holdout rows) with the subset M = N/20 (the mode's own rule) and with a fixed
+M = --small-subset. Errors: |T_pred - T_real| / T_real of the steps to L0/2 ... L0/1000, 90 % and 99 % accuracy
+(targets) that the real run reaches after step 100; those before step K are read off the warm-up's real run. Cost: the prediction's wall seconds (warm-up, setup, integration of --steps steps, same
 process) against --steps x the median real step measured just before them (evaluation excluded).
 Writes benchmarks/results/predict-large-cpu-<date>[-tag].{json,md}.
 """
@@ -28,7 +28,7 @@ import torch
 
 from benchmarks.predict_long import crossing, eval_steps, rel, sgd_run
 from zoo_kernels import zoo
-from zoo_kernels.predict import RECOMMENDED, auto_subset
+from zoo_kernels.predict import RECOMMENDED, auto_subset, recommended_warmup
 from zoo_kernels.warmstart import predict_after_warmup
 from zoo_kernels.zoo import data as D
 from zoo_kernels.zoo.finetune import evaluate
@@ -38,7 +38,7 @@ SETTING = (0.01, 64, 0.9)
 EARLY = (0.5, 0.25, 0.1, 1 / 30)  # predict_long's loss targets (fractions of L0)
 LATE = (0.01, 1 / 300, 0.001)  # late convergence: reached after thousands of steps on N = 40,000
 ACCURACIES = (0.9, 0.99)
-WARMUP = RECOMMENDED["warmup_steps"]  # targets reached before it are measured, not predicted: left out
+WARMUP = RECOMMENDED["warmup_steps"]  # targets reached before step 100 are left out (the least warm-up)
 
 
 def targets(ts, loss, acc):
@@ -104,9 +104,9 @@ def step_seconds(model_name, C, x, y, lr, batch, momentum, steps=50):
 
 
 def warmup_length(rule, N, batch):
-    """--warmup: an int (real steps), or "half-epoch" (ceil(N / 2B), at least the recommended mode's 100)."""
+    """--warmup: an int (real steps), or "half-epoch": the recommended mode's max(100, ceil(N / 2B))."""
     if rule == "half-epoch":
-        return max(WARMUP, -(-N // (2 * batch)))
+        return recommended_warmup(N, batch)
     return int(rule)
 
 
@@ -137,8 +137,8 @@ def main(argv=None):
     ap.add_argument("--eval-rows", type=int, default=4000)
     ap.add_argument("--small-subset", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0, help="the prediction's seed")
-    ap.add_argument("--warmup", default=str(WARMUP), help="real warm-up steps: an int, or half-epoch "
-                    "(max(100, ceil(N / 2B)))")
+    ap.add_argument("--warmup", default="half-epoch", help="real warm-up steps: an int (100: the mode before "
+                    "2026-11-28's second test), or half-epoch (max(100, ceil(N / 2B)), the recommended mode's rule)")
     ap.add_argument("--real-only", action="store_true")
     ap.add_argument("--only", choices=("auto", "small"), help="only the M = N/20 or only the M = --small-subset runs")
     ap.add_argument("--unfused", action="store_true", help="also the M = --small-subset prediction without the "

@@ -129,9 +129,22 @@ def test_predict_time_recommended_reads_the_loss_off_its_holdout(capsys):
     rc, out, _ = run(capsys, argv)
     assert rc == 0 and "holdout H=40, loss read off it" in out and "memorized" in out
     assert "warning:" not in out
-    argv[argv.index("--shots") + 1], argv[argv.index("--batch-size") + 1] = "50", "1"  # 100 of N = 400: 0.25 epochs
+
+
+def test_predict_time_recommended_warmup_is_half_an_epoch(capsys, monkeypatch):
+    """--method recommended runs max(100, ceil(N / 2B)) real steps, and warns beyond the largest N it was tested on."""
+    from zoo_kernels import predict as P
+    argv = ["predict-time", "--model", "convnet_latin", "--task", "texture_orient", "--shots", "50", "--no-progress",
+            "--threads", "1", "--max-steps", "200", "--no-step-time", "--paths", "1", "--lr", "0.01",
+            "--batch-size", "1", "--momentum", "0.9", "--method", "recommended", "--target", "fraction=0.999"]
+    rc, _, err = run(capsys, argv)  # N = 400, B = 1: K = 200
+    assert rc == 2 and "--method recommended runs the first 200 steps for real" in err, err
+    argv[argv.index("--max-steps") + 1] = "205"
+    monkeypatch.setattr(P, "RECOMMENDED_TESTED_N", 300)
+    obj = run_json(capsys, argv)
+    assert obj["warmup_steps"] == 200 and "tested on up to 300 samples" in obj["scope_warning"]
     rc, out, _ = run(capsys, argv)
-    assert rc == 0 and "warning: the recommended mode's 100 real steps cover 0.25 epochs" in out, out
+    assert rc == 0 and "warning: the recommended mode was tested on up to 300 samples; on these 400" in out, out
 
 
 def test_predict_time_table_seconds_and_plot(capsys, tmp_path):

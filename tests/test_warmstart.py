@@ -210,16 +210,28 @@ def test_recommended_method_is_the_validated_configuration():
     assert a.holdout_loss_curve is None  # M = max(N/20, 20 per class) is all 60 samples: no holdout rows
 
 
-def test_recommended_mode_warns_outside_its_validated_scope():
-    """Its 100 real steps covered >= 0.8 epochs where it was validated; far less (N = 40,000) it predicted too late."""
-    from zoo_kernels import predict_training_time
-    from zoo_kernels.predict import recommended_scope
-    assert recommended_scope(4000, 64) is None and recommended_scope(4000, 32) is None
-    assert "0.16 epochs" in recommended_scope(40000, 64)
-    model, x, y = bilinear_problem(n=2400, h=6)  # 100 steps of 8 = 0.33 epochs
-    kw = dict(lr=0.05, batch_size=8, max_steps=110, momentum=0.9, paths=1, seed=2)
-    with pytest.warns(RuntimeWarning, match="0.33 epochs"):
-        predict_training_time(model, (x, y), method="recommended", **kw)
+def test_recommended_warmup_is_at_least_half_an_epoch(monkeypatch):
+    """K = max(100, ceil(N / 2B)) real steps (pre-registered test on N = 40,000); 100 on the N ≈ 4,000 validation;
+    a warning beyond the largest N it was tested on."""
+    from zoo_kernels import predict as P
+    assert P.recommended_warmup(4000, 64) == 100 and P.recommended_warmup(4000, 32) == 100
+    assert P.recommended_warmup(40000, 64) == 313 and P.recommended_warmup(40001, 64) == 313
+    assert P.recommended_warmup(40000, 8) == 2500
+    assert P.recommended_scope(40000, 64) is None and P.recommended_scope(4000, 32) is None
+    assert "tested on up to 40008 samples" in P.recommended_scope(100000, 64)
+    model, x, y = bilinear_problem(n=1800, h=6)  # B = 6: K = 150 real steps
+    kw = dict(lr=0.05, batch_size=6, max_steps=160, momentum=0.9, paths=1, seed=2)
+    with pytest.raises(ValueError, match="runs the first 150 steps for real"):
+        P.predict_training_time(model, (x, y), method="recommended", **kw | dict(max_steps=150))
+    with pytest.raises(ValueError, match="`batch_size` must be an int in"):
+        P.predict_training_time(model, (x, y), method="recommended", **kw | dict(batch_size=0))
+    monkeypatch.setattr(P, "RECOMMENDED_TESTED_N", 1000)
+    with pytest.warns(RuntimeWarning, match="tested on up to 1000 samples; on these 1800 its warm-up is 150"):
+        a = P.predict_training_time(model, (x, y), method="recommended", **kw)
+    assert a.warmup_steps == 150 and len(a.loss_curve) == 161
+    b = predict_after_warmup(model, (x, y), **kw, **dict(P.RECOMMENDED, feature_rank=6, warmup_steps=150),
+                             holdout=200, holdout_self=True).from_holdout()
+    np.testing.assert_array_equal(a.loss_curve, b.loss_curve)
 
 
 def test_recommended_method_reads_the_curves_off_its_holdout_rows():

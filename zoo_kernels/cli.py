@@ -462,7 +462,7 @@ def cmd_predict(args):
             raise InputError("--method recommended runs real steps for one setting: not with --recommend or a "
                              "schedule")
         try:
-            chosen = recommended_settings(model, args.max_steps, cli=True,
+            chosen = recommended_settings(model, args.max_steps, len(y), args.batch_size, cli=True,
                                           **{key: getattr(args, key) for key in RECOMMENDED})
         except ValueError as e:
             raise InputError(str(e)) from e
@@ -751,7 +751,8 @@ def build_parser():
     p.add_argument("--loss", default="ce", help="ce (cross-entropy) or mse")
     p.add_argument("--method", choices=PREDICT_METHODS, default="head-aware",
                    help="head-aware (linearized backbone, exact head; default), sketch or exact (full linearization), "
-                        "or recommended (head-aware after 100 real steps, with the validated settings; docs/PREDICT.md)")
+                        "or recommended (head-aware after max(100, N / 2B) real steps, with the validated settings; "
+                        "docs/PREDICT.md)")
     p.add_argument("--k", type=int, help="sketch width (default 512 head-aware, 1024 sketch)")
     p.add_argument("--holdout", type=int, default=0,
                    help="head-aware/recommended: H samples outside the subset moved by the same dynamics but never "

@@ -398,9 +398,10 @@ class Predictor:
         return sorted(rows, key=lambda r: (r[by] is None, r[by] if r[by] is not None else 0))
 
 
-# method="recommended": the configuration validated on the long runs (docs/PREDICT.md, "Warm start"): 100 real
-# steps, then the head-aware model at w_100 with fixed feature norms, 8 feature directions (at most the feature
-# width; 16 were as accurate and 25 % dearer), a Kronecker sketch of width 512 on max(N/20, 20 per class) samples,
+# method="recommended": the configuration validated on the long runs (docs/PREDICT.md, "Warm start"): K real
+# steps (recommended_warmup: max(100, half an epoch); "warmup_steps" here is the least), then the head-aware model
+# at w_K with fixed feature norms, 8 feature directions (at most the feature width; 16 were as accurate and 25 %
+# dearer), a Kronecker sketch of width 512 on max(N/20, 20 per class) samples,
 # full-set curves every 10 steps, growing to 1 % of t (the same targets on the five sets, 2026-11-28)
 RECOMMENDED = {"warmup_steps": 100, "feature_norm": "fixed", "feature_rank": 8, "sketch_method": "kronecker",
                "eval_every": 10, "eval_growth": 0.01, "subset": "auto", "k": 512}
@@ -415,8 +416,13 @@ RECOMMENDED_VALIDATION = ("validated on 10-epoch MiniZoo fine-tuning, 15 expert/
                           "where the real network barely trains (two tasks of the fifth set) the prediction still "
                           "reached 20 targets that training never reached, and the 'memorized' flag caught all of "
                           "them, so distrust flagged targets; no error band is given, since the error does not "
-                          "transfer between sets; on N = 40,000 (two pairs, 20,000-step runs, pre-registered) it "
-                          "predicted the targets 1.5-12x too late")
+                          "transfer between sets; on N = 40,000 (20,000-step runs) 100 real steps predicted the "
+                          "targets 1.5-12x too late (two pairs, pre-registered), so the warm-up is now at least half an "
+                          "epoch: 18.6 % there on two new pre-registered pairs (14 targets; the 6 after the warm-up "
+                          "46 % off, too early)")
+
+
+RECOMMENDED_TESTED_N = 40008  # the largest training set of its validation (benchmarks/predict_large.py)
 
 
 # the holdout gap's flag (Prediction.holdout_gap >= GAP_FLAG) and what it measured (docs/PREDICT.md)
@@ -431,8 +437,8 @@ def validation_note(method, warmup_steps=0, feature_norm="linear"):
     """What the long-run validation measured for a prediction method (docs/PREDICT.md), one line for the CLI."""
     if method == "recommended":
         return RECOMMENDED_VALIDATION
-    rec = ("--method recommended (100 real steps first) measured 10-15 % on a pre-registered set, 9-18 % on four "
-           "others")
+    rec = ("--method recommended (max(100, half an epoch) real steps first) measured 10-15 % on a pre-registered set, "
+           "9-18 % on four others")
     if method == "head-aware" and warmup_steps:
         return f"not validated with these settings; {rec}"
     if method == "head-aware":
@@ -445,17 +451,21 @@ def validation_note(method, warmup_steps=0, feature_norm="linear"):
             f"pairs, 70 targets): median error of the steps to a target 299 % (p90 inf); {rec}")
 
 
+def recommended_warmup(n_samples, batch_size):
+    """The recommended mode's real warm-up steps K = max(100, ceil(N / 2B)): at least half an epoch (pre-registered
+    test on N = 40,000: benchmarks/results/predict-large-cpu-2026-11-28-halfepoch-preregistration.md); 100 wherever
+    N <= 200 B, which is all of the N ≈ 4,000 validation."""
+    return max(RECOMMENDED["warmup_steps"], -(-n_samples // (2 * batch_size)))
+
+
 def recommended_scope(n_samples, batch_size):
-    """A warning (or None) when the recommended mode is used outside what it was validated on: its 100 real steps
-    covered 0.8-3.2 epochs of N ≈ 4,000 there, and on N = 40,000 (0.16 epochs) it predicted 1.5-12× too late."""
-    K = RECOMMENDED["warmup_steps"]
-    epochs = K * batch_size / n_samples
-    if epochs >= 0.5:
+    """A warning (or None) when the recommended mode is used on more samples than it was tested on: N ≈ 4,000
+    (15 pairs, K = 100) and N = 40,000 (5 pairs, 2 of them pre-registered, K = 313 at B = 64)."""
+    if n_samples <= RECOMMENDED_TESTED_N:
         return None
-    return (f"the recommended mode's {K} real steps cover {epochs:.2g} epochs of these {n_samples} samples; it was "
-            f"validated where they covered 0.8-3.2 (N ≈ 4,000), and on N = 40,000 (0.16 epochs, pre-registered test) "
-            f"it predicted the targets 1.5-12x too late (benchmarks/results/predict-large-cpu-2026-11-28-"
-            f"preregistration.md): read its steps as an upper bound")
+    K = recommended_warmup(n_samples, batch_size)
+    return (f"the recommended mode was tested on up to {RECOMMENDED_TESTED_N} samples; on these {n_samples} its "
+            f"warm-up is {K} real steps (half an epoch), and how its error grows with N is not known")
 
 
 def recommended_holdout(labels, holdout=0):
@@ -466,9 +476,10 @@ def recommended_holdout(labels, holdout=0):
     return max(0, min(RECOMMENDED_HOLDOUT, len(labels) - resolve_subset("auto", labels)))
 
 
-def recommended_settings(model, max_steps, cli=False, **given):
-    """RECOMMENDED for this model (feature_rank at most the head's input width); `given` holds the caller's values of
-    RECOMMENDED's keys, which must be left at their defaults. cli=True names the arguments as the CLI's flags."""
+def recommended_settings(model, max_steps, n_samples, batch_size, cli=False, **given):
+    """RECOMMENDED for this model and data (feature_rank at most the head's input width, warmup_steps
+    recommended_warmup(n_samples, batch_size)); `given` holds the caller's values of RECOMMENDED's keys, which must be
+    left at their defaults. cli=True names the arguments as the CLI's flags."""
     arg = (lambda key: "--" + key.replace("_", "-")) if cli else (lambda key: f"`{key}`")  # noqa: E731
     method = (lambda m: f"--method {m}") if cli else (lambda m: f"method={m!r}")  # noqa: E731
     if not isinstance(model, torch.nn.Module):
@@ -478,14 +489,18 @@ def recommended_settings(model, max_steps, cli=False, **given):
     if changed:
         raise ValueError(f"{method('recommended')} sets {', '.join(map(arg, changed))} itself; use "
                          f"{method('head-aware')} to choose them")
-    if not isinstance(max_steps, int) or max_steps <= RECOMMENDED["warmup_steps"]:
-        raise ValueError(f"{method('recommended')} runs the first {RECOMMENDED['warmup_steps']} steps for real: "
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or not 1 <= batch_size <= n_samples:
+        raise ValueError(f"{arg('batch_size')} must be an int in [1, {n_samples}] (the number of samples), got "
+                         f"{batch_size!r}")
+    K = recommended_warmup(n_samples, batch_size)
+    if not isinstance(max_steps, int) or max_steps <= K:
+        raise ValueError(f"{method('recommended')} runs the first {K} steps for real (max(100, half an epoch)): "
                          f"{arg('max_steps')} must be an int above that, got {max_steps!r} (use "
                          f"{method('head-aware')} for shorter horizons)")
     from .calibrate import _last_linear  # noqa: PLC0415 (calibrate imports this module)
 
     width = model.get_submodule(_last_linear(model)).in_features
-    return dict(RECOMMENDED, feature_rank=min(RECOMMENDED["feature_rank"], width))
+    return dict(RECOMMENDED, feature_rank=min(RECOMMENDED["feature_rank"], width), warmup_steps=K)
 
 
 def predict_training_time(model, data, *, lr, batch_size, max_steps, momentum=0.0, weight_decay=0.0, loss="ce",
@@ -509,8 +524,8 @@ def predict_training_time(model, data, *, lr, batch_size, max_steps, momentum=0.
     (3-4× cheaper to set up, same width k; see sketch_jacobian). eval_every=E (head-aware): the full-set curves
     are computed every E steps and interpolated in between (HeadAwarePredictor.predict); the dynamics stay exact;
     eval_growth=g spaces them max(E, g·t) apart (evaluation_steps: geometric late, for long runs).
-    method="recommended": head-aware with the settings of RECOMMENDED (100 real steps first, then the validated
-    configuration; docs/PREDICT.md); it sets warmup_steps, feature_norm, feature_rank, sketch_method, eval_every,
+    method="recommended": head-aware with the settings of RECOMMENDED (max(100, ceil(N / 2B)) real steps first,
+    recommended_warmup, then the validated configuration; docs/PREDICT.md); it sets warmup_steps, feature_norm, feature_rank, sketch_method, eval_every,
     eval_growth, subset and k, which must then be left at their defaults.
     holdout=H (head-aware, with a subset): Prediction.holdout_loss_curve and holdout_gap(), the loss of H more
     samples moved by the same dynamics but never trained on (HeadAwarePredictor's holdout).
@@ -522,11 +537,12 @@ def predict_training_time(model, data, *, lr, batch_size, max_steps, momentum=0.
     if method not in ("sketch", "exact", "head-aware", "recommended"):
         raise ValueError(f"`method` must be 'sketch', 'exact', 'head-aware' or 'recommended', got {method!r}")
     if method == "recommended":
-        chosen = recommended_settings(model, max_steps, warmup_steps=warmup_steps, feature_norm=feature_norm,
-                                      feature_rank=feature_rank, sketch_method=sketch_method, eval_every=eval_every,
-                                      eval_growth=eval_growth, subset=subset, k=k)
         data = _as_tensors(data)
-        scope = recommended_scope(len(data[1]), batch_size) if isinstance(batch_size, int) and batch_size > 0 else None
+        chosen = recommended_settings(model, max_steps, len(data[1]), batch_size, warmup_steps=warmup_steps,
+                                      feature_norm=feature_norm, feature_rank=feature_rank,
+                                      sketch_method=sketch_method, eval_every=eval_every, eval_growth=eval_growth,
+                                      subset=subset, k=k)
+        scope = recommended_scope(len(data[1]), batch_size)
         if scope:
             warnings.warn(scope, RuntimeWarning, stacklevel=2)
         holdout = recommended_holdout(data[1], holdout)
