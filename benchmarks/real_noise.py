@@ -61,6 +61,7 @@ def main(argv=None):
     ap.add_argument("--results", default="benchmarks/results")
     ap.add_argument("--setting", default=None, help="only this lr,batch,momentum (default: every setting)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[1])
+    ap.add_argument("--sets", nargs="+", choices=list(SETS), default=list(SETS))
     ap.add_argument("--cache", default=".benchmarks/predict_long_real")
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--tag", default="")
@@ -68,6 +69,8 @@ def main(argv=None):
     torch.set_num_threads(1)
     rows = []
     for set_name, fname in SETS.items():
+        if set_name not in args.sets:
+            continue
         with open(os.path.join(args.results, fname)) as fh:
             records = json.load(fh)["records"]
         for r in records:
@@ -96,7 +99,7 @@ def main(argv=None):
     stamp = datetime.date.today().isoformat()
     base = os.path.join(args.out, f"real-noise-cpu-{stamp}" + (f"-{args.tag}" if args.tag else ""))
     meta = {"date": stamp, "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
-            "threads": 1, "argv": argv, "setting": args.setting, "seeds": args.seeds}
+            "threads": 1, "argv": argv, "setting": args.setting, "seeds": args.seeds, "sets": args.sets}
     with open(base + ".json", "w") as fh:
         json.dump({"meta": meta, "rows": rows}, fh, indent=1)
     with open(base + ".md", "w") as fh:
