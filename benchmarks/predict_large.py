@@ -128,6 +128,15 @@ def predict_one(model_name, C, x, y, lr, batch, momentum, steps, subset, seed, f
     return p.from_holdout(), wall
 
 
+def _small_subset(text):
+    """--small-subset: 'floor' or an int >= 2."""
+    if text == "floor":
+        return text
+    if not text.isdigit() or int(text) < 2:
+        raise argparse.ArgumentTypeError(f"expected 'floor' or an int >= 2, got {text!r}")
+    return int(text)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pairs", nargs="+", default=[f"{m}:{t}" for m, t in PAIRS])
@@ -135,7 +144,8 @@ def main(argv=None):
     ap.add_argument("--per-class", type=int, default=0, help="samples per class (default: N = 40,000 in all)")
     ap.add_argument("--steps", type=int, default=20000)
     ap.add_argument("--eval-rows", type=int, default=4000)
-    ap.add_argument("--small-subset", type=int, default=200)
+    ap.add_argument("--small-subset", type=_small_subset, default=200, help="an int, or 'floor': max(200, 20 per "
+                    "class), the mode's M at N ~ 4,000, which does not grow with N")
     ap.add_argument("--seed", type=int, default=0, help="the prediction's seed")
     ap.add_argument("--warmup", default="half-epoch", help="real warm-up steps: an int (100: the mode before "
                     "2026-11-28's second test), or half-epoch (max(100, ceil(N / 2B)), the recommended mode's rule)")
@@ -168,7 +178,8 @@ def main(argv=None):
         rec = {"model": model_name, "task": task, "N": N, "C": C, "lr": lr, "batch": batch, "momentum": momentum,
                "steps": args.steps, "run_wall_s": wall, "step_s": step_s, "train_s": train_s, "real": real,
                "real_t": ts.tolist(), "real_loss": [round(float(v), 6) for v in ls], "predictions": {}}
-        runs = [("auto", True), (args.small_subset, True)] + ([(args.small_subset, False)] if args.unfused else [])
+        small = min(N, max(200, 20 * C)) if args.small_subset == "floor" else args.small_subset
+        runs = [("auto", True), (small, True)] + ([(small, False)] if args.unfused else [])
         runs = [rs for rs in runs if args.only is None or (rs[0] == "auto") == (args.only == "auto")]
         K = warmup_length(args.warmup, N, batch)
         for subset, fused in runs:

@@ -2,7 +2,9 @@
 import numpy as np
 import pytest
 
-from benchmarks.predict_large import warmup_length
+import argparse
+
+from benchmarks.predict_large import _small_subset, warmup_length
 from benchmarks.real_noise import markdown, summary, vs_mean
 
 
@@ -33,6 +35,13 @@ def test_markdown_pools_the_sets():
 def test_predict_large_warmup_rule():
     assert warmup_length("half-epoch", 40000, 64) == 313 and warmup_length("half-epoch", 4000, 64) == 100
     assert warmup_length("100", 40000, 64) == 100
+
+
+def test_predict_large_small_subset_argument():
+    assert _small_subset("floor") == "floor" and _small_subset("200") == 200
+    for bad in ("1", "-5", "x", "2.5"):
+        with pytest.raises(argparse.ArgumentTypeError, match="'floor' or an int"):
+            _small_subset(bad)
 
 
 def test_quantile_is_numpys_and_keeps_inf():
