@@ -178,7 +178,8 @@ def main(argv=None):
         rec = {"model": model_name, "task": task, "N": N, "C": C, "lr": lr, "batch": batch, "momentum": momentum,
                "steps": args.steps, "run_wall_s": wall, "step_s": step_s, "train_s": train_s, "real": real,
                "real_t": ts.tolist(), "real_loss": [round(float(v), 6) for v in ls], "predictions": {}}
-        small = min(N, max(200, 20 * C)) if args.small_subset == "floor" else args.small_subset
+        floor = min(N, auto_subset(4000, C))  # the mode's M at N ~ 4,000: max(200, 20 C)
+        small = floor if args.small_subset == "floor" else args.small_subset
         runs = [("auto", True), (small, True)] + ([(small, False)] if args.unfused else [])
         runs = [rs for rs in runs if args.only is None or (rs[0] == "auto") == (args.only == "auto")]
         K = warmup_length(args.warmup, N, batch)

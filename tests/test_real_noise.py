@@ -1,8 +1,8 @@
 """The scoring of benchmarks/real_noise.py (the ground truth's scatter) and predict_large's warm-up rule."""
+import argparse
+
 import numpy as np
 import pytest
-
-import argparse
 
 from benchmarks.predict_large import _small_subset, warmup_length
 from benchmarks.real_noise import markdown, summary, vs_mean
