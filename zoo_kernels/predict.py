@@ -418,8 +418,8 @@ RECOMMENDED_VALIDATION = ("validated on 10-epoch MiniZoo fine-tuning, 15 expert/
                           "them, so distrust flagged targets; no error band is given, since the error does not "
                           "transfer between sets; on N = 40,000 (20,000-step runs) 100 real steps predicted the "
                           "targets 1.5-12x too late (two pairs, pre-registered), so the warm-up is now at least half an "
-                          "epoch: 18.6 % there on two new pre-registered pairs (14 targets; the 6 after the warm-up "
-                          "46 % off, too early)")
+                          "epoch: 24.5 % there over six pre-registered pairs (35 targets; 18.6 %, 21.2 % and 34.1 % "
+                          "per pair of pairs; all 22 targets after the warm-up too early, median 41 % off)")
 
 
 RECOMMENDED_TESTED_N = 40008  # the largest training set of its validation (benchmarks/predict_large.py)
