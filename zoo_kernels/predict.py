@@ -418,8 +418,10 @@ RECOMMENDED_VALIDATION = ("validated on 10-epoch MiniZoo fine-tuning, 15 expert/
                           "them, so distrust flagged targets; no error band is given, since the error does not "
                           "transfer between sets; on N = 40,000 (20,000-step runs) 100 real steps predicted the "
                           "targets 1.5-12x too late (two pairs, pre-registered), so the warm-up is now at least half an "
-                          "epoch: 24.5 % there over six pre-registered pairs (35 targets; 18.6 %, 21.2 % and 34.1 % "
-                          "per pair of pairs; all 22 targets after the warm-up too early, median 41 % off)")
+                          "epoch: 29.6 % there over eight pre-registered pairs (45 targets; 18.6, 21.2, 34.1 and "
+                          "47.2 % per pair of pairs, worse with each new set); 30 of the 31 targets after the warm-up "
+                          "came too early (median 43 % off), so there a predicted step usually reads as a lower bound "
+                          "(though 11 of 15 came too late on the three development pairs)")
 
 
 RECOMMENDED_TESTED_N = 40008  # the largest training set of its validation (benchmarks/predict_large.py)
@@ -460,7 +462,7 @@ def recommended_warmup(n_samples, batch_size):
 
 def recommended_scope(n_samples, batch_size):
     """A warning (or None) when the recommended mode is used on more samples than it was tested on: N ≈ 4,000
-    (15 pairs, K = 100) and N = 40,000 (5 pairs, 2 of them pre-registered, K = 313 at B = 64)."""
+    (15 pairs, K = 100) and N = 40,000 (11 pairs, 8 of them pre-registered, K = 313 at B = 64)."""
     if n_samples <= RECOMMENDED_TESTED_N:
         return None
     K = recommended_warmup(n_samples, batch_size)
