@@ -418,10 +418,10 @@ RECOMMENDED_VALIDATION = ("validated on 10-epoch MiniZoo fine-tuning, 15 expert/
                           "them, so distrust flagged targets; no error band is given, since the error does not "
                           "transfer between sets; on N = 40,000 (20,000-step runs) 100 real steps predicted the "
                           "targets 1.5-12x too late (two pairs, pre-registered), so the warm-up is now at least half an "
-                          "epoch: 29.6 % there over eight pre-registered pairs (45 targets; 18.6, 21.2, 34.1 and "
-                          "47.2 % per pair of pairs, worse with each new set); 30 of the 31 targets after the warm-up "
-                          "came too early (median 43 % off), so there a predicted step usually reads as a lower bound "
-                          "(though 11 of 15 came too late on the three development pairs)")
+                          "epoch: 38.6 % there over ten pre-registered pairs (61 targets; 18.6, 21.2, 34.1, 47.2 and "
+                          "68 % per pair of pairs, worse with each new set), 9-18x cheaper than the training; the "
+                          "targets after the warm-up came too early on most pairs and too late or never on a "
+                          "far-domain one, so a predicted step is not a bound either way")
 
 
 RECOMMENDED_TESTED_N = 40008  # the largest training set of its validation (benchmarks/predict_large.py)
