@@ -462,7 +462,7 @@ def recommended_warmup(n_samples, batch_size):
 
 def recommended_scope(n_samples, batch_size):
     """A warning (or None) when the recommended mode is used on more samples than it was tested on: N ≈ 4,000
-    (15 pairs, K = 100) and N = 40,000 (11 pairs, 8 of them pre-registered, K = 313 at B = 64)."""
+    (15 pairs, K = 100) and N = 40,000 (13 pairs, 10 of them pre-registered, K = 313 at B = 64)."""
     if n_samples <= RECOMMENDED_TESTED_N:
         return None
     K = recommended_warmup(n_samples, batch_size)
