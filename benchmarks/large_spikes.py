@@ -15,13 +15,13 @@ import os
 import numpy as np
 
 
-def spikes(ts, loss, start, ratio):
-    """(largest loss / running minimum before it, number of evaluations above `ratio` times it) over steps > start."""
+def spikes(ts, loss, start, ratio, end=np.inf):
+    """(largest loss / running minimum before it, number of evaluations above `ratio` times it) over the steps in
+    (start, end]."""
     ts, loss = np.asarray(ts, float), np.asarray(loss, float)
     before = np.minimum.accumulate(np.concatenate([loss[:1], loss[:-1]]))
-    r = loss / before
-    after = ts > start
-    return float(r[after].max(initial=1.0)), int((r[after] > ratio).sum())
+    r = (loss / before)[(ts > start) & (ts <= end)]
+    return float(r.max(initial=1.0)), int((r > ratio).sum())
 
 
 def late_errors(real, T, K):
@@ -45,11 +45,12 @@ def main():
     args = ap.parse_args()
     rows, early, total = [], 0, 0
     for path in args.files:
-        for r in json.load(open(path))["records"]:
+        with open(path) as f:
+            records = json.load(f)["records"]
+        for r in records:
             p = r["predictions"][args.prediction]
             K = p["K"]
-            w_ts = [t for t in r["real_t"] if t <= K]
-            warm = spikes(w_ts, r["real_loss"][:len(w_ts)], 100, args.ratio)
+            warm = spikes(r["real_t"], r["real_loss"], 100, args.ratio, end=K)
             after = spikes(r["real_t"], r["real_loss"], K, args.ratio)
             errs = late_errors(r["real"], p["T"], K)
             early += sum(e < 0 for e in errs)
@@ -57,15 +58,16 @@ def main():
             signed = ", ".join(f"{e:+}" if np.isinf(e) else f"{100 * e:+.0f} %" for e in errs) or "-"
             rows.append(f"| {os.path.basename(path)} | {r['model']} -> {r['task']} | {warm[0]:.1f} ({warm[1]}) | "
                         f"{after[0]:.1f} ({after[1]}) | {signed} |")
+    today = datetime.date.today()
     text = (f"# Loss spikes of the N = 40,000 real runs and the direction of the late errors "
-            f"({datetime.date.today()})\n\n`python -m benchmarks.large_spikes {' '.join(args.files)}` (post hoc). "
+            f"({today})\n\n`python -m benchmarks.large_spikes {' '.join(args.files)}` (post hoc). "
             f"Spike: the real loss above {args.ratio:g}x its running minimum. Prediction: {args.prediction}, K its "
             f"warm-up steps. Signed error: (predicted - real) / real steps; negative is too early.\n\n"
             "| file | model -> task | warm-up (steps 100..K): max ratio (spikes) | after K: max ratio (spikes) | "
             "targets after K: signed errors |\n|---|---|---|---|---|\n" + "\n".join(rows)
             + f"\n\n{early} of {total} targets after the warm-up predicted too early.\n")
     os.makedirs(args.out, exist_ok=True)
-    out = os.path.join(args.out, f"large-spikes-cpu-{datetime.date.today()}.md")
+    out = os.path.join(args.out, f"large-spikes-cpu-{today}.md")
     with open(out, "w") as f:
         f.write(text)
     print(text)
