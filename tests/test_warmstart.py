@@ -240,7 +240,7 @@ def test_recommended_method_reads_the_curves_off_its_holdout_rows():
     from zoo_kernels import predict_training_time
     from zoo_kernels.predict import RECOMMENDED, recommended_holdout
     model, x, y = bilinear_problem(n=150, h=6, C=2)  # M = 40, so 110 holdout rows
-    assert recommended_holdout(y) == 110 and recommended_holdout(y, 7) == 7
+    assert recommended_holdout(150, 2) == 110 and recommended_holdout(150, 2, 7) == 7
     kw = dict(lr=0.05, batch_size=8, max_steps=RECOMMENDED["warmup_steps"] + 20, momentum=0.9, paths=2, seed=2)
     a = predict_training_time(model, (x, y), method="recommended", **kw)
     b = predict_after_warmup(model, (x, y), **kw, **dict(RECOMMENDED, feature_rank=6), holdout=110,

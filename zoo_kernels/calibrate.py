@@ -111,9 +111,8 @@ class HeadAwarePredictor(Predictor):
             raise ValueError(f"`holdout` must be an int in [0, {self.n_samples - M}] (the samples outside the "
                              f"subset), got {holdout!r}")
         if holdout:  # rows M.. : samples the dynamics never train on, moved by the same θ (Prediction.holdout_*)
-            idx = subset_indices(self.n_samples, M + holdout, seed, offset=M)
-            self.x = torch.cat([self.x, self.x_all[idx]])
-            self.y = torch.cat([self.y, self.y_all[idx].long().cpu()])
+            hx, hy = self.samples.take(subset_indices(self.n_samples, M + holdout, seed, offset=M))
+            self.x, self.y = torch.cat([self.x, hx]), torch.cat([self.y, hy.cpu()])
         head_name = head or _last_linear(model)
         lin = model.get_submodule(head_name)
         if not isinstance(lin, nn.Linear):

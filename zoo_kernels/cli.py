@@ -467,7 +467,7 @@ def cmd_predict(args):
         except ValueError as e:
             raise InputError(str(e)) from e
         vars(args).update(chosen, method="head-aware")
-        args.holdout = recommended_holdout(y, args.holdout)  # the curves are read off the holdout rows
+        args.holdout = recommended_holdout(len(y), int(y.max()) + 1, args.holdout)  # the curves are read off the holdout rows
         args.holdout_self = args.holdout > 0
     if args.holdout_self and args.holdout < 1:
         raise InputError(f"--holdout-self reads the curves off the holdout rows: it needs --holdout H > 0, got "
@@ -484,7 +484,7 @@ def cmd_predict(args):
         raise InputError(str(e)) from e
     from .predict import resolve_subset  # noqa: PLC0415
 
-    subset = pred.subset if pred else resolve_subset(args.subset, y)
+    subset = pred.subset if pred else resolve_subset(args.subset, len(y), int(y.max()) + 1)
     obj = {"model": mname, "target_data": desc, "num_samples": int(len(x)), "num_classes": C,
            "method": label, "sketch_method": None if args.method == "exact" else args.sketch_method,
            "k": pred.k if pred else (args.k or 512),

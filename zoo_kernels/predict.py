@@ -17,6 +17,7 @@ import torch
 from .dynamics import LOSSES, SGD, KernelOperator, coarsen, expand_curves, simulate_sgd
 from .ntk import ntk
 from .sketch import METHODS as SKETCH_METHODS, sketch_jacobian
+from .samples import as_samples
 from .spectrum import SketchGram, _eigh, spectrum_from_measurement
 
 
@@ -143,15 +144,6 @@ class Prediction:
                            subset_loss_curve=self.loss_curve, subset_accuracy_curve=self.accuracy_curve)
 
 
-def _as_tensors(data):
-    if isinstance(data, (tuple, list)) and len(data) == 2 and all(torch.is_tensor(t) for t in data):
-        return data
-    if isinstance(data, torch.utils.data.Dataset):
-        xs, ys = zip(*(data[i] for i in range(len(data))))
-        return torch.stack([torch.as_tensor(x) for x in xs]), torch.as_tensor(ys)
-    raise TypeError("`data` must be an (inputs, labels) pair of tensors or a torch Dataset of (input, label)")
-
-
 @torch.no_grad()
 def _outputs(model, x, batch_size):
     device = next(model.parameters()).device
@@ -198,10 +190,10 @@ def auto_subset(n, num_classes):
     return min(n, max(n // 20, 20 * num_classes, 2))
 
 
-def resolve_subset(subset, labels):
-    """The number of samples M that `subset` (None: all, "auto", or an int, unchecked) means for these labels."""
-    n = len(labels)
-    return n if subset is None else auto_subset(n, int(labels.max()) + 1) if subset == "auto" else subset
+def resolve_subset(subset, n, num_classes):
+    """The number of samples M that `subset` (None: all, "auto", or an int, unchecked) means for N samples of C
+    classes."""
+    return n if subset is None else auto_subset(n, num_classes) if subset == "auto" else subset
 
 
 def _load_data(pred, model, data, loss, subset, seed):
@@ -210,22 +202,18 @@ def _load_data(pred, model, data, loss, subset, seed):
         raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
     if loss not in LOSSES:
         raise ValueError(f"`loss` must be one of {LOSSES}, got {loss!r}")
-    x, y = _as_tensors(data)
-    if len(x) != len(y) or len(x) < 2:
-        raise ValueError(f"`data` must hold at least 2 samples with one label each, got {len(x)} and {len(y)}")
-    if x.is_floating_point() and not torch.isfinite(x).all():
-        raise ValueError("`data` inputs contain NaN or Inf")
-    if y.is_floating_point():
-        raise ValueError("`data` labels must be integer class labels")
+    samples = as_samples(data)
+    if len(samples) < 2:
+        raise ValueError(f"`data` must hold at least 2 samples, got {len(samples)}")
     pred.model, pred.loss, pred.seed = model, loss, seed
-    pred.n_samples = N = len(x)
-    M = resolve_subset(subset, y)
+    pred.n_samples = N = len(samples)
+    M = resolve_subset(subset, N, samples.num_classes(model) if subset == "auto" else None)
     if not isinstance(M, int) or isinstance(M, bool) or not 2 <= M <= N:
         raise ValueError(f"`subset` must be None, 'auto' or an int in [2, {N}], got {subset!r}")
     pred.subset = M
-    idx = subset_indices(N, M, seed)
-    pred.x, pred.y = x[idx], y[idx].long().cpu()  # labels on the CPU, where the simulations run
-    pred.x_all, pred.y_all = x, y
+    pred.x, pred.y = samples.take(subset_indices(N, M, seed))
+    pred.y = pred.y.cpu()  # labels on the CPU, where the simulations run
+    pred.samples = samples  # the rest is read where needed (holdout rows, warm-up batches, timed steps)
 
 
 class Predictor:
@@ -322,7 +310,7 @@ class Predictor:
             times = []
             for i in range(steps + 1):
                 b = torch.randint(0, self.n_samples, (batch_size,), generator=g)
-                xb, yb = self.x_all[b].to(device), self.y_all[b].to(device)
+                xb, yb = (t.to(device) for t in self.samples.take(b))
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 t = time.perf_counter()
@@ -470,12 +458,12 @@ def recommended_scope(n_samples, batch_size):
             f"warm-up is {K} real steps (half an epoch), and how its error grows with N is not known")
 
 
-def recommended_holdout(labels, holdout=0):
+def recommended_holdout(n_samples, num_classes, holdout=0):
     """The recommended mode's holdout rows: `holdout` if given (> 0), else min(RECOMMENDED_HOLDOUT, N − M) for its
-    subset M (0 when the subset is all the data)."""
-    if holdout or not torch.is_tensor(labels) or labels.numel() < 2:  # bad labels: the predictor's checks say why
+    subset M of N samples of C classes (0 when the subset is all the data)."""
+    if holdout:
         return holdout
-    return max(0, min(RECOMMENDED_HOLDOUT, len(labels) - resolve_subset("auto", labels)))
+    return max(0, min(RECOMMENDED_HOLDOUT, n_samples - auto_subset(n_samples, num_classes)))
 
 
 def recommended_settings(model, max_steps, n_samples, batch_size, cli=False, **given):
@@ -539,15 +527,16 @@ def predict_training_time(model, data, *, lr, batch_size, max_steps, momentum=0.
     if method not in ("sketch", "exact", "head-aware", "recommended"):
         raise ValueError(f"`method` must be 'sketch', 'exact', 'head-aware' or 'recommended', got {method!r}")
     if method == "recommended":
-        data = _as_tensors(data)
-        chosen = recommended_settings(model, max_steps, len(data[1]), batch_size, warmup_steps=warmup_steps,
+        data = as_samples(data)
+        chosen = recommended_settings(model, max_steps, len(data), batch_size, warmup_steps=warmup_steps,
                                       feature_norm=feature_norm, feature_rank=feature_rank,
                                       sketch_method=sketch_method, eval_every=eval_every, eval_growth=eval_growth,
                                       subset=subset, k=k)
-        scope = recommended_scope(len(data[1]), batch_size)
+        scope = recommended_scope(len(data), batch_size)
         if scope:
             warnings.warn(scope, RuntimeWarning, stacklevel=2)
-        holdout = recommended_holdout(data[1], holdout)
+        if len(data) >= 2:  # else the predictor's checks say why
+            holdout = recommended_holdout(len(data), data.num_classes(model), holdout)
         holdout_self = isinstance(holdout, int) and holdout > 0
         return predict_training_time(model, data, lr=lr, batch_size=batch_size, max_steps=max_steps,
                                      momentum=momentum, weight_decay=weight_decay, loss=loss, seed=seed,

@@ -11,6 +11,7 @@ head-aware setup at w_K. Weight decay is torch's (toward 0) during the warm-up a
 (toward w_K for the backbone) after it.
 """
 import copy
+import itertools
 import time
 import types
 
@@ -106,7 +107,7 @@ def predict_after_warmup(model, data, *, lr, batch_size, max_steps, warmup_steps
     K = warmup_steps
     checked = types.SimpleNamespace()  # the predictors' checks of model, data, loss, subset; the subset itself
     _load_data(checked, model, data, loss, subset, seed)
-    x, y, N = checked.x_all, checked.y_all, checked.n_samples
+    N = checked.n_samples
     if not isinstance(batch_size, int) or not 1 <= batch_size <= N:
         raise ValueError(f"`batch_size` must be an int in [1, {N}] (the number of samples), got {batch_size!r}")
     warm = copy.deepcopy(model)
@@ -116,24 +117,25 @@ def predict_after_warmup(model, data, *, lr, batch_size, max_steps, warmup_steps
         dev = next(warm.parameters()).device
         opt = torch.optim.SGD([p for p in warm.parameters() if p.requires_grad], lr=lr, momentum=momentum,
                               dampening=dampening, nesterov=nesterov, weight_decay=weight_decay)
-        batches = _batch_stream(N, batch_size, sampling, torch.Generator().manual_seed(seed + 1))
+        stream = _batch_stream(N, batch_size, sampling, torch.Generator().manual_seed(seed + 1))
+        batches = checked.samples.batches(itertools.islice(stream, K))  # read ahead with the Samples' workers
         warm.train()
         for t in tqdm(range(K), desc="warm-up (real steps)", unit="step", disable=not progress):
             if t % eval_every == 0:  # as in the prediction: every eval_every steps, interpolated in between
                 ell, acc = _subset_eval(warm, sx, sy, loss, eval_batch_size)
                 evals.append(t), losses.append(ell), accs.append(acc)
-            b = next(batches)
+            xb, yb = next(batches)
             t0 = time.perf_counter()
-            out = warm(x[b].to(dev))
+            out = warm(xb.to(dev))
             opt.zero_grad(set_to_none=True)
-            batch_loss = _real_loss(out, y[b].long().to(dev), loss)
+            batch_loss = _real_loss(out, yb.to(dev), loss)
             if not torch.isfinite(batch_loss):
                 raise FloatingPointError(f"real training diverged during the warm-up, at step {t} (lr {lr}): "
                                          "lower the learning rate")
             batch_loss.backward()
             opt.step()
             step_times.append(time.perf_counter() - t0)
-    pred = HeadAwarePredictor(warm, (x, y), loss=loss, k=k, subset=subset, seed=seed, eval_batch_size=eval_batch_size,
+    pred = HeadAwarePredictor(warm, checked.samples, loss=loss, k=k, subset=subset, seed=seed, eval_batch_size=eval_batch_size,
                               feature_rank=feature_rank, sketch_method=sketch_method, holdout=holdout,
                               progress=progress)
     velocity = feature_velocity(warm, opt, pred, eval_batch_size) if opt is not None and momentum else None
