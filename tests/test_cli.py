@@ -1,6 +1,7 @@
 """zoo-kernels CLI (rank, predict-time, bench) through main([...]) with tiny settings, its bad-input errors, and the
 corrections of zoo_kernels.calibrate that `predict-time --method head-aware` uses."""
 import json
+import os
 
 import numpy as np
 import pytest
@@ -261,6 +262,21 @@ def test_bad_data_files(capsys, tmp_path):
     rc, _, err = run(capsys, ["predict-time", "--model", "convnet_latin", "--task", "nope", "--lr", "0.1",
                               "--batch-size", "4"])
     assert rc == 2 and "unknown task" in err
+
+
+def test_data_files_are_memory_mapped_and_legacy_ones_still_load(tmp_path):
+    x, y = torch.rand(9, 1, 4, 4), torch.arange(9) % 3
+    new, old = tmp_path / "new.pt", tmp_path / "old.pt"
+    torch.save({"x": x, "y": y}, new)
+    torch.save({"x": x, "y": y}, old, _use_new_zipfile_serialization=False)  # cannot be mapped
+    for path in (new, old):
+        a, b = cli.load_data_file(str(path))
+        assert torch.equal(a, x) and torch.equal(b, y)
+    mapped, _ = cli.load_data_file(str(new))
+    if os.path.exists("/proc/self/maps"):
+        with open("/proc/self/maps") as fh:
+            assert str(new) in fh.read()  # the file is mapped, not read
+    assert torch.equal(mapped, x)
 
 
 # ------------------------------------------------------------------------------------------------ rank

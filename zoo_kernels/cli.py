@@ -60,10 +60,13 @@ def load_data_file(path):
         except Exception as e:  # noqa: BLE001
             raise InputError(f"{path}: not a readable .npz file ({type(e).__name__}: {e})") from e
     else:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001
-            raise InputError(f"{path}: not a loadable weights-only torch file ({type(e).__name__}: {e})") from e
+        try:  # memory-mapped: a prediction reads the rows it needs only (zoo_kernels.samples)
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception:  # noqa: BLE001  (a legacy, non-zip file cannot be mapped)
+            try:
+                obj = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as e:  # noqa: BLE001
+                raise InputError(f"{path}: not a loadable weights-only torch file ({type(e).__name__}: {e})") from e
     if isinstance(obj, dict):
         x = _first(obj, ("inputs", "x", "images", "data"), "inputs", path)
         y = _first(obj, ("labels", "y", "targets"), "labels", path)
@@ -84,7 +87,7 @@ def check_data(x, y, where="data"):
         raise InputError(f"{where}: at least 2 samples are needed, got {x.shape[0]}")
     if not x.is_floating_point():
         x = x.float()
-    if not torch.isfinite(x).all():
+    if any(not torch.isfinite(x[s:s + 4096]).all() for s in range(0, len(x), 4096)):  # chunks: no N-sized mask
         raise InputError(f"{where}: the inputs contain NaN or Inf")
     if y.is_floating_point():
         if not torch.isfinite(y).all():
