@@ -264,6 +264,35 @@ def test_bad_data_files(capsys, tmp_path):
     assert rc == 2 and "unknown task" in err
 
 
+def test_predict_time_on_a_dataset_reads_only_the_rows_it_needs(capsys):
+    import cli_datasets
+    args = ["predict-time", "--model", "convnet_latin", "--no-progress", "--threads", "1", "--max-steps", "6",
+            "--no-step-time", "--paths", "1", "--lr", "0.05", "--batch-size", "4", "--momentum", "0.9",
+            "--subset", "6", "--holdout", "2"]
+    a = run_json(capsys, args + ["--task", "texture_orient", "--shots", "2"])
+    cli_datasets.READS.clear()
+    b = run_json(capsys, args + ["--dataset", "cli_datasets:with_targets"])
+    assert len(cli_datasets.READS) == 6 + 2  # the subset and the holdout rows, nothing else
+    assert b["num_samples"] == a["num_samples"] and b["num_classes"] == a["num_classes"]
+    assert [t["steps"] for t in b["targets"]] == [t["steps"] for t in a["targets"]]
+    assert b["final_loss"] == pytest.approx(a["final_loss"], rel=1e-9)
+    c = run_json(capsys, args + ["--dataset", "cli_datasets:without_targets", "--num-classes",
+                                 str(a["num_classes"])])
+    assert c["final_loss"] == pytest.approx(a["final_loss"], rel=1e-9)
+    rc, _, err = run(capsys, args + ["--dataset", "cli_datasets:without_targets"])
+    assert rc == 2 and "no `targets`" in err and "--num-classes" in err
+    rc, _, err = run(capsys, args + ["--dataset", "cli_datasets:not_a_dataset"])
+    assert rc == 2 and "--dataset cli_datasets:not_a_dataset" in err and "torch Dataset" in err
+    rc, _, err = run(capsys, args + ["--dataset", "cli_datasets:nope"])
+    assert rc == 2 and "--dataset cli_datasets:nope" in err
+    rc, _, err = run(capsys, args + ["--dataset", "no_colon"])
+    assert rc == 2 and "package.module:function" in err
+    rc, _, err = run(capsys, args + ["--dataset", "cli_datasets:with_targets", "--task", "texture_orient"])
+    assert rc == 2 and "exactly one of" in err
+    rc, _, err = run(capsys, args + ["--dataset", "cli_datasets:with_targets", "--verify"])
+    assert rc == 2 and "not with --dataset" in err
+
+
 def test_data_files_are_memory_mapped_and_legacy_ones_still_load(tmp_path):
     x, y = torch.rand(9, 1, 4, 4), torch.arange(9) % 3
     new, old = tmp_path / "new.pt", tmp_path / "old.pt"

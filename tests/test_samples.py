@@ -158,3 +158,13 @@ def _subset_and_holdout_rows(n):
 
 def test_recommended_constants_unchanged():
     assert RECOMMENDED["warmup_steps"] == 100  # the read counts above assume K = max(100, N / 2B)
+
+
+def test_reading_a_dataset_shows_progress(capsys):
+    zk.predict_training_time(model_of(), LazyRows(500), method="head-aware", subset=60, holdout=20, lr=0.1,
+                             batch_size=8, max_steps=4, k=16, paths=2, progress=True)
+    err = capsys.readouterr().err
+    assert "reading the subset" in err and "reading the holdout" in err
+    zk.predict_training_time(model_of(), materialized(500), method="head-aware", subset=60, lr=0.1, batch_size=8,
+                             max_steps=4, k=16, paths=2, progress=True)
+    assert "reading the subset" not in capsys.readouterr().err  # tensors are indexed, not read

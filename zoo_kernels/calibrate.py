@@ -105,13 +105,14 @@ class HeadAwarePredictor(Predictor):
                  eval_batch_size=32, head=None, feature_rank=None, holdout=0, progress=False):
         start = time.perf_counter()
         check_sketch_method(sketch_method)
-        _load_data(self, model, data, loss, subset, seed)
+        _load_data(self, model, data, loss, subset, seed, progress)
         self.n_train = M = self.subset
         if not (isinstance(holdout, int) and not isinstance(holdout, bool) and 0 <= holdout <= self.n_samples - M):
             raise ValueError(f"`holdout` must be an int in [0, {self.n_samples - M}] (the samples outside the "
                              f"subset), got {holdout!r}")
         if holdout:  # rows M.. : samples the dynamics never train on, moved by the same θ (Prediction.holdout_*)
-            hx, hy = self.samples.take(subset_indices(self.n_samples, M + holdout, seed, offset=M))
+            hx, hy = self.samples.take(subset_indices(self.n_samples, M + holdout, seed, offset=M), progress,
+                                       "reading the holdout")
             self.x, self.y = torch.cat([self.x, hx]), torch.cat([self.y, hy.cpu()])
         head_name = head or _last_linear(model)
         lin = model.get_submodule(head_name)

@@ -11,8 +11,9 @@
 Models: MiniZoo names (`--model`, `--models`), or checkpoint files (`--checkpoint`) read with
 torch.load(weights_only=True) (no code is unpickled): a MiniZoo checkpoint, or a state_dict with `--arch`
 (a MiniZoo architecture) or `--factory pkg.module:function` (your code, called as function(num_classes)).
-Data: a MiniZoo task (`--task`, `--shots`), or a file (`--data`): .pt/.pth (weights_only) holding
-{"inputs"|"x": float tensor, "labels"|"y": int tensor} or an (inputs, labels) pair, or .npz with x, y.
+Data: a MiniZoo task (`--task`, `--shots`), or a file (`--data`): .pt/.pth (weights_only, memory-mapped) holding
+{"inputs"|"x": float tensor, "labels"|"y": int tensor} or an (inputs, labels) pair, or .npz with x, y; for
+predict-time also your Dataset (`--dataset package.module:function`), read only where the prediction needs it.
 
 Exit codes: 0 success, 2 bad input (the message says which), 1 other failures. Progress bars go to stderr,
 so `--format json` output on stdout stays machine-readable.
@@ -100,14 +101,19 @@ def check_data(x, y, where="data"):
     return x, y
 
 
-def _factory(spec):
+def _callable(spec, flag):
+    """The function named by `flag`'s package.module:function."""
     mod, _, fn = spec.partition(":")
     if not mod or not fn:
-        raise InputError(f"--factory must look like package.module:function, got {spec!r}")
+        raise InputError(f"{flag} must look like package.module:function, got {spec!r}")
     try:
         return getattr(importlib.import_module(mod), fn)
     except (ImportError, AttributeError) as e:
-        raise InputError(f"--factory {spec}: {e}") from e
+        raise InputError(f"{flag} {spec}: {e}") from e
+
+
+def _factory(spec):
+    return _callable(spec, "--factory")
 
 
 def load_checkpoint_file(path, arch=None, factory=None):
@@ -184,8 +190,12 @@ def load_target(args):
     """(x, y, num_classes, description) from --task/--shots or --data."""
     from . import zoo  # noqa: PLC0415
 
-    if (args.task is None) == (args.data is None):
-        raise InputError("give exactly one of --task (a MiniZoo task) or --data (a file)")
+    dataset = getattr(args, "dataset", None)
+    if sum(v is not None for v in (args.task, args.data, dataset)) != 1:
+        raise InputError("give exactly one of --task (a MiniZoo task), --data (a file)"
+                         + (" or --dataset (your Dataset)" if hasattr(args, "dataset") else ""))
+    if dataset is not None:
+        return _load_dataset(dataset, args.num_classes)
     if args.task is not None:
         if args.task not in zoo.tasks("full"):
             raise InputError(f"unknown task {args.task!r}; MiniZoo tasks: {', '.join(zoo.tasks('full'))}")
@@ -197,6 +207,24 @@ def load_target(args):
         return x, y, C, f"{args.task} ({args.shots}-shot)" if args.shots else args.task
     x, y = load_data_file(args.data)
     return x, y, int(y.max()) + 1, os.path.basename(args.data)
+
+
+def _load_dataset(spec, num_classes):
+    """(Samples, labels or None, num_classes, description) from --dataset package.module:function: your code,
+    called as function(), returning a map-style Dataset of (input, label) rows, read where a prediction needs them."""
+    from .samples import Samples  # noqa: PLC0415
+
+    make = _callable(spec, "--dataset")
+    try:
+        data = Samples(make())
+    except (TypeError, ValueError) as e:
+        raise InputError(f"--dataset {spec}: {e}") from e
+    if len(data) < 2:
+        raise InputError(f"--dataset {spec}: at least 2 samples are needed, got {len(data)}")
+    if data.labels is None and num_classes is None:
+        raise InputError(f"--dataset {spec}: the Dataset has no `targets` (N integer labels): give --num-classes")
+    C = num_classes if data.labels is None else int(data.labels.max()) + 1
+    return data, data.labels, C, spec
 
 
 def _parse_target(spec):
@@ -338,20 +366,20 @@ def cmd_rank(args):
 
 # ------------------------------------------------------------------------------------------------ predict-time
 
-def build_predictor(model, x, y, args):
+def build_predictor(model, data, args):
     from .calibrate import HeadAwarePredictor  # noqa: PLC0415
     from .predict import Predictor  # noqa: PLC0415
 
     kw = dict(loss=args.loss, subset=args.subset, seed=args.seed, sketch_method=args.sketch_method,
               progress=not args.no_progress)
     if args.method == "head-aware":
-        return HeadAwarePredictor(model, (x, y), k=args.k or 512, feature_rank=args.feature_rank,
+        return HeadAwarePredictor(model, data, k=args.k or 512, feature_rank=args.feature_rank,
                                   holdout=args.holdout, **kw)
     if args.feature_rank is not None:
         raise ValueError("--feature-rank applies to --method head-aware only")
     if args.holdout or args.holdout_self:
         raise ValueError("--holdout and --holdout-self apply to --method head-aware and recommended only")
-    return Predictor(model, (x, y), method=args.method, k=args.k or 1024, **kw)
+    return Predictor(model, data, method=args.method, k=args.k or 1024, **kw)
 
 
 def _sgd_kwargs(args, lr=None, batch_size=None):
@@ -434,8 +462,11 @@ def cmd_predict(args):
         raise InputError(f"--loss must be one of {LOSSES} (cross-entropy or squared error), got {args.loss!r}")
     x, y, C, desc = load_target(args)
     C = args.num_classes or C
-    if int(y.max()) >= C:
+    if y is not None and int(y.max()) >= C:
         raise InputError(f"labels go up to {int(y.max())} but the head has {C} outputs (--num-classes)")
+    data = x if args.dataset else (x, y)  # --dataset: Samples, read where needed
+    if args.dataset and args.verify:
+        raise InputError("--verify fine-tunes on all the data in memory: not with --dataset")
     _check_predict_args(args, len(x))
     targets = [_parse_target(t) for t in (args.target or ["fraction=0.5", "fraction=0.25", "fraction=0.1"])]
     if args.model is not None:
@@ -470,7 +501,7 @@ def cmd_predict(args):
         except ValueError as e:
             raise InputError(str(e)) from e
         vars(args).update(chosen, method="head-aware")
-        args.holdout = recommended_holdout(len(y), int(y.max()) + 1, args.holdout)  # the curves are read off the holdout rows
+        args.holdout = recommended_holdout(len(x), C, args.holdout)  # the curves are read off the holdout rows
         args.holdout_self = args.holdout > 0
     if args.holdout_self and args.holdout < 1:
         raise InputError(f"--holdout-self reads the curves off the holdout rows: it needs --holdout H > 0, got "
@@ -482,12 +513,12 @@ def cmd_predict(args):
     if args.warmup_steps and (args.recommend or args.schedule != "constant"):
         raise InputError("--warmup-steps runs real steps for one setting: not with --recommend or a schedule")
     try:
-        pred = None if args.warmup_steps else build_predictor(model, x, y, args)
+        pred = None if args.warmup_steps else build_predictor(model, data, args)
     except ValueError as e:
         raise InputError(str(e)) from e
     from .predict import resolve_subset  # noqa: PLC0415
 
-    subset = pred.subset if pred else resolve_subset(args.subset, len(y), int(y.max()) + 1)
+    subset = pred.subset if pred else resolve_subset(args.subset, len(x), C)
     obj = {"model": mname, "target_data": desc, "num_samples": int(len(x)), "num_classes": C,
            "method": label, "sketch_method": None if args.method == "exact" else args.sketch_method,
            "k": pred.k if pred else (args.k or 512),
@@ -511,7 +542,7 @@ def cmd_predict(args):
         if pred is None:  # K real steps, then the head-aware model at w_K
             from .warmstart import predict_after_warmup  # noqa: PLC0415
 
-            p = predict_after_warmup(model, (x, y), max_steps=args.max_steps, warmup_steps=args.warmup_steps,
+            p = predict_after_warmup(model, data, max_steps=args.max_steps, warmup_steps=args.warmup_steps,
                                      paths=args.paths, k=args.k or 512, subset=args.subset, seed=args.seed,
                                      loss=args.loss, feature_norm=args.feature_norm, feature_rank=args.feature_rank,
                                      sketch_method=args.sketch_method, eval_every=args.eval_every,
@@ -738,6 +769,9 @@ def build_parser():
     p = sub.add_parser("predict-time", help="predict SGD steps / epochs / seconds of fine-tuning to a target")
     _common(p)
     p.add_argument("--model", help="a MiniZoo model name")
+    p.add_argument("--dataset", help="package.module:function() returning a map-style Dataset of (input, label): "
+                   "read only where the prediction needs it, for data too large for memory (--num-classes when "
+                   "it has no `targets`)")
     p.add_argument("--num-classes", type=int, help="outputs of the new head (default: the task's / max label + 1)")
     p.add_argument("--head-seed", type=int, default=0, help="seed of the new head (the MiniZoo run seed)")
     p.add_argument("--keep-head", action="store_true", help="keep the checkpoint's head instead of a new one")

@@ -196,7 +196,7 @@ def resolve_subset(subset, n, num_classes):
     return n if subset is None else auto_subset(n, num_classes) if subset == "auto" else subset
 
 
-def _load_data(pred, model, data, loss, subset, seed):
+def _load_data(pred, model, data, loss, subset, seed, progress=False):
     """Checks (model, data, loss, subset) and sets the data attributes shared by the predictors."""
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
@@ -211,7 +211,7 @@ def _load_data(pred, model, data, loss, subset, seed):
     if not isinstance(M, int) or isinstance(M, bool) or not 2 <= M <= N:
         raise ValueError(f"`subset` must be None, 'auto' or an int in [2, {N}], got {subset!r}")
     pred.subset = M
-    pred.x, pred.y = samples.take(subset_indices(N, M, seed))
+    pred.x, pred.y = samples.take(subset_indices(N, M, seed), progress, "reading the subset")
     pred.y = pred.y.cpu()  # labels on the CPU, where the simulations run
     pred.samples = samples  # the rest is read where needed (holdout rows, warm-up batches, timed steps)
 
@@ -243,7 +243,7 @@ class Predictor:
         if method not in ("sketch", "exact"):
             raise ValueError(f"`method` must be 'sketch' or 'exact', got {method!r}")
         check_sketch_method(sketch_method)
-        _load_data(self, model, data, loss, subset, seed)
+        _load_data(self, model, data, loss, subset, seed, progress)
         M = self.subset
         self.f0 = _outputs(model, self.x, eval_batch_size)
         C = self.f0.shape[1]

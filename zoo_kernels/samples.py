@@ -8,6 +8,7 @@ np.memmap) costs the rows read, not N. Tensors are checked whole up front; a Dat
 worker processes, as real training would.
 """
 import torch
+from tqdm.auto import tqdm
 
 __all__ = ["Samples", "as_samples"]
 
@@ -52,13 +53,14 @@ class Samples:
     def __len__(self):
         return self.n
 
-    def take(self, idx):
+    def take(self, idx, progress=False, desc="reading samples"):
         """(inputs, labels) of the samples `idx` (a 1-D index tensor or list), labels as int64; a Dataset's rows
-        are read and checked."""
+        are read and checked (progress=True: a progress bar over them)."""
         idx = torch.as_tensor(idx, dtype=torch.long)
         if self.dataset is None:
             return self.x[idx], self.labels[idx.to(self.labels.device)].long()
-        return _stack([(int(i), self.dataset[int(i)]) for i in idx])
+        rows = tqdm(idx.tolist(), desc=desc, unit="row", disable=not progress or len(idx) < 2)
+        return _stack([(i, self.dataset[i]) for i in rows])
 
     def batches(self, index_lists):
         """take(b) for each b of `index_lists` (a finite iterable), in order; with num_workers > 0 a Dataset's

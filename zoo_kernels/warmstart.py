@@ -106,7 +106,7 @@ def predict_after_warmup(model, data, *, lr, batch_size, max_steps, warmup_steps
     start = time.perf_counter()
     K = warmup_steps
     checked = types.SimpleNamespace()  # the predictors' checks of model, data, loss, subset; the subset itself
-    _load_data(checked, model, data, loss, subset, seed)
+    _load_data(checked, model, data, loss, subset, seed, progress)
     N = checked.n_samples
     if not isinstance(batch_size, int) or not 1 <= batch_size <= N:
         raise ValueError(f"`batch_size` must be an int in [1, {N}] (the number of samples), got {batch_size!r}")
