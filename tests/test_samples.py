@@ -89,6 +89,13 @@ def test_worker_processes_read_the_same_batches():
     a = zk.predict_training_time(model_of(2), Samples(LazyRows(n), num_workers=2), **kw)
     b = zk.predict_training_time(model_of(2), LazyRows(n), **kw)
     np.testing.assert_allclose(a.loss_curve, b.loss_curve, rtol=1e-10)
+    idx = torch.randperm(n)[:600]  # more than one chunk
+    x, y = Samples(LazyRows(n), num_workers=2).take(idx)
+    x0, y0 = Samples(LazyRows(n)).take(idx)
+    assert torch.equal(x, x0) and torch.equal(y, y0)
+    bad = LazyRows(n, bad={int(idx[300]): (torch.full((D,), float("nan")), 0)})
+    with pytest.raises(ValueError, match=rf"NaN or Inf \(sample {int(idx[300])}\)"):
+        Samples(bad, num_workers=2).take(idx)
 
 
 def test_samples_read_and_check_rows():

@@ -4,8 +4,8 @@ A prediction touches few of the N samples: the subset (M) and holdout (H) rows i
 warm-up's real steps and a few batches that time a real step. `Samples` wraps (inputs, labels) tensors or a
 map-style torch Dataset and reads those rows only, so a Dataset too large for memory (images decoded from disk, a
 np.memmap) costs the rows read, not N. Tensors are checked whole up front; a Dataset is checked on every row read
-(finite inputs, integer labels >= 0). `Samples(dataset, num_workers=w)` reads a warm-up's batches with w DataLoader
-worker processes, as real training would.
+(finite inputs, integer labels >= 0). `Samples(dataset, num_workers=w)` reads with w DataLoader worker processes
+(the subset in chunks, a warm-up's batches ahead), as real training would.
 """
 import torch
 from tqdm.auto import tqdm
@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 __all__ = ["Samples", "as_samples"]
 
 _CHECK_CHUNK = 1 << 16  # rows per finiteness check of in-memory inputs
+_TAKE_CHUNK = 256  # rows per worker task when take() reads with workers
 
 
 class Samples:
@@ -59,6 +60,10 @@ class Samples:
         idx = torch.as_tensor(idx, dtype=torch.long)
         if self.dataset is None:
             return self.x[idx], self.labels[idx.to(self.labels.device)].long()
+        if self.num_workers and len(idx) > 1:  # chunks read by the workers
+            chunks = list(idx.split(_TAKE_CHUNK))
+            parts = list(tqdm(self.batches(chunks), total=len(chunks), desc=desc, unit="chunk", disable=not progress))
+            return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
         rows = tqdm(idx.tolist(), desc=desc, unit="row", disable=not progress or len(idx) < 2)
         return _stack([(i, self.dataset[i]) for i in rows])
 
