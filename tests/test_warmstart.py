@@ -130,6 +130,29 @@ def test_warmup_eval_every_spaces_the_measurements():
     assert np.all((S[1:3] - L[0]) * (S[1:3] - L[3]) <= 0)  # between its measured neighbours
 
 
+def test_warmup_eval_rows_measures_the_warmup_on_a_random_part_of_the_subset():
+    """warmup_eval_rows=R < M: the warm-up's curve is the loss of R random subset rows (the first R of the subset's
+    random order); the prediction after w_K is unchanged; R >= M is the all-M measurement, bit for bit."""
+    from zoo_kernels.predict import subset_indices
+    model, x, y = bilinear_problem(n=60, C=3)
+    kw = dict(lr=0.05, batch_size=6, max_steps=20, warmup_steps=5, paths=1, seed=2, sampling="stream", k=32,
+              momentum=0.9, subset=40)
+    full = predict_after_warmup(model, (x, y), warmup_eval_rows=None, **kw)
+    same = predict_after_warmup(model, (x, y), warmup_eval_rows=40, **kw)
+    part = predict_after_warmup(model, (x, y), warmup_eval_rows=7, **kw)
+    np.testing.assert_array_equal(same.loss_curve, full.loss_curve)
+    np.testing.assert_allclose(part.loss_curve[5:], full.loss_curve[5:], rtol=1e-12)  # from w_K on
+    rows = subset_indices(60, 7, 2)
+    assert set(rows.tolist()) <= set(subset_indices(60, 40, 2).tolist())
+    with torch.no_grad():
+        want = float(nn.functional.cross_entropy(model(x[rows]), y[rows]))
+        everyone = float(nn.functional.cross_entropy(model(x[subset_indices(60, 40, 2)]), y[subset_indices(60, 40, 2)]))
+    assert part.loss_curve[0] == pytest.approx(want, rel=1e-12)
+    assert full.loss_curve[0] == pytest.approx(everyone, rel=1e-12) and abs(want / everyone - 1) > 1e-6
+    with pytest.raises(ValueError, match="`warmup_eval_rows` must be None or an int >= 1"):
+        predict_after_warmup(model, (x, y), warmup_eval_rows=0, **kw)
+
+
 @pytest.mark.parametrize("kwargs, match", [
     (dict(warmup_steps=-1), "`warmup_steps`"), (dict(warmup_steps=2.5), "`warmup_steps`"),
     (dict(warmup_steps=2, eval_every=0), "`eval_every`"), (dict(warmup_steps=10), "`max_steps`"), (dict(warmup_steps=2, lr=0.0), "`lr`"),
