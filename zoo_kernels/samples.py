@@ -2,8 +2,8 @@
 
 A prediction touches few of the N samples: the subset (M) and holdout (H) rows it integrates on, the K·B rows of a
 warm-up's real steps and a few batches that time a real step. `Samples` wraps (inputs, labels) tensors or a
-map-style torch Dataset and reads those rows only, so a Dataset too large for memory (images decoded from disk, a
-np.memmap) costs the rows read, not N. Tensors are checked whole up front; a Dataset is checked on every row read
+map-style torch Dataset and reads those rows only, so a Dataset too large for memory (image files, rows of a large
+array file) costs the rows read, not N. Tensors are checked whole up front; a Dataset is checked on every row read
 (finite inputs, integer labels >= 0). `Samples(dataset, num_workers=w)` reads with w DataLoader worker processes
 (the subset in chunks, a warm-up's batches ahead), as real training would.
 """
