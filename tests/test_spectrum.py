@@ -217,3 +217,32 @@ def test_two_process_gloo_sketch_equals_single_process(tmp_path, one_thread):
     assert int(got["rows"]) == 900
     torch.testing.assert_close(got["gram"], single.gram, rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(got["cross"], single.cross, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("method", ["exact", "sketch", "subspace"])
+def test_a_dataset_is_read_at_the_subset_only_and_gives_the_tensors_spectrum(method):
+    """data as a Dataset: the same Spectrum as the tensors, reading row 0 (the input check) and the M subset rows only
+    (method="sketch": in chunks)."""
+    model, x, y = problem(n=200)
+
+    class Rows(torch.utils.data.Dataset):
+        reads = []
+
+        def __len__(self):
+            return len(y)
+
+        def __getitem__(self, i):
+            self.reads.append(i)
+            return x[i], int(y[i])
+
+    kw = dict(subset=60, seed=4, method=method, k=None if method == "exact" else 48, chunk=25)
+    a = estimate_spectrum(model, (x, y), **kw)
+    ds = Rows()
+    b = estimate_spectrum(model, ds, **kw)
+    rows = torch.randperm(200, generator=torch.Generator().manual_seed(4))[:60].sort().values.tolist()
+    assert ds.reads == [0] + rows
+    np.testing.assert_allclose(b.eigenvalues, a.eigenvalues, rtol=1e-9)
+    np.testing.assert_allclose(b.energies, a.energies, rtol=1e-9, atol=1e-12)
+    assert b.n_samples == 200 and b.subset == 60
+    with pytest.raises(TypeError, match="an \\(inputs, labels\\) pair of tensors or a map-style torch Dataset"):
+        estimate_spectrum(model, [x])

@@ -31,6 +31,7 @@ from . import ops
 from .eigs import ntk_eigh
 from .ntk import ntk
 from .per_sample import check_model_inputs
+from .samples import Samples, as_samples
 from .sketch import sketch_jacobian
 
 LOSSES = ("mse", "ce")
@@ -193,7 +194,9 @@ def estimate_spectrum(model, data, subset=None, k=None, method=None, *, loss="ms
                       n_total=None, trust=DEFAULT_TRUST, diag_reg=0.0, sketch_method="dense", chunk=1024, progress=False):
     """Eigenvalues of the NTK Θ_N and the initial residual's energy along them, from a random subset.
 
-    data: (inputs, labels), labels integer classes (one-hot targets) or float targets (N, C).
+    data: (inputs, labels), labels integer classes (one-hot targets) or float targets (N, C); or a map-style Dataset
+      of (input, integer label) rows (or zoo_kernels.Samples), read only at the subset's rows, chunk by chunk for
+      method="sketch" (O(chunk + k²) memory for any M).
     subset: M samples (default: all). n_total: the N to extrapolate to (default len(inputs)).
     method: "exact" (ghost NTK, (M·C)² memory), "sketch" (k × k streaming Gram of sketch_jacobian; default when k
       is given) or "subspace" (the top k eigenpairs of the exact Θ_M by randomized subspace iteration,
@@ -204,12 +207,18 @@ def estimate_spectrum(model, data, subset=None, k=None, method=None, *, loss="ms
     import time  # noqa: PLC0415
 
     start = time.perf_counter()
-    if not (isinstance(data, (tuple, list)) and len(data) == 2):
-        raise TypeError("`data` must be an (inputs, labels) pair of tensors")
-    inputs, labels = data
-    check_model_inputs(model, inputs, batch_size)
-    if len(labels) != len(inputs):
-        raise ValueError(f"`labels` has {len(labels)} entries for {len(inputs)} inputs")
+    if isinstance(data, (torch.utils.data.Dataset, Samples)):
+        samples = as_samples(data)
+        N, read = len(samples), samples.take  # rows read where used; each checked
+        check_model_inputs(model, read([0])[0], batch_size)
+    elif isinstance(data, (tuple, list)) and len(data) == 2:
+        inputs, labels = data
+        check_model_inputs(model, inputs, batch_size)
+        if len(labels) != len(inputs):
+            raise ValueError(f"`labels` has {len(labels)} entries for {len(inputs)} inputs")
+        N, read = len(inputs), lambda rows: (inputs[rows], labels[rows])  # noqa: E731
+    else:
+        raise TypeError("`data` must be an (inputs, labels) pair of tensors or a map-style torch Dataset")
     if loss not in LOSSES:
         raise ValueError(f"`loss` must be one of {LOSSES}, got {loss!r}")
     method = method or ("sketch" if k is not None else "exact")
@@ -219,14 +228,14 @@ def estimate_spectrum(model, data, subset=None, k=None, method=None, *, loss="ms
         raise ValueError(f"`k` must be a positive int for method={method!r}, got {k!r}")
     if not 0 < trust <= 1:
         raise ValueError(f"`trust` must be in (0, 1], got {trust}")
-    N = len(inputs)
     M = N if subset is None else subset
     if not isinstance(M, int) or not 1 <= M <= N:
         raise ValueError(f"`subset` must be an int in [1, {N}], got {subset!r}")
     n_total = N if n_total is None else n_total
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(N, generator=g)[:M].sort().values
-    x, y = inputs[idx], labels[idx]
+    if method != "sketch":
+        x, y = read(idx)
 
     if method == "exact":
         delta = initial_residual(model, x, y, loss, batch_size)
@@ -244,7 +253,7 @@ def estimate_spectrum(model, data, subset=None, k=None, method=None, *, loss="ms
     else:
         acc = None
         for s in range(0, M, chunk):
-            xs, ys = x[s:s + chunk], y[s:s + chunk]
+            xs, ys = read(idx[s:s + chunk])  # streamed: a chunk of the subset at a time
             delta = initial_residual(model, xs, ys, loss, batch_size)
             S = sketch_jacobian(model, xs, k, method=sketch_method, seed=seed, batch_size=batch_size)
             acc = acc or SketchGram(k, device=S.device)
