@@ -324,6 +324,23 @@ def test_divergence_is_reported():
         pred.predict(lr=1e4, batch_size=40, max_steps=200, measure_time=False)
 
 
+def test_an_unstable_learning_rate_is_a_divergence_before_the_outputs_overflow():
+    """Full-batch GD of the linearized MSE model at 1.5× the stability limit 2N/λ_max: the top mode grows 2× per step,
+    so the outputs stay finite for hundreds of steps; the loss passing BLOWUP × L0 reports the divergence."""
+    from zoo_kernels.dynamics import BLOWUP
+    model, x, y = problem()
+    pred = Predictor(model, (x, y), method="exact", loss="mse")
+    lam = float(torch.linalg.eigvalsh(zk.ntk(model, x).permute(0, 2, 1, 3).reshape(120, 120))[-1])
+    args = dict(lr=1.5 * 2 * 40 / lam, batch_size=40, measure_time=False)
+    with pytest.raises(FloatingPointError, match=f"the loss passed {BLOWUP:g}× its initial value"):
+        pred.predict(max_steps=60, **args)
+    with pytest.warns(RuntimeWarning, match="diverged at step"):
+        p = pred.predict(max_steps=60, on_divergence="truncate", **args)
+    d = p.diverged_at
+    assert 0 < d < 60 and p.loss_curve[:d].max() <= BLOWUP * p.loss_curve[0] and np.isnan(p.loss_curve[d:]).all()
+    assert p.loss_curve[d - 1] > 10 * p.loss_curve[0]  # growing, not a noise blip
+
+
 def test_divergence_truncate_keeps_the_valid_prefix():
     model, x, y = problem()
     pred = Predictor(model, (x, y), method="exact", loss="mse")  # (linearized cross-entropy cannot diverge)

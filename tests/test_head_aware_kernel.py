@@ -168,3 +168,23 @@ def test_eval_growth_changes_only_where_the_curves_are_read():
     np.testing.assert_allclose(b.loss_curve, c.loss_curve, rtol=1e-9)
     with pytest.raises(ValueError, match="eval_growth"):
         p.predict(eval_growth=-0.1, **common)
+
+
+def test_a_loss_blowing_up_while_finite_is_a_divergence():
+    """A path whose loss passes BLOWUP × its initial loss has diverged although its state is still finite: found at
+    the first evaluation past the bound, in the kernel and in the torch loop alike."""
+    from zoo_kernels.dynamics import BLOWUP
+    model, x, y = bilinear_problem(n=40)
+    p = HeadAwarePredictor(model, (x, y), k=24, seed=1)
+    common = dict(lr=1.0, batch_size=8, max_steps=80, momentum=0.9, paths=2, measure_time=False, eval_every=7)
+    with pytest.warns(RuntimeWarning, match="diverged at step"):
+        a = p.predict(fused=True, on_divergence="truncate", **common)
+    with pytest.warns(RuntimeWarning, match="diverged at step"):
+        b = p.predict(fused=False, on_divergence="truncate", **common)
+    d = a.diverged_at
+    assert d == b.diverged_at and 0 < d < 80 and d % 7 == 1  # NaN after the last evaluation within the bound
+    assert np.isfinite(a.loss_curve[:d]).all() and np.isnan(a.loss_curve[d:]).all()
+    assert a.loss_curve[:d].max() <= BLOWUP * a.loss_curve[0]
+    for fused in (True, False):
+        with pytest.raises(FloatingPointError, match=f"the loss passed {BLOWUP:g}× its initial value"):
+            p.predict(fused=fused, on_divergence="raise", **common)

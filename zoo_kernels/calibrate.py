@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from .dynamics import (SGD, _accuracy, _loss_and_grad, check_divergence_mode, coarsen, expand_curve, expand_curves,
-                       interpolate_loss, mark_divergence, momentum_gain, path_batches)
+                       interpolate_loss, mark_blowup, mark_divergence, momentum_gain, path_batches, BLOWUP)
 from .predict import (Prediction, Predictor, _load_data, _outputs, check_eval_every, check_sketch_method,
                       evaluation_steps, subset_batch_size, subset_indices)
 from . import ops
@@ -269,6 +269,10 @@ class HeadAwarePredictor(Predictor):
                 ell, grad = _loss_and_grad(f, y, onehot, self.loss)
                 losses[:, t] = ell[:, :n].mean(1).numpy()
                 accs[:, t] = _accuracy(f[:, :n], y[:n]).numpy()
+                if mark_blowup(dead, np.where(dead < 0, losses[:, t], 0.0), losses[:, 0], t, on_divergence,
+                               f"the head-aware linearized dynamics diverged at step {t}: the loss passed {BLOWUP:g}× "
+                               f"its initial value (learning rate {sgd.lr_at(max(t - 1, 0), max_steps)})"):
+                    break
                 if N > n:
                     held[:, t], held_acc[:, t] = ell[:, n:].mean(1).numpy(), _accuracy(f[:, n:], y[n:]).numpy()
                 if own is not None and t < max_steps:  # the holdout rows' own visits, until the next evaluation

@@ -178,6 +178,16 @@ def _accuracy(f, y):
     return (f.argmax(-1) == y).double().mean(-1)
 
 
+BLOWUP = 1e3  # a path whose loss passes BLOWUP × its initial loss diverges, though its state is still finite
+
+
+def mark_blowup(dead, loss_t, loss_0, t, on_divergence, message):
+    """mark_divergence for the paths whose loss at step t (> 0) passed BLOWUP × their loss at step 0: they diverged
+    after step t − 1 (their values are NaN from step t on)."""
+    blown = loss_t > BLOWUP * loss_0
+    return t > 0 and blown.any() and mark_divergence(dead, ~blown, t - 1, on_divergence, message)
+
+
 def mark_divergence(dead, finite, t, on_divergence, message):
     """Record the paths whose state stopped being finite after step t (`dead[p]` = t; -1: alive); raise
     FloatingPointError(message) instead unless on_divergence == "truncate". True when every path has diverged."""
@@ -249,7 +259,10 @@ def simulate_sgd(op, f0, labels, loss, sgd, max_steps, paths=4, seed=0, targets=
         ell, grad = _loss_and_grad(f, labels, onehot, loss)
         losses[:, t] = ell.mean(1).numpy()
         accs[:, t] = _accuracy(f, labels).numpy()
-        if t == max_steps:
+        if mark_blowup(dead, losses[:, t], losses[:, 0], t, on_divergence,
+                       f"the linearized dynamics diverged at step {t}: the loss passed {BLOWUP:g}× its initial value; "
+                       f"the learning rate {sgd.lr_at(max(t - 1, 0), max_steps)} exceeds the stability limit "
+                       "2 N / λ_max of this NTK") or t == max_steps:
             break
         batch = torch.stack([bl[t] for bl in batches])  # (P, B): the paths' batches have equal sizes
         B = batch.shape[1]
