@@ -339,6 +339,13 @@ def test_an_unstable_learning_rate_is_a_divergence_before_the_outputs_overflow()
     d = p.diverged_at
     assert 0 < d < 60 and p.loss_curve[:d].max() <= BLOWUP * p.loss_curve[0] and np.isnan(p.loss_curve[d:]).all()
     assert p.loss_curve[d - 1] > 10 * p.loss_curve[0]  # growing, not a noise blip
+    K = zk.ntk(model, x).permute(0, 2, 1, 3).reshape(120, 120)  # the closed form stops at the same bound
+    lam_all, U = torch.linalg.eigh(K)
+    with torch.no_grad():
+        r = U.T @ (model(x) - nn.functional.one_hot(y, 3)).reshape(-1)
+    with pytest.raises(FloatingPointError, match=f"the loss passed {BLOWUP:g}× its initial value"):
+        mse_moments(lam_all.clamp_min(0).numpy(), r.square().numpy(), np.ones(120), 40, 3,
+                    SGD(lr=args["lr"], batch_size=40).check(40), 60)
 
 
 def test_divergence_truncate_keeps_the_valid_prefix():

@@ -337,7 +337,8 @@ def mse_moments(eigenvalues, energies, multiplicity, n_samples, n_outputs, sgd, 
         nVup = Au[0] * Ap[0] * Vuu + (Au[0] * Ap[1] + Au[1] * Ap[0]) * Vup + Au[1] * Ap[1] * Vpp + bu * bp * q
         nVpp = Ap[0] ** 2 * Vuu + 2 * Ap[0] * Ap[1] * Vup + Ap[1] ** 2 * Vpp + bp**2 * q
         mu_u, mu_p, Vuu, Vup, Vpp = new_u, new_p, nVuu, nVup, nVpp
-        if not np.isfinite(curve[t]) or curve[t] > 1e30:
-            raise FloatingPointError(f"the linearized dynamics diverged at step {t}: the learning rate {eta} "
-                                     "exceeds the stability limit 2 N / λ_max of this NTK")
+        if not np.isfinite(curve[t]) or curve[t] > BLOWUP * curve[0]:
+            raise FloatingPointError(f"the linearized dynamics diverged at step {t}: the loss passed {BLOWUP:g}× its "
+                                     f"initial value; the learning rate {eta} exceeds the stability limit 2 N / λ_max "
+                                     "of this NTK")
     return curve
