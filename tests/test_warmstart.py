@@ -130,6 +130,24 @@ def test_warmup_eval_every_spaces_the_measurements():
     assert np.all((S[1:3] - L[0]) * (S[1:3] - L[3]) <= 0)  # between its measured neighbours
 
 
+def test_warmup_eval_growth_spaces_the_warmup_measurements_too():
+    """eval_growth=g: the warm-up is measured at evaluation_steps(K, E, g) only, the same real steps as with g = 0
+    where both measure; eval_growth = 0 is every E steps."""
+    from zoo_kernels.predict import evaluation_steps
+    model, x, y = bilinear_problem(n=30)
+    kw = dict(lr=0.02, batch_size=6, max_steps=60, warmup_steps=40, paths=1, seed=1, sampling="stream", k=32,
+              momentum=0.9, eval_every=2)
+    even = predict_after_warmup(model, (x, y), **kw)
+    grown = predict_after_warmup(model, (x, y), eval_growth=0.2, **kw)
+    at = evaluation_steps(40, 2, 0.2)[:-1]
+    assert len(at) < 20 and at[:6] == [0, 2, 4, 6, 8, 10] and 40 not in at
+    both = [t for t in at if t % 2 == 0]  # measured by both runs
+    assert len(both) >= 8
+    np.testing.assert_allclose(grown.loss_curve[both], even.loss_curve[both], rtol=1e-12)  # the same real steps
+    gaps = sorted(set(range(40)) - set(at))
+    assert not np.allclose(grown.loss_curve[gaps], even.loss_curve[gaps], rtol=1e-9)  # interpolated over wider gaps
+
+
 def test_warmup_eval_rows_measures_the_warmup_on_a_random_part_of_the_subset():
     """warmup_eval_rows=R < M: the warm-up's curve is the loss of R random subset rows (the first R of the subset's
     random order); the prediction after w_K is unchanged; R >= M is the all-M measurement, bit for bit."""

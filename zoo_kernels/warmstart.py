@@ -23,7 +23,8 @@ from tqdm.auto import tqdm
 from .calibrate import HeadAwarePredictor, _last_linear, feature_model, projected_features
 from .curvature import curvature_along
 from .dynamics import _accuracy, _batch_stream, _loss_and_grad, interpolate_loss
-from .predict import Prediction, _load_data, _outputs, check_eval_every, check_sketch_method, subset_indices
+from .predict import (Prediction, _load_data, _outputs, check_eval_every, check_sketch_method, evaluation_steps,
+                      subset_indices)
 
 __all__ = ["predict_after_warmup", "feature_velocity"]
 
@@ -86,8 +87,9 @@ def predict_after_warmup(model, data, *, lr, batch_size, max_steps, warmup_steps
     The arguments are HeadAwarePredictor's and its predict()'s; warmup_steps = 0 is the plain head-aware
     prediction. `model` is not modified. Prediction.warmup_steps = K; its step_seconds is the median measured
     warm-up step (K ≥ 3), and its feature_shift is NaN over the warm-up (it is relative to the features at w_K).
-    eval_every=E also spaces the warm-up's subset evaluations (every E real steps, interpolated as in predict());
-    eval_growth spaces the prediction's only (HeadAwarePredictor.predict).
+    eval_every=E and eval_growth=g space the warm-up's subset evaluations as the prediction's
+    (predict.evaluation_steps: max(E, g·t) apart, interpolated in between; with g = 0.01 the spacing first exceeds E
+    = 10 after step 1,100, beyond every validated warm-up).
     curvature="along": integrate twice, the second time with the second-order term along the direction of the first
     run's backbone displacement (zoo_kernels.curvature; measured worse than None on MiniZoo's long runs, see
     docs/PREDICT.md); None: the linearized model only.
@@ -128,9 +130,10 @@ def predict_after_warmup(model, data, *, lr, batch_size, max_steps, warmup_steps
                               dampening=dampening, nesterov=nesterov, weight_decay=weight_decay)
         stream = _batch_stream(N, batch_size, sampling, torch.Generator().manual_seed(seed + 1))
         batches = checked.samples.batches(itertools.islice(stream, K))  # read ahead with the Samples' workers
+        measured = set(evaluation_steps(K, eval_every, eval_growth))  # (K itself: the prediction's first point)
         warm.train()
         for t in tqdm(range(K), desc="warm-up (real steps)", unit="step", disable=not progress):
-            if t % eval_every == 0:  # as in the prediction: every eval_every steps, interpolated in between
+            if t in measured:  # as in the prediction: evaluation_steps, interpolated in between
                 ell, acc = _subset_eval(warm, sx, sy, loss, eval_batch_size)
                 evals.append(t), losses.append(ell), accs.append(acc)
             xb, yb = next(batches)
