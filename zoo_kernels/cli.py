@@ -534,7 +534,7 @@ def cmd_predict(args):
     if label == "recommended":
         from .predict import recommended_scope  # noqa: PLC0415
 
-        obj["scope_warning"] = recommended_scope(len(x), args.batch_size)
+        obj["scope_warning"] = recommended_scope(len(x), args.batch_size, args.max_steps)
     if args.recommend:
         return _recommend(args, pred, targets, obj)
     kw = _sgd_kwargs(args)

@@ -448,14 +448,16 @@ def recommended_warmup(n_samples, batch_size):
     return max(RECOMMENDED["warmup_steps"], -(-n_samples // (2 * batch_size)))
 
 
-def recommended_scope(n_samples, batch_size):
+def recommended_scope(n_samples, batch_size, max_steps=None):
     """A warning (or None) when the recommended mode is used on more samples than it was tested on: N ≈ 4,000
-    (15 pairs, K = 100) and N = 40,000 (13 pairs, 10 of them pre-registered, K = 313 at B = 64)."""
+    (15 pairs, K = 100) and N = 40,000 (13 pairs, 10 of them pre-registered, K = 313 at B = 64); with max_steps, it
+    says what share of the run the warm-up's real steps are (the mode's cost grows with N, docs/PREDICT.md, Cost)."""
     if n_samples <= RECOMMENDED_TESTED_N:
         return None
     K = recommended_warmup(n_samples, batch_size)
+    share = "" if max_steps is None else f", {K / max_steps:.0%} of the {max_steps}-step run it predicts"
     return (f"the recommended mode was tested on up to {RECOMMENDED_TESTED_N} samples; on these {n_samples} its "
-            f"warm-up is {K} real steps (half an epoch), and how its error grows with N is not known")
+            f"warm-up is {K} real steps (half an epoch{share}), and how its error grows with N is not known")
 
 
 def recommended_holdout(n_samples, num_classes, holdout=0):
@@ -532,7 +534,7 @@ def predict_training_time(model, data, *, lr, batch_size, max_steps, momentum=0.
                                       feature_norm=feature_norm, feature_rank=feature_rank,
                                       sketch_method=sketch_method, eval_every=eval_every, eval_growth=eval_growth,
                                       subset=subset, k=k)
-        scope = recommended_scope(len(data), batch_size)
+        scope = recommended_scope(len(data), batch_size, max_steps)
         if scope:
             warnings.warn(scope, RuntimeWarning, stacklevel=2)
         if len(data) >= 2:  # else the predictor's checks say why
