@@ -70,9 +70,9 @@ def test_the_recommended_mode_reads_its_warmup_batches_and_equals_the_tensors_on
     kw = dict(lr=0.1, batch_size=B, max_steps=K + 30, momentum=0.9, paths=2, seed=3, method="recommended")
     ds = LazyRows(n)  # no targets: the class count comes from the model's output width (one read of row 0)
     a = zk.predict_training_time(model_of(1), ds, **kw)
-    # row 0 for the class count; the subset for the warm-up's evaluations, the subset and holdout rows for the
-    # predictor at w_K; the K batches of the warm-up
-    assert len(ds.reads) == 1 + M + (M + H) + K * B
+    # row 0 for the class count; the subset once (kept for the predictor at w_K), the holdout rows; the K batches of
+    # the warm-up
+    assert len(ds.reads) == 1 + M + H + K * B
     b = zk.predict_training_time(model_of(1), materialized(n), **kw)
     np.testing.assert_allclose(a.loss_curve, b.loss_curve, rtol=1e-10)
     np.testing.assert_allclose(a.accuracy_curve, b.accuracy_curve, rtol=1e-10)

@@ -27,7 +27,7 @@ class Samples:
     def __init__(self, data, num_workers=0):
         if not (isinstance(num_workers, int) and not isinstance(num_workers, bool) and num_workers >= 0):
             raise ValueError(f"`num_workers` must be an int >= 0, got {num_workers!r}")
-        self.num_workers, self.dataset, self.x, self._classes = num_workers, None, None, None
+        self.num_workers, self.dataset, self.x, self._classes, self._kept = num_workers, None, None, None, {}
         if isinstance(data, (tuple, list)) and len(data) == 2 and all(torch.is_tensor(t) for t in data):
             self.x, self.labels = data
             if self.labels.dim() != 1 or len(self.x) != len(self.labels):
@@ -54,12 +54,18 @@ class Samples:
     def __len__(self):
         return self.n
 
-    def take(self, idx, progress=False, desc="reading samples"):
+    def take(self, idx, progress=False, desc="reading samples", keep=False):
         """(inputs, labels) of the samples `idx` (a 1-D index tensor or list), labels as int64; a Dataset's rows
-        are read and checked (progress=True: a progress bar over them)."""
+        are read and checked (progress=True: a progress bar over them). keep=True: a Dataset's rows are kept and a
+        later take(the same idx, keep=True) reads nothing (a warm start's subset serves the warm-up and w_K)."""
         idx = torch.as_tensor(idx, dtype=torch.long)
         if self.dataset is None:
             return self.x[idx], self.labels[idx.to(self.labels.device)].long()
+        if keep:
+            key = (len(idx), hash(idx.numpy().tobytes()))
+            if key not in self._kept:
+                self._kept[key] = self.take(idx, progress, desc)
+            return self._kept[key]
         if self.num_workers and len(idx) > 1:  # chunks read by the workers
             chunks = list(idx.split(_TAKE_CHUNK))
             parts = list(tqdm(self.batches(chunks), total=len(chunks), desc=desc, unit="chunk", disable=not progress))
