@@ -200,7 +200,8 @@ def report(args, shape, C, results, same):
     lines = [f"# A prediction for a training set on disk ({date})", "",
              f"`python -m benchmarks.large_dataset --n {args.n}`: {cpu}, {args.threads} torch thread(s), each case in "
              f"a fresh process. {args.model} → {args.task} ({C} classes): N = {args.n:,} images {shape[1:]} in a "
-             f"raw float32 file ({gib:.2f} GiB), read by row (pread). The prediction: head-aware with the recommended settings, "
+             f"raw float32 file ({gib:.2f} GiB), read by row (pread). The prediction: head-aware with the "
+             "recommended settings, "
              f"K = {WARMUP} real steps, M = {SUBSET} subset rows, H = {HOLDOUT} holdout rows, lr 0.01, B 64, m 0.9, "
              f"{SETTING['max_steps']} steps.", "",
              "| data passed | load (s) | prediction (s) | total wall (s) | rows read | peak RSS (GiB) |",

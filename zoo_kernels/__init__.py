@@ -11,5 +11,5 @@ from .spectrum import SketchGram, Spectrum, estimate_spectrum
 
 __version__ = build_info()["version"]
 __all__ = ["ops", "build_info", "ntk", "ntk_eigh", "JacobianOperator", "sketch_jacobian", "estimate_spectrum",
-           "Spectrum", "SketchGram", "predict_training_time", "Predictor", "Prediction", "Samples", "scores", "evaluation", "rank",
-           "RankingTable", "__version__"]
+           "Spectrum", "SketchGram", "predict_training_time", "Predictor", "Prediction", "Samples", "scores",
+           "evaluation", "rank", "RankingTable", "__version__"]

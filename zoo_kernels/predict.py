@@ -502,7 +502,9 @@ def predict_training_time(model, data, *, lr, batch_size, max_steps, momentum=0.
                           holdout_self=False, **schedule_kwargs):
     """Expected training loss/accuracy curves of SGD fine-tuning, predicted from the linearized model.
 
-    data: (inputs, labels) tensors or a torch Dataset. Returns a Prediction: loss_curve and accuracy_curve
+    data: (inputs, labels) tensors, a map-style torch Dataset of (input, label) rows or a zoo_kernels.Samples; a
+    Dataset is read only at the rows the prediction uses (zoo_kernels.samples). Returns a Prediction: loss_curve and
+    accuracy_curve
     (length max_steps + 1), steps_to(loss=|fraction=|accuracy=|epsilon=), epochs(), seconds() from a measured
     step time, and cost_seconds. For several settings, build one Predictor and call predict() repeatedly.
 

@@ -147,9 +147,9 @@ def predict_after_warmup(model, data, *, lr, batch_size, max_steps, warmup_steps
             batch_loss.backward()
             opt.step()
             step_times.append(time.perf_counter() - t0)
-    pred = HeadAwarePredictor(warm, checked.samples, loss=loss, k=k, subset=subset, seed=seed, eval_batch_size=eval_batch_size,
-                              feature_rank=feature_rank, sketch_method=sketch_method, holdout=holdout,
-                              progress=progress)
+    pred = HeadAwarePredictor(warm, checked.samples, loss=loss, k=k, subset=subset, seed=seed,
+                              eval_batch_size=eval_batch_size, feature_rank=feature_rank, sketch_method=sketch_method,
+                              holdout=holdout, progress=progress)
     velocity = feature_velocity(warm, opt, pred, eval_batch_size) if opt is not None and momentum else None
     settings = dict(lr=lr, batch_size=batch_size, max_steps=max_steps - K, momentum=momentum, dampening=dampening,
                     nesterov=nesterov, weight_decay=weight_decay, paths=paths, seed=seed, sampling=sampling,
