@@ -291,6 +291,12 @@ def test_predict_time_on_a_dataset_reads_only_the_rows_it_needs(capsys):
     assert rc == 2 and "exactly one of" in err
     rc, _, err = run(capsys, args + ["--dataset", "cli_datasets:with_targets", "--verify"])
     assert rc == 2 and "not with --dataset" in err
+    d = run_json(capsys, args + ["--dataset", "cli_datasets:with_targets", "--workers", "2"])
+    assert d["final_loss"] == pytest.approx(a["final_loss"], rel=1e-9)
+    rc, _, err = run(capsys, args + ["--task", "texture_orient", "--workers", "2"])
+    assert rc == 2 and "give --dataset" in err
+    rc, _, err = run(capsys, args + ["--dataset", "cli_datasets:with_targets", "--workers", "-1"])
+    assert rc == 2 and "`num_workers` must be an int >= 0" in err
 
 
 def test_data_files_are_memory_mapped_and_legacy_ones_still_load(tmp_path):

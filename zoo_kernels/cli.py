@@ -195,7 +195,7 @@ def load_target(args):
         raise InputError("give exactly one of --task (a MiniZoo task), --data (a file)"
                          + (" or --dataset (your Dataset)" if hasattr(args, "dataset") else ""))
     if dataset is not None:
-        return _load_dataset(dataset, args.num_classes)
+        return _load_dataset(dataset, args.num_classes, args.workers)
     if args.task is not None:
         if args.task not in zoo.tasks("full"):
             raise InputError(f"unknown task {args.task!r}; MiniZoo tasks: {', '.join(zoo.tasks('full'))}")
@@ -209,14 +209,14 @@ def load_target(args):
     return x, y, int(y.max()) + 1, os.path.basename(args.data)
 
 
-def _load_dataset(spec, num_classes):
+def _load_dataset(spec, num_classes, workers=0):
     """(Samples, labels or None, num_classes, description) from --dataset package.module:function: your code,
     called as function(), returning a map-style Dataset of (input, label) rows, read where a prediction needs them."""
     from .samples import Samples  # noqa: PLC0415
 
     make = _callable(spec, "--dataset")
     try:
-        data = Samples(make())
+        data = Samples(make(), num_workers=workers)
     except (TypeError, ValueError) as e:
         raise InputError(f"--dataset {spec}: {e}") from e
     if len(data) < 2:
@@ -465,6 +465,8 @@ def cmd_predict(args):
     if y is not None and int(y.max()) >= C:
         raise InputError(f"labels go up to {int(y.max())} but the head has {C} outputs (--num-classes)")
     data = x if args.dataset else (x, y)  # --dataset: Samples, read where needed
+    if args.workers and not args.dataset:
+        raise InputError("--workers reads a --dataset's rows: give --dataset")
     if args.dataset and args.verify:
         raise InputError("--verify fine-tunes on all the data in memory: not with --dataset")
     _check_predict_args(args, len(x))
@@ -772,6 +774,8 @@ def build_parser():
     p.add_argument("--dataset", help="package.module:function() returning a map-style Dataset of (input, label): "
                    "read only where the prediction needs it, for data too large for memory (--num-classes when "
                    "it has no `targets`)")
+    p.add_argument("--workers", type=int, default=0, help="with --dataset: DataLoader worker processes that read its "
+                   "rows (default 0: read in this process)")
     p.add_argument("--num-classes", type=int, help="outputs of the new head (default: the task's / max label + 1)")
     p.add_argument("--head-seed", type=int, default=0, help="seed of the new head (the MiniZoo run seed)")
     p.add_argument("--keep-head", action="store_true", help="keep the checkpoint's head instead of a new one")
