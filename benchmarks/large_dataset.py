@@ -15,7 +15,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ import warnings
 import numpy as np
 import torch
 
+from benchmarks.common import cpu_model
 from benchmarks.peak_rss import peak_rss_bytes
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -153,25 +153,28 @@ def main(argv=None):
     return 0 if same else 1
 
 
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as fh:
-            return next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
+def write_results(args, name, record, lines):
+    """benchmarks/results-style <name>-cpu-<date>-n<N>.json (`record`) and .md (`lines`)."""
+    stem = os.path.join(args.out, f"{name}-cpu-{record['date']}-n{args.n}")
+    with open(stem + ".json", "w") as fh:
+        json.dump(record, fh, indent=1)
+    with open(stem + ".md", "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def run_facts(args, shape, C):
+    """The facts every results file of this script starts with."""
+    return {"date": datetime.date.today().isoformat(), "cpu": cpu_model(), "threads": args.threads, "n": args.n,
+            "shape": shape, "classes": C, "task": args.task, "model": args.model}
 
 
 def report_recommended(args, shape, C, r):
-    date, cpu = datetime.date.today().isoformat(), cpu_name()
-    stem = os.path.join(args.out, f"large-dataset-recommended-cpu-{date}-n{args.n}")
-    with open(stem + ".json", "w") as fh:
-        json.dump({"date": date, "cpu": cpu, "threads": args.threads, "n": args.n, "shape": shape, "classes": C,
-                   "task": args.task, "model": args.model, "setting": {**SETTING, "max_steps": RECOMMENDED_STEPS},
-                   "result": r}, fh, indent=1)
-    lines = [f"# The recommended mode on a training set on disk ({date})", "",
-             f"`python -m benchmarks.large_dataset --recommended --n {args.n}`: {cpu}, {args.threads} torch thread(s). "
-             f"{args.model} → {args.task} ({C} classes), N = {args.n:,} images {shape[1:]} read by row from a raw "
-             f"float32 file through a Dataset. `method=\"recommended\"`, lr 0.01, B 64, m 0.9, "
+    facts = run_facts(args, shape, C)
+    lines = [f"# The recommended mode on a training set on disk ({facts['date']})", "",
+             f"`python -m benchmarks.large_dataset --recommended --n {args.n}`: {facts['cpu']}, {args.threads} torch "
+             f"thread(s). {args.model} → {args.task} ({C} classes), N = {args.n:,} images {shape[1:]} read by row from "
+             f"a raw float32 file through a Dataset. `method=\"recommended\"`, lr 0.01, B 64, m 0.9, "
              f"{RECOMMENDED_STEPS} steps. No real run to compare with: this measures what the mode reads and costs.",
              ""]
     if "error" in r:
@@ -184,26 +187,19 @@ def report_recommended(args, shape, C, r):
                   f"{train_s:.0f} | {train_s / r['cost_s']:.1f}× |", "",
                   f"Steps to L₀/2, L₀/4, L₀/10: {r['steps_to']}. The training's time is the measured median warm-up "
                   "step times the steps (compute only, no data loading)."]
-    with open(stem + ".md", "w") as fh:
-        fh.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(args, "large-dataset-recommended",
+                  {**facts, "setting": {**SETTING, "max_steps": RECOMMENDED_STEPS}, "result": r}, lines)
 
 
 def report(args, shape, C, results, same):
-    date, cpu = datetime.date.today().isoformat(), cpu_name()
-    stem = os.path.join(args.out, f"large-dataset-cpu-{date}-n{args.n}")
-    with open(stem + ".json", "w") as fh:
-        json.dump({"date": date, "cpu": cpu, "threads": args.threads, "n": args.n, "shape": shape, "classes": C,
-                   "task": args.task, "model": args.model, "setting": SETTING, "warmup": WARMUP, "subset": SUBSET,
-                   "holdout": HOLDOUT, "same_curves": same, "results": results}, fh, indent=1)
+    facts = run_facts(args, shape, C)
     gib = args.n * int(np.prod(shape[1:])) * 4 / 2**30
-    lines = [f"# A prediction for a training set on disk ({date})", "",
-             f"`python -m benchmarks.large_dataset --n {args.n}`: {cpu}, {args.threads} torch thread(s), each case in "
-             f"a fresh process. {args.model} → {args.task} ({C} classes): N = {args.n:,} images {shape[1:]} in a "
-             f"raw float32 file ({gib:.2f} GiB), read by row (pread). The prediction: head-aware with the "
-             "recommended settings, "
-             f"K = {WARMUP} real steps, M = {SUBSET} subset rows, H = {HOLDOUT} holdout rows, lr 0.01, B 64, m 0.9, "
-             f"{SETTING['max_steps']} steps.", "",
+    lines = [f"# A prediction for a training set on disk ({facts['date']})", "",
+             f"`python -m benchmarks.large_dataset --n {args.n}`: {facts['cpu']}, {args.threads} torch thread(s), each "
+             f"case in a fresh process. {args.model} → {args.task} ({C} classes): N = {args.n:,} images {shape[1:]} in "
+             f"a raw float32 file ({gib:.2f} GiB), read by row (pread). The prediction: head-aware with the "
+             f"recommended settings, K = {WARMUP} real steps, M = {SUBSET} subset rows, H = {HOLDOUT} holdout rows, "
+             f"lr 0.01, B 64, m 0.9, {SETTING['max_steps']} steps.", "",
              "| data passed | load (s) | prediction (s) | total wall (s) | rows read | peak RSS (GiB) |",
              "|---|---|---|---|---|---|"]
     for case, label in (("dataset", "a Dataset reading rows from the file (read where needed)"),
@@ -217,9 +213,8 @@ def report(args, shape, C, results, same):
                      f"{r['peak_rss_gb']:.2f} |")
     lines += ["", f"Same curves from both (rtol 1e-9): **{same}**. Steps to L₀/2, L₀/4, L₀/10: "
               + ", ".join(f"{c}: {results[c].get('steps_to')}" for c in results) + "."]
-    with open(stem + ".md", "w") as fh:
-        fh.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(args, "large-dataset", {**facts, "setting": SETTING, "warmup": WARMUP, "subset": SUBSET,
+                                          "holdout": HOLDOUT, "same_curves": same, "results": results}, lines)
 
 
 if __name__ == "__main__":

@@ -269,9 +269,9 @@ class HeadAwarePredictor(Predictor):
                 ell, grad = _loss_and_grad(f, y, onehot, self.loss)
                 losses[:, t] = ell[:, :n].mean(1).numpy()
                 accs[:, t] = _accuracy(f[:, :n], y[:n]).numpy()
-                if mark_blowup(dead, np.where(dead < 0, losses[:, t], 0.0), losses[:, 0], t, on_divergence,
-                               f"the head-aware linearized dynamics diverged at step {t}: the loss passed {BLOWUP:g}× "
-                               f"its initial value (learning rate {sgd.lr_at(max(t - 1, 0), max_steps)})"):
+                if mark_blowup(dead, losses[:, t], losses[:, 0], t, on_divergence,
+                               lambda: f"the head-aware linearized dynamics diverged at step {t}: the loss passed "
+                                       f"{BLOWUP:g}× its initial value (learning rate {sgd.lr_at(t - 1, max_steps)})"):
                     break
                 if N > n:
                     held[:, t], held_acc[:, t] = ell[:, n:].mean(1).numpy(), _accuracy(f[:, n:], y[n:]).numpy()

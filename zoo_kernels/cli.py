@@ -88,7 +88,9 @@ def check_data(x, y, where="data"):
         raise InputError(f"{where}: at least 2 samples are needed, got {x.shape[0]}")
     if not x.is_floating_point():
         x = x.float()
-    if any(not torch.isfinite(x[s:s + 4096]).all() for s in range(0, len(x), 4096)):  # chunks: no N-sized mask
+    from .samples import all_finite  # noqa: PLC0415
+
+    if not all_finite(x):
         raise InputError(f"{where}: the inputs contain NaN or Inf")
     if y.is_floating_point():
         if not torch.isfinite(y).all():

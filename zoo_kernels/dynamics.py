@@ -183,9 +183,14 @@ BLOWUP = 1e3  # a path whose loss passes BLOWUP × its initial loss diverges, th
 
 def mark_blowup(dead, loss_t, loss_0, t, on_divergence, message):
     """mark_divergence for the paths whose loss at step t (> 0) passed BLOWUP × their loss at step 0: they diverged
-    after step t − 1 (their values are NaN from step t on)."""
+    after step t − 1 (their values are NaN from step t on). `message()` is called only then."""
     blown = loss_t > BLOWUP * loss_0
-    return t > 0 and blown.any() and mark_divergence(dead, ~blown, t - 1, on_divergence, message)
+    return t > 0 and blown.any() and mark_divergence(dead, ~blown, t - 1, on_divergence, message())
+
+
+def blowup_message(t, lr):
+    return (f"the linearized dynamics diverged at step {t}: the loss passed {BLOWUP:g}× its initial value; the "
+            f"learning rate {lr} exceeds the stability limit 2 N / λ_max of this NTK")
 
 
 def mark_divergence(dead, finite, t, on_divergence, message):
@@ -260,9 +265,7 @@ def simulate_sgd(op, f0, labels, loss, sgd, max_steps, paths=4, seed=0, targets=
         losses[:, t] = ell.mean(1).numpy()
         accs[:, t] = _accuracy(f, labels).numpy()
         if mark_blowup(dead, losses[:, t], losses[:, 0], t, on_divergence,
-                       f"the linearized dynamics diverged at step {t}: the loss passed {BLOWUP:g}× its initial value; "
-                       f"the learning rate {sgd.lr_at(max(t - 1, 0), max_steps)} exceeds the stability limit "
-                       "2 N / λ_max of this NTK") or t == max_steps:
+                       lambda: blowup_message(t, sgd.lr_at(t - 1, max_steps))) or t == max_steps:
             break
         batch = torch.stack([bl[t] for bl in batches])  # (P, B): the paths' batches have equal sizes
         B = batch.shape[1]
@@ -338,7 +341,5 @@ def mse_moments(eigenvalues, energies, multiplicity, n_samples, n_outputs, sgd, 
         nVpp = Ap[0] ** 2 * Vuu + 2 * Ap[0] * Ap[1] * Vup + Ap[1] ** 2 * Vpp + bp**2 * q
         mu_u, mu_p, Vuu, Vup, Vpp = new_u, new_p, nVuu, nVup, nVpp
         if not np.isfinite(curve[t]) or curve[t] > BLOWUP * curve[0]:
-            raise FloatingPointError(f"the linearized dynamics diverged at step {t}: the loss passed {BLOWUP:g}× its "
-                                     f"initial value; the learning rate {eta} exceeds the stability limit 2 N / λ_max "
-                                     "of this NTK")
+            raise FloatingPointError(blowup_message(t, eta))
     return curve

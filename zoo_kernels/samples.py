@@ -10,7 +10,7 @@ array file) costs the rows read, not N. Tensors are checked whole up front; a Da
 import torch
 from tqdm.auto import tqdm
 
-__all__ = ["Samples", "as_samples"]
+__all__ = ["Samples", "as_samples", "all_finite"]
 
 _CHECK_CHUNK = 1 << 16  # rows per finiteness check of in-memory inputs
 _TAKE_CHUNK = 256  # rows per worker task when take() reads with workers
@@ -34,10 +34,8 @@ class Samples:
                 raise ValueError(f"`data` must hold one label per input: inputs {tuple(self.x.shape)}, labels "
                                  f"{tuple(self.labels.shape)}")
             _check_labels(self.labels)
-            if self.x.is_floating_point():
-                for s in range(0, len(self.x), _CHECK_CHUNK):
-                    if not torch.isfinite(self.x[s:s + _CHECK_CHUNK]).all():
-                        raise ValueError("`data` inputs contain NaN or Inf")
+            if not all_finite(self.x):
+                raise ValueError("`data` inputs contain NaN or Inf")
             self.n = len(self.x)
         elif isinstance(data, torch.utils.data.IterableDataset):
             raise TypeError("`data` is an IterableDataset, which has no random access: pass a map-style Dataset "
@@ -94,6 +92,12 @@ class Samples:
                 self._classes = int(model.eval()(x0.to(device)).reshape(1, -1).shape[1])
             model.train(mode)
         return self._classes
+
+
+def all_finite(x):
+    """No NaN or Inf in `x` (True for integer tensors), checked in chunks of rows: no mask the size of x."""
+    return not x.is_floating_point() or all(torch.isfinite(x[s:s + _CHECK_CHUNK]).all()
+                                            for s in range(0, len(x), _CHECK_CHUNK))
 
 
 def as_samples(data):
