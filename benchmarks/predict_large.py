@@ -19,13 +19,13 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import time
 import warnings
 
 import numpy as np
 import torch
 
+from benchmarks.common import cpu_model
 from benchmarks.predict_long import crossing, eval_steps, rel, sgd_run
 from zoo_kernels import zoo
 from zoo_kernels.predict import RECOMMENDED, auto_subset, recommended_warmup
@@ -80,7 +80,7 @@ def cached_long_run(cache, model_name, task, x, y, C, lr, batch, momentum, steps
     os.makedirs(cache, exist_ok=True)
     with open(path, "w") as fh:
         json.dump({"t": ts.tolist(), "loss": ls.tolist(), "acc": acc.tolist(), "wall": wall,
-                   "torch": torch.__version__, "cpu": platform.processor() or platform.machine()}, fh)
+                   "torch": torch.__version__, "cpu": cpu_model()}, fh)
     return ts, ls, acc, wall
 
 
@@ -208,7 +208,7 @@ def main(argv=None):
         return
     stamp = datetime.date.today().isoformat()
     base = os.path.join(args.out, f"predict-large-cpu-{stamp}" + (f"-{args.tag}" if args.tag else ""))
-    meta = {"argv": argv, "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
+    meta = {"argv": argv, "torch": torch.__version__, "cpu": cpu_model(),
             "threads": args.threads, "date": stamp}
     with open(base + ".json", "w") as fh:
         json.dump({"records": records, **meta}, fh, indent=1)

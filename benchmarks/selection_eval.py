@@ -69,6 +69,7 @@ ROOT = os.path.dirname(HERE)
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from benchmarks.common import cpu_model  # noqa: E402
 from zoo_kernels import evaluation, rank, zoo  # noqa: E402
 from zoo_kernels.ranking import ZOO_SCORES  # noqa: E402
 from zoo_kernels.scores import (group_prior, krr_loo_accuracy, ncti_combine, ncti_terms, ranks,  # noqa: E402
@@ -513,15 +514,7 @@ def machine_facts():
         load = os.getloadavg()
     except OSError:
         load = (float("nan"),) * 3
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    cpu = cpu_model()
     return {"cpu": cpu, "logical_cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version(), "loadavg": [round(x, 2) for x in load]}
 

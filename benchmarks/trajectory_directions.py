@@ -17,13 +17,13 @@ import argparse
 import copy
 import json
 import os
-import platform
 import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from benchmarks.common import cpu_model
 from benchmarks.linearized_long import along_direction, backbone_names, backbone_weights
 from benchmarks.predict_long import task_data
 from zoo_kernels import zoo
@@ -153,9 +153,7 @@ def main(argv=None):
         print(f"[{time.perf_counter() - t0:6.0f}s] {spec}: top-1 share {r['top_energy_share'][0]:.3f}, "
               f"span shares {json.dumps({k: round(v, 3) for k, v in r['span_share_end'].items()})}", flush=True)
     stamp = time.strftime("%Y-%m-%d")
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),
-               platform.machine()) if os.path.exists("/proc/cpuinfo") else platform.machine()
-    meta = {"date": stamp, "cpu": cpu, "torch": torch.__version__, "threads": args.threads}
+    meta = {"date": stamp, "cpu": cpu_model(), "torch": torch.__version__, "threads": args.threads}
     base = os.path.join(args.out, f"trajectory-directions-cpu-{stamp}{args.tag}")
     with open(base + ".json", "w") as f:
         json.dump({"meta": meta, "rows": rows}, f, indent=1)

@@ -355,9 +355,9 @@ class HeadAwarePredictor(Predictor):
             if V is not None:
                 c = c - eta * step[3]
             finite = (torch.isfinite(W).flatten(1).all(1) & torch.isfinite(theta).all(1)).numpy()
-            if mark_divergence(dead, finite, t, on_divergence,
+            if mark_divergence(dead, finite, t, on_divergence, lambda: (
                                f"the head-aware linearized dynamics diverged at step {t} (learning rate {eta}): the "
-                               "linearized features grow without the saturation of the real network"):
+                               "linearized features grow without the saturation of the real network")):
                 break
             t += 1
         ev = np.asarray(evaluated)

@@ -466,7 +466,10 @@ def cmd_predict(args):
     C = args.num_classes or C
     if y is not None and int(y.max()) >= C:
         raise InputError(f"labels go up to {int(y.max())} but the head has {C} outputs (--num-classes)")
-    data = x if args.dataset else (x, y)  # --dataset: Samples, read where needed
+    from .samples import Samples  # noqa: PLC0415
+
+    data = x if args.dataset else Samples((x, y), _checked=True)  # --dataset: Samples, read where needed; --data:
+    # checked by load_target (check_data), not read whole a second time
     if args.workers and not args.dataset:
         raise InputError("--workers reads a --dataset's rows: give --dataset")
     if args.dataset and args.verify:

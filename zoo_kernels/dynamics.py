@@ -185,7 +185,7 @@ def mark_blowup(dead, loss_t, loss_0, t, on_divergence, message):
     """mark_divergence for the paths whose loss at step t (> 0) passed BLOWUP × their loss at step 0: they diverged
     after step t − 1 (their values are NaN from step t on). `message()` is called only then."""
     blown = loss_t > BLOWUP * loss_0
-    return t > 0 and blown.any() and mark_divergence(dead, ~blown, t - 1, on_divergence, message())
+    return t > 0 and blown.any() and mark_divergence(dead, ~blown, t - 1, on_divergence, message)
 
 
 def blowup_message(t, lr):
@@ -195,11 +195,12 @@ def blowup_message(t, lr):
 
 def mark_divergence(dead, finite, t, on_divergence, message):
     """Record the paths whose state stopped being finite after step t (`dead[p]` = t; -1: alive); raise
-    FloatingPointError(message) instead unless on_divergence == "truncate". True when every path has diverged."""
+    FloatingPointError(message()) instead unless on_divergence == "truncate" (`message` is called only then). True
+    when every path has diverged."""
     new = (~finite) & (dead < 0)
     if new.any():
         if on_divergence != "truncate":
-            raise FloatingPointError(message)
+            raise FloatingPointError(message())
         dead[new] = t
     return bool((dead >= 0).all())
 
@@ -277,7 +278,7 @@ def simulate_sgd(op, f0, labels, loss, sgd, max_steps, paths=4, seed=0, targets=
         phi, step = sgd.direction(phi, g)
         f = f - sgd.lr_at(t, max_steps) * step
         if mark_divergence(dead, torch.isfinite(f).flatten(1).all(1).numpy(), t, on_divergence,
-                           f"the linearized dynamics diverged at step {t}: the learning rate "
+                           lambda: f"the linearized dynamics diverged at step {t}: the learning rate "
                            f"{sgd.lr_at(t, max_steps)} exceeds the stability limit 2 N / λ_max of this NTK"):
             break
     for p in np.flatnonzero(dead >= 0):  # NaN after the step a path diverged

@@ -211,7 +211,8 @@ def _load_data(pred, model, data, loss, subset, seed, progress=False):
     if not isinstance(M, int) or isinstance(M, bool) or not 2 <= M <= N:
         raise ValueError(f"`subset` must be None, 'auto' or an int in [2, {N}], got {subset!r}")
     pred.subset = M
-    pred.x, pred.y = samples.take(subset_indices(N, M, seed), progress, "reading the subset", keep=True)
+    pred.subset_rows = subset_indices(N, M, seed)  # sorted
+    pred.x, pred.y = samples.take(pred.subset_rows, progress, "reading the subset", keep=True)
     pred.y = pred.y.cpu()  # labels on the CPU, where the simulations run
     pred.samples = samples  # the rest is read where needed (holdout rows, warm-up batches, timed steps)
 

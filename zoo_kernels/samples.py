@@ -24,7 +24,7 @@ class Samples:
     when it has one of length N (torchvision's convention), else only with the rows read.
     """
 
-    def __init__(self, data, num_workers=0):
+    def __init__(self, data, num_workers=0, *, _checked=False):  # _checked: tensors the caller has checked (the CLI)
         if not (isinstance(num_workers, int) and not isinstance(num_workers, bool) and num_workers >= 0):
             raise ValueError(f"`num_workers` must be an int >= 0, got {num_workers!r}")
         self.num_workers, self.dataset, self.x, self._classes, self._kept = num_workers, None, None, None, {}
@@ -33,9 +33,10 @@ class Samples:
             if self.labels.dim() != 1 or len(self.x) != len(self.labels):
                 raise ValueError(f"`data` must hold one label per input: inputs {tuple(self.x.shape)}, labels "
                                  f"{tuple(self.labels.shape)}")
-            _check_labels(self.labels)
-            if not all_finite(self.x):
-                raise ValueError("`data` inputs contain NaN or Inf")
+            if not _checked:
+                _check_labels(self.labels)
+                if not all_finite(self.x):
+                    raise ValueError("`data` inputs contain NaN or Inf")
             self.n = len(self.x)
         elif isinstance(data, torch.utils.data.IterableDataset):
             raise TypeError("`data` is an IterableDataset, which has no random access: pass a map-style Dataset "

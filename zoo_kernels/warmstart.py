@@ -123,7 +123,7 @@ def predict_after_warmup(model, data, *, lr, batch_size, max_steps, warmup_steps
     if K:
         sx, sy = checked.x, checked.y
         if warmup_eval_rows is not None and len(sx) > warmup_eval_rows:  # the first R of the subset's random order
-            pos = torch.searchsorted(subset_indices(N, checked.subset, seed), subset_indices(N, warmup_eval_rows, seed))
+            pos = torch.searchsorted(checked.subset_rows, subset_indices(N, warmup_eval_rows, seed))
             sx, sy = sx[pos.to(sx.device)], sy[pos]
         dev = next(warm.parameters()).device
         opt = torch.optim.SGD([p for p in warm.parameters() if p.requires_grad], lr=lr, momentum=momentum,
