@@ -630,3 +630,14 @@ def test_predict_time_holdout_self_reads_the_curves_off_the_holdout(capsys):
     assert own["targets"][0]["holdout_gap"] is not None
     rc, out, _ = run(capsys, base[:-3] + ["--holdout-self", "--warmup-steps", "2"])
     assert rc == 0 and "holdout_gap" in out
+
+
+def test_recommended_mode_reads_a_dataset_without_targets(capsys):
+    import cli_datasets
+    args = ["predict-time", "--model", "convnet_latin", "--no-progress", "--threads", "1", "--max-steps", "104",
+            "--no-step-time", "--paths", "1", "--lr", "0.01", "--batch-size", "4", "--momentum", "0.9",
+            "--method", "recommended"]
+    a = run_json(capsys, args + ["--task", "texture_orient", "--shots", "2"])
+    b = run_json(capsys, args + ["--dataset", "cli_datasets:without_targets", "--num-classes",
+                                 str(a["num_classes"])])
+    assert b["num_samples"] == a["num_samples"] and b["final_loss"] == pytest.approx(a["final_loss"], rel=1e-9)

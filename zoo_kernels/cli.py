@@ -503,7 +503,7 @@ def cmd_predict(args):
             raise InputError("--method recommended runs real steps for one setting: not with --recommend or a "
                              "schedule")
         try:
-            chosen = recommended_settings(model, args.max_steps, len(y), args.batch_size, cli=True,
+            chosen = recommended_settings(model, args.max_steps, len(x), args.batch_size, cli=True,
                                           **{key: getattr(args, key) for key in RECOMMENDED})
         except ValueError as e:
             raise InputError(str(e)) from e
