@@ -57,6 +57,14 @@ def test_target_generation(task):
     assert not torch.equal(x, xt)  # train and test come from different seeds
 
 
+def test_random_strokes_do_not_depend_on_the_chunking():
+    # computed in chunks so that N = 200,000 fits in memory; the images must not change with the chunk size
+    import numpy as np
+    whole = D._random_strokes(300, 2, np.random.default_rng(5), chunk=300)
+    parts = D._random_strokes(300, 2, np.random.default_rng(5), chunk=7)
+    assert whole.shape == (300, 1, D.SIZE, D.SIZE) and whole.max() > 0 and torch.equal(whole, parts)
+
+
 def test_load_task_splits_nested_and_fixed():
     task = "texture_noise"
     c = D.TARGETS[task][0]
