@@ -52,10 +52,18 @@ def is_late(name):
     return any(name == f"loss<={f:.3g}L0" for f in LATE) or name == "acc>=0.99"
 
 
-def large_data(task, per_class):
-    """(C, x, y): per_class training images per class of the task."""
+def large_data(task, per_class, cache=".benchmarks/predict_large_data"):
+    """(C, x, y): per_class training images per class of the task, kept in `cache` (rendering 200,000 pen digits
+    takes ~12 minutes on one core; a real run and its predictions run in separate processes)."""
     C = D.TARGETS[task][0]
+    path = os.path.join(cache, f"{task}-{per_class}-v{D.DATA_VERSION}.pt")
+    if os.path.exists(path):
+        x, y = torch.load(path, weights_only=True)
+        return C, x, y
     x, y = D.make_target(task, "train", per_class)
+    os.makedirs(cache, exist_ok=True)
+    torch.save((x, y), path + ".part")
+    os.replace(path + ".part", path)  # whole or absent, for a process started beside this one
     return C, x, y
 
 
@@ -219,7 +227,8 @@ def main(argv=None):
 
 def markdown(records, meta):
     """Per pair and prediction: cost, ratio, errors of the early and late targets; then every target."""
-    lines = [f"# Training-time prediction on N = 40,000, long runs (CPU, {meta['date']})", "",
+    sizes = " and ".join(sorted({f"{r['N']:,}" for r in records}))
+    lines = [f"# Training-time prediction on N = {sizes}, long runs (CPU, {meta['date']})", "",
              f"`python -m benchmarks.predict_large` (torch {meta['torch']}, {meta['threads']} thread). Real runs: "
              "the MiniZoo recipe, loss estimated on 4,000 fixed training rows. Training s: steps x the median of 50 real "
              "steps, measured in the process of the predictions. Predictions: the recommended mode "

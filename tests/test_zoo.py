@@ -57,12 +57,14 @@ def test_target_generation(task):
     assert not torch.equal(x, xt)  # train and test come from different seeds
 
 
-def test_random_strokes_do_not_depend_on_the_chunking():
+def test_strokes_and_blur_do_not_depend_on_the_chunking():
     # computed in chunks so that N = 200,000 fits in memory; the images must not change with the chunk size
     import numpy as np
     whole = D._random_strokes(300, 2, np.random.default_rng(5), chunk=300)
     parts = D._random_strokes(300, 2, np.random.default_rng(5), chunk=7)
     assert whole.shape == (300, 1, D.SIZE, D.SIZE) and whole.max() > 0 and torch.equal(whole, parts)
+    x = torch.rand(300, 1, D.SIZE, D.SIZE, dtype=torch.float64)
+    assert torch.equal(D._blur3(x, chunk=300), D._blur3(x, chunk=7))
 
 
 def test_load_task_splits_nested_and_fixed():
