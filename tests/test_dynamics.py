@@ -414,3 +414,12 @@ def test_coarsen_ignores_dampening_without_momentum():
     plain, _ = coarsen(SGD(lr=0.1, batch_size=4, momentum=0.0), 3, 30, 100)
     damped, _ = coarsen(SGD(lr=0.1, batch_size=4, momentum=0.0, dampening=0.5), 3, 30, 100)
     assert damped.lr_at(0, 10) == pytest.approx(plain.lr_at(0, 10)) == pytest.approx(0.3)
+
+
+def test_recommended_subset_is_capped_beyond_the_validated_sizes():
+    from zoo_kernels.predict import auto_subset, recommended_holdout, recommended_subset
+    for n, C in ((4000, 10), (4004, 26), (40000, 10), (40019, 10), (100, 26)):
+        assert recommended_subset(n, C) == auto_subset(n, C)  # unchanged where it was validated
+    assert recommended_subset(200000, 16) == 2000 and recommended_subset(1000000, 10) == 2000
+    assert recommended_subset(1000000, 200) == 4000  # 20 per class stays the floor
+    assert recommended_holdout(200000, 16) == 200

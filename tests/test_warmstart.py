@@ -259,7 +259,8 @@ def test_recommended_warmup_is_at_least_half_an_epoch(monkeypatch):
     assert P.recommended_warmup(40000, 64) == 313 and P.recommended_warmup(40001, 64) == 313
     assert P.recommended_warmup(40000, 8) == 2500
     assert P.recommended_scope(40000, 64) is None and P.recommended_scope(4000, 32) is None
-    assert "tested on up to 40008 samples" in P.recommended_scope(100000, 64)
+    assert P.recommended_scope(200000, 64) is None  # registered test at N = 200,000
+    assert "tested on up to 200000 samples" in P.recommended_scope(400000, 64)
     assert "(half an epoch, 39% of the 20000-step run it predicts)" in P.recommended_scope(1000000, 64, 20000)
     model, x, y = bilinear_problem(n=1800, h=6)  # B = 6: K = 150 real steps
     kw = dict(lr=0.05, batch_size=6, max_steps=160, momentum=0.9, paths=1, seed=2)

@@ -497,7 +497,8 @@ def cmd_predict(args):
     model.eval()
     label = args.method
     if args.method == "recommended":  # head-aware with the validated settings (predict.RECOMMENDED)
-        from .predict import RECOMMENDED, recommended_holdout, recommended_settings  # noqa: PLC0415
+        from .predict import (RECOMMENDED, recommended_holdout, recommended_settings,  # noqa: PLC0415
+                              recommended_subset)
 
         if args.recommend or args.schedule != "constant":
             raise InputError("--method recommended runs real steps for one setting: not with --recommend or a "
@@ -507,7 +508,7 @@ def cmd_predict(args):
                                           **{key: getattr(args, key) for key in RECOMMENDED})
         except ValueError as e:
             raise InputError(str(e)) from e
-        vars(args).update(chosen, method="head-aware")
+        vars(args).update(chosen, method="head-aware", subset=recommended_subset(len(x), C))
         args.holdout = recommended_holdout(len(x), C, args.holdout)  # the curves are read off the holdout rows
         args.holdout_self = args.holdout > 0
     if args.holdout_self and args.holdout < 1:

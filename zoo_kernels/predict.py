@@ -413,7 +413,7 @@ RECOMMENDED_VALIDATION = ("validated on 10-epoch MiniZoo fine-tuning, 15 expert/
                           "far-domain one, so a predicted step is not a bound either way")
 
 
-RECOMMENDED_TESTED_N = 40008  # the largest training set of its validation (benchmarks/predict_large.py)
+RECOMMENDED_TESTED_N = 200000  # the largest training set of its validation (benchmarks/predict_large.py)
 
 
 # the holdout gap's flag (Prediction.holdout_gap >= GAP_FLAG) and what it measured (docs/PREDICT.md)
@@ -451,7 +451,8 @@ def recommended_warmup(n_samples, batch_size):
 
 def recommended_scope(n_samples, batch_size, max_steps=None):
     """A warning (or None) when the recommended mode is used on more samples than it was tested on: N ≈ 4,000
-    (15 pairs, K = 100) and N = 40,000 (13 pairs, 10 of them pre-registered, K = 313 at B = 64); with max_steps, it
+    (15 pairs, K = 100), N = 40,000 (13 pairs, 10 of them pre-registered, K = 313 at B = 64) and N = 200,000 (2
+    registered pairs, K = 1,563); with max_steps, it
     says what share of the run the warm-up's real steps are (the mode's cost grows with N, docs/PREDICT.md, Cost)."""
     if n_samples <= RECOMMENDED_TESTED_N:
         return None
@@ -461,12 +462,21 @@ def recommended_scope(n_samples, batch_size, max_steps=None):
             f"warm-up is {K} real steps (half an epoch{share}), and how its error grows with N is not known")
 
 
+RECOMMENDED_SUBSET_CAP = 2000  # the largest validated M; at N = 200,000 (registered test) as accurate as N/20
+
+
+def recommended_subset(n_samples, num_classes):
+    """The recommended mode's subset: auto_subset's max(N/20, 20 C), at most max(2,000, 20 C) (the cap changes
+    nothing up to N = 40,019; benchmarks/results/predict-large-cpu-2026-12-08-n200000-preregistration.md)."""
+    return min(auto_subset(n_samples, num_classes), max(RECOMMENDED_SUBSET_CAP, 20 * num_classes))
+
+
 def recommended_holdout(n_samples, num_classes, holdout=0):
     """The recommended mode's holdout rows: `holdout` if given (> 0), else min(RECOMMENDED_HOLDOUT, N − M) for its
     subset M of N samples of C classes (0 when the subset is all the data)."""
     if holdout:
         return holdout
-    return max(0, min(RECOMMENDED_HOLDOUT, n_samples - auto_subset(n_samples, num_classes)))
+    return max(0, min(RECOMMENDED_HOLDOUT, n_samples - recommended_subset(n_samples, num_classes)))
 
 
 def recommended_settings(model, max_steps, n_samples, batch_size, cli=False, **given):
@@ -541,7 +551,9 @@ def predict_training_time(model, data, *, lr, batch_size, max_steps, momentum=0.
         if scope:
             warnings.warn(scope, RuntimeWarning, stacklevel=2)
         if len(data) >= 2:  # else the predictor's checks say why
-            holdout = recommended_holdout(len(data), data.num_classes(model), holdout)
+            C = data.num_classes(model)
+            holdout = recommended_holdout(len(data), C, holdout)
+            chosen["subset"] = recommended_subset(len(data), C)
         holdout_self = isinstance(holdout, int) and holdout > 0
         return predict_training_time(model, data, lr=lr, batch_size=batch_size, max_steps=max_steps,
                                      momentum=momentum, weight_decay=weight_decay, loss=loss, seed=seed,
