@@ -468,8 +468,8 @@ def cmd_predict(args):
         raise InputError(f"labels go up to {int(y.max())} but the head has {C} outputs (--num-classes)")
     from .samples import Samples  # noqa: PLC0415
 
-    data = x if args.dataset else Samples((x, y), _checked=True)  # --dataset: Samples, read where needed; --data:
-    # checked by load_target (check_data), not read whole a second time
+    # --dataset: Samples already, read where needed; tensors: checked by load_target, not read whole again
+    data = x if args.dataset else Samples((x, y), _checked=True)
     if args.workers and not args.dataset:
         raise InputError("--workers reads a --dataset's rows: give --dataset")
     if args.dataset and args.verify:

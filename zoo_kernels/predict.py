@@ -452,8 +452,8 @@ def recommended_warmup(n_samples, batch_size):
 def recommended_scope(n_samples, batch_size, max_steps=None):
     """A warning (or None) when the recommended mode is used on more samples than it was tested on: N ≈ 4,000
     (15 pairs, K = 100), N = 40,000 (13 pairs, 10 of them pre-registered, K = 313 at B = 64) and N = 200,000 (2
-    registered pairs, K = 1,563); with max_steps, it
-    says what share of the run the warm-up's real steps are (the mode's cost grows with N, docs/PREDICT.md, Cost)."""
+    registered pairs, K = 1,563); with max_steps, it says what share of the run the warm-up's real steps are (the
+    mode's cost grows with N, docs/PREDICT.md, Cost)."""
     if n_samples <= RECOMMENDED_TESTED_N:
         return None
     K = recommended_warmup(n_samples, batch_size)
